@@ -1,0 +1,398 @@
+"""Token data for training: memory-mapped train/val token files, prepared once per data directory.
+
+Datasets:
+- ``embedded`` (default): the running Python's own top-level standard-library ``*.py`` sources, sorted
+  by file name, byte-level tokens (vocab 256). Needs no download and no network.
+- ``openwebtext``: GPT-2 BPE tokens in nanoGPT's layout, ``DATA_DIR/openwebtext/{train,val}.bin``
+  (uint16). Made by ``python -m trainer.data prepare openwebtext`` (needs the ``datasets`` package and
+  network) or copied from nanoGPT's ``data/openwebtext/prepare.py`` output. Never downloaded by a run.
+- any folder: every ``*.txt``, ``*.md`` and ``*.py`` file under it, sorted by relative path.
+
+Text datasets (embedded and folders) are one token stream, the files joined in order (GPT-2 BPE appends
+``<|endoftext|>`` after each file, as nanoGPT does; bytes have no spare id, so files are joined as they
+are). The split is deterministic: the last ``VAL_FRACTION`` of the stream is val, the rest train.
+
+Caches live in ``DATA_DIR/<name>-<hash>-<tokenizer>/``; the hash covers the source files' names and
+sizes (plus the Python version for embedded, the folder path and mtimes for folders), so changed text
+gets a new cache instead of a stale one. Many processes may start at once: one prepares under a file
+lock, writing into a scratch folder and publishing each file by fsync + atomic rename (train.bin last);
+the others wait for the lock and then read what it wrote.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import sysconfig
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional
+
+import numpy as np
+import tiktoken
+import torch
+from filelock import FileLock, Timeout
+
+VAL_FRACTION = 0.1
+TEXT_SUFFIXES = (".txt", ".md", ".py")
+TOKENIZERS = ("auto", "byte", "gpt2")
+BYTE_VOCAB = 256
+GPT2_VOCAB = 50257
+VOCAB_MULTIPLE = 64  # nanoGPT pads GPT-2's vocab to a multiple of 64 (50257 -> 50304) for faster matmuls
+TOKEN_DTYPE = np.uint16
+SPLITS = ("val", "train")  # publishing order: train.bin appears last, so its presence means "complete"
+PROGRESS_EVERY_S = 10.0
+
+OPENWEBTEXT_MISSING = (
+    "openwebtext is not prepared: {folder} has no train.bin and val.bin.\n"
+    "Provide them in one of two ways:\n"
+    "  1. on a machine with network access and the `datasets` package (pip install datasets), run\n"
+    "       python -m trainer.data prepare openwebtext --data-dir {data_dir}\n"
+    "     and copy {folder} here if that machine is another one;\n"
+    "  2. or copy nanoGPT's prepared train.bin and val.bin (data/openwebtext/prepare.py) into {folder}/.\n"
+    "To try the trainer without them, use dataset=embedded."
+)
+GPT2_UNAVAILABLE = (
+    "tiktoken could not load its GPT-2 BPE files ({error}); it downloads them on first use.\n"
+    "Offline: on a machine with network access run\n"
+    "    TIKTOKEN_CACHE_DIR=DIR python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\"\n"
+    "copy DIR here and set TIKTOKEN_CACHE_DIR=DIR; or use tokenizer=byte."
+)
+
+
+class DataUnavailable(RuntimeError):
+    """The data (or its tokenizer) is not here; the message says how to provide it."""
+
+
+@dataclass(frozen=True)
+class TokenData:
+    name: str  # "<dataset>:<tokenizer>", e.g. "embedded:byte"
+    train: np.ndarray  # 1-D memmap of token ids (uint16)
+    val: np.ndarray
+    vocab_size: int  # padded size the model uses
+
+
+@dataclass(frozen=True)
+class _TextSource:
+    label: str  # what the messages call it
+    files: list[Path]
+    cache_stem: str  # readable start of the cache folder's name
+    fingerprint: list  # changes whenever the text may have changed
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".cache" / "mutransfer" / "data"
+
+
+def resolve_tokenizer(dataset: str, tokenizer: str) -> str:
+    """``auto`` means gpt2 for openwebtext (stored as GPT-2 tokens) and byte for text datasets."""
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"tokenizer={tokenizer!r}: choose one of {', '.join(TOKENIZERS)}")
+    if dataset == "openwebtext":
+        if tokenizer == "byte":
+            raise ValueError("openwebtext is stored as GPT-2 BPE tokens: use tokenizer=gpt2 (or auto)")
+        return "gpt2"
+    return "byte" if tokenizer == "auto" else tokenizer
+
+
+def vocab_size_of(dataset: str, tokenizer: str) -> int:
+    """The padded vocab size a model for this data uses; needs no data."""
+    if resolve_tokenizer(dataset, tokenizer) == "byte":
+        return BYTE_VOCAB
+    return -(-GPT2_VOCAB // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+def load_tokens(dataset: str, tokenizer: str = "auto", data_dir: Optional[str] = None) -> TokenData:
+    """Opens a dataset's train/val tokens, preparing and caching text datasets on first use."""
+    tokenizer = resolve_tokenizer(dataset, tokenizer)
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    name = f"{dataset}:{tokenizer}"
+    vocab = vocab_size_of(dataset, tokenizer)
+    if dataset == "openwebtext":
+        folder = root / "openwebtext"
+        if not _is_prepared(folder):
+            raise DataUnavailable(OPENWEBTEXT_MISSING.format(folder=folder, data_dir=root))
+        return _open(name, folder, vocab)
+
+    source = _embedded_source() if dataset == "embedded" else _folder_source(dataset)
+    digest = hashlib.sha256(json.dumps(source.fingerprint).encode()).hexdigest()[:16]
+    cache = root / f"{source.cache_stem}-{digest}-{tokenizer}"
+    if not _is_prepared(cache):
+        with _exclusive(cache, source.label):
+            if not _is_prepared(cache):  # another process may have finished while we waited
+                _prepare_text(source, tokenizer, cache)
+    return _open(name, cache, vocab)
+
+
+def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows x (int64, CPU) and y = x shifted by one; starts come from ``generator`` (CPU),
+    so a run is reproducible from its seed and resumable from the generator's saved state."""
+    n_starts = len(tokens) - seq_len
+    if n_starts < 1:
+        raise ValueError(
+            f"a token split of {len(tokens):,} tokens is shorter than seq_len + 1 = {seq_len + 1}: "
+            "lower seq_len or use a dataset with more text"
+        )
+    starts = torch.randint(n_starts, (batch_size,), generator=generator).numpy()
+    windows = np.asarray(tokens[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
+    windows = torch.from_numpy(windows)
+    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+
+def fixed_batches(tokens: np.ndarray, n_batches: int, batch_size: int, seq_len: int,
+                  seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The same validation batches for every cell of a sweep: drawn from their own seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    return [get_batch(tokens, batch_size, seq_len, generator) for _ in range(n_batches)]
+
+
+# ---- sources -------------------------------------------------------------------------------------
+
+def _embedded_source() -> _TextSource:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(stdlib.glob("*.py"), key=lambda p: p.name)
+    if not files:
+        raise DataUnavailable(f"no *.py sources in this Python's standard library folder {stdlib}; "
+                              "use dataset=<a folder of text files> instead")
+    version = f"{sys.implementation.name}{platform.python_version()}"
+    return _TextSource(
+        label="embedded", files=files, cache_stem=f"embedded-{version}",
+        fingerprint=[version] + [[p.name, p.stat().st_size] for p in files],
+    )
+
+
+def _folder_source(dataset: str) -> _TextSource:
+    folder = Path(dataset).expanduser().resolve()
+    if not folder.is_dir():
+        raise DataUnavailable(
+            f"dataset={dataset!r}: {folder} is not a folder. dataset must be 'embedded', 'openwebtext' "
+            f"or a folder of {'/'.join(TEXT_SUFFIXES)} files"
+        )
+    files = sorted((p for p in folder.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file()),
+                   key=lambda p: p.relative_to(folder).as_posix())
+    if not files:
+        raise DataUnavailable(f"dataset={dataset!r}: no {'/'.join(TEXT_SUFFIXES)} files under {folder}")
+    # mtimes too: an edit that keeps a file's size must not reuse the old cache
+    stats = [[p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return _TextSource(label=str(folder), files=files, cache_stem=f"folder-{folder.name}",
+                       fingerprint=[str(folder)] + stats)
+
+
+# ---- tokenizers ----------------------------------------------------------------------------------
+
+def _gpt2_encoding() -> tiktoken.Encoding:
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as exc:  # tiktoken surfaces network failures as whatever its HTTP client raises
+        raise DataUnavailable(GPT2_UNAVAILABLE.format(error=f"{type(exc).__name__}: {exc}")) from exc
+
+
+def _encoder(tokenizer: str) -> Callable[[bytes], np.ndarray]:
+    if tokenizer == "byte":
+        return lambda data: np.frombuffer(data, dtype=np.uint8).astype(TOKEN_DTYPE)
+    encoding = _gpt2_encoding()
+
+    def encode(data: bytes) -> np.ndarray:
+        ids = encoding.encode_ordinary(data.decode("utf-8", errors="replace"))
+        ids.append(encoding.eot_token)
+        return np.asarray(ids, dtype=TOKEN_DTYPE)
+
+    return encode
+
+
+# ---- preparation and publishing ------------------------------------------------------------------
+
+def _is_prepared(folder: Path) -> bool:
+    return all((folder / f"{split}.bin").is_file() for split in SPLITS)
+
+
+def _open(name: str, folder: Path, vocab_size: int) -> TokenData:
+    return TokenData(name=name, train=_memmap(folder / "train.bin"), val=_memmap(folder / "val.bin"),
+                     vocab_size=vocab_size)
+
+
+def _memmap(path: Path) -> np.ndarray:
+    size = path.stat().st_size
+    if size == 0 or size % np.dtype(TOKEN_DTYPE).itemsize:
+        raise DataUnavailable(f"{path} ({size} bytes) is not a non-empty file of uint16 tokens; "
+                              f"delete {path.parent} and prepare it again")
+    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _exclusive(target: Path, label: str) -> Iterator[None]:
+    """Holds the lock that serializes preparing ``target`` across processes (and hosts sharing it)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(target.parent / f"{target.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        _log(f"[data] waiting for another process preparing {label} in {target} ...")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _scratch(target: Path) -> Path:
+    """An empty folder beside ``target`` to write into; only the lock holder uses it."""
+    scratch = target.parent / f"{target.name}.partial"
+    shutil.rmtree(scratch, ignore_errors=True)  # left over by a process that died mid-way
+    scratch.mkdir(parents=True)
+    return scratch
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(scratch: Path, target: Path) -> None:
+    """Moves the finished files into ``target``, each durable before its atomic rename, train.bin last."""
+    target.mkdir(parents=True, exist_ok=True)
+    splits = [f"{split}.bin" for split in SPLITS]
+    for name in sorted(set(os.listdir(scratch)) - set(splits)) + splits:
+        _fsync(scratch / name)
+        os.replace(scratch / name, target / name)
+        _fsync(target)
+    scratch.rmdir()
+
+
+def _write_stream(path: Path, chunks: Iterable[np.ndarray]) -> int:
+    """Appends token chunks to ``path``; returns the token count."""
+    count = 0
+    with open(path, "wb") as out:
+        for chunk in chunks:
+            out.write(np.ascontiguousarray(chunk, dtype=TOKEN_DTYPE).tobytes())
+            count += len(chunk)
+    return count
+
+
+def _move_tail(stream: Path, tail: Path, keep: int) -> None:
+    """Moves everything after the first ``keep`` tokens of ``stream`` into ``tail``."""
+    itemsize = np.dtype(TOKEN_DTYPE).itemsize
+    with open(stream, "r+b") as src, open(tail, "wb") as dst:
+        src.seek(keep * itemsize)
+        shutil.copyfileobj(src, dst, 16 << 20)
+        src.truncate(keep * itemsize)
+
+
+def _prepare_text(source: _TextSource, tokenizer: str, cache: Path) -> None:
+    encode = _encoder(tokenizer)
+    total_bytes = sum(p.stat().st_size for p in source.files)
+    _log(f"[data] preparing {source.label} ({len(source.files)} files, {total_bytes / 1e6:.1f} MB, "
+         f"tokenizer {tokenizer}) in {cache} ...")
+    started = time.monotonic()
+
+    def chunks() -> Iterator[np.ndarray]:
+        last_report = started
+        for i, path in enumerate(source.files, 1):
+            yield encode(path.read_bytes())
+            if time.monotonic() - last_report > PROGRESS_EVERY_S:
+                last_report = time.monotonic()
+                _log(f"[data]   {i}/{len(source.files)} files tokenized")
+
+    scratch = _scratch(cache)
+    n_tokens = _write_stream(scratch / "train.bin", chunks())
+    if n_tokens < 2:
+        shutil.rmtree(scratch)
+        raise DataUnavailable(f"{source.label} holds {n_tokens} token(s): too little text to split "
+                              "into train and val; add text files")
+    n_val = max(1, round(n_tokens * VAL_FRACTION))
+    _move_tail(scratch / "train.bin", scratch / "val.bin", keep=n_tokens - n_val)
+    meta = {"source": source.label, "files": len(source.files), "tokenizer": tokenizer,
+            "train_tokens": n_tokens - n_val, "val_tokens": n_val, "val_fraction": VAL_FRACTION,
+            "split": "val is the last val_fraction of the files' token stream, in file order"}
+    (scratch / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    _publish(scratch, cache)
+    _log(f"[data] prepared {source.label}: {n_tokens - n_val:,} train + {n_val:,} val tokens "
+         f"in {time.monotonic() - started:.1f}s")
+
+
+def _gpt2_document(example: dict) -> dict:
+    """One openwebtext document as GPT-2 ids ending in <|endoftext|>, as nanoGPT stores them."""
+    encoding = _gpt2_encoding()
+    ids = encoding.encode_ordinary(example["text"])
+    ids.append(encoding.eot_token)
+    return {"ids": ids}
+
+
+def prepare_openwebtext(data_dir: Optional[str] = None, num_proc: int = 8) -> TokenData:
+    """Downloads openwebtext with HF ``datasets`` and writes nanoGPT's train.bin/val.bin (same split)."""
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    folder = root / "openwebtext"
+    if not _is_prepared(folder):
+        try:
+            import datasets  # optional: only this preparation needs it
+        except ImportError as exc:
+            raise DataUnavailable(
+                "preparing openwebtext needs the `datasets` package (pip install datasets) and network "
+                "access.\n" + OPENWEBTEXT_MISSING.format(folder=folder, data_dir=root)) from exc
+        with _exclusive(folder, "openwebtext"):
+            if not _is_prepared(folder):
+                _gpt2_encoding()  # fail early, before a 54 GB download
+                _log(f"[data] preparing openwebtext in {folder} (downloads ~54 GB; takes hours) ...")
+                try:
+                    owt = datasets.load_dataset("openwebtext", num_proc=num_proc)
+                except Exception as exc:
+                    raise DataUnavailable(
+                        f"downloading openwebtext failed ({type(exc).__name__}: {exc}).\n"
+                        + OPENWEBTEXT_MISSING.format(folder=folder, data_dir=root)) from exc
+                split = owt["train"].train_test_split(test_size=0.0005, seed=2357, shuffle=True)
+                scratch = _scratch(folder)
+                for name, docs in (("train", split["train"]), ("val", split["test"])):
+                    ids = docs.map(_gpt2_document, remove_columns=["text"], num_proc=num_proc,
+                                   desc=f"tokenizing {name}")
+                    shards = min(1024, len(ids))
+                    count = _write_stream(scratch / f"{name}.bin", (
+                        np.concatenate(ids.shard(num_shards=shards, index=i, contiguous=True)
+                                       .with_format("numpy")["ids"])
+                        for i in range(shards)))
+                    _log(f"[data]   {name}: {count:,} tokens")
+                _publish(scratch, folder)
+    return load_tokens("openwebtext", "gpt2", str(root))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.data",
+                                     description="Prepare token data once, ahead of a sweep.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    prepare = commands.add_parser("prepare", help="tokenize a dataset into DATA_DIR and print where")
+    prepare.add_argument("dataset", nargs="?", default="embedded",
+                         help="embedded (default), openwebtext, or a folder of .txt/.md/.py files")
+    prepare.add_argument("--data-dir", default=None, help=f"cache folder (default {default_data_dir()})")
+    prepare.add_argument("--tokenizer", default="auto", choices=TOKENIZERS)
+    prepare.add_argument("--num-proc", type=int, default=min(8, os.cpu_count() or 1),
+                         help="processes for openwebtext's download and tokenization")
+    args = parser.parse_args(argv)
+    try:
+        if args.dataset == "openwebtext":
+            resolve_tokenizer(args.dataset, args.tokenizer)
+            data = prepare_openwebtext(args.data_dir, args.num_proc)
+        else:
+            data = load_tokens(args.dataset, args.tokenizer, args.data_dir)
+    except (DataUnavailable, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{data.name}: {len(data.train):,} train + {len(data.val):,} val tokens, vocab {data.vocab_size}")
+    print(f"  train: {data.train.filename}\n  val:   {data.val.filename}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""GPT-2 as in the paper's section 5.1, with the three block multipliers of Tables 1-6.
+
+Learned token and position embeddings, pre-LayerNorm blocks, causal attention through
+scaled_dot_product_attention, MLP 4n with GELU, no dropout, an untied output layer. Each attention
+and each MLP branch is a residual block of two matrices (k = 2) scaled by ``block`` multiplier.
+Initialisation is not done here: the parameterization table owns every init std.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    vocab_size: int
+    seq_len: int
+    width: int
+    depth: int
+    n_head: int
+    layernorm: bool = True
+
+
+@dataclass(frozen=True)
+class Multipliers:
+    """Forward-pass multipliers alpha of the input layer, each residual block and the output layer."""
+    input: float = 1.0
+    block: float = 1.0
+    output: float = 1.0
+
+
+def _norm(width: int, enabled: bool) -> nn.Module:
+    return nn.LayerNorm(width) if enabled else nn.Identity()
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, shape: ModelShape):
+        super().__init__()
+        n = shape.width
+        self.n_head = shape.n_head
+        # Separate Q, K and V so that Muon orthogonalises each matrix on its own.
+        self.q = nn.Linear(n, n)
+        self.k = nn.Linear(n, n)
+        self.v = nn.Linear(n, n)
+        self.proj = nn.Linear(n, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (m(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for m in (self.q, self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, shape: ModelShape):
+        super().__init__()
+        self.fc = nn.Linear(shape.width, 4 * shape.width)
+        self.proj = nn.Linear(4 * shape.width, shape.width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, shape: ModelShape, multiplier: float):
+        super().__init__()
+        self.multiplier = multiplier
+        self.ln_1 = _norm(shape.width, shape.layernorm)
+        self.attn = CausalSelfAttention(shape)
+        self.ln_2 = _norm(shape.width, shape.layernorm)
+        self.mlp = MLP(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.multiplier * self.attn(self.ln_1(x))
+        return x + self.multiplier * self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, shape: ModelShape, multipliers: Multipliers = Multipliers()):
+        super().__init__()
+        self.shape = shape
+        self.multipliers = multipliers
+        self.wte = nn.Embedding(shape.vocab_size, shape.width)
+        self.wpe = nn.Embedding(shape.seq_len, shape.width)
+        self.h = nn.ModuleList(Block(shape, multipliers.block) for _ in range(shape.depth))
+        self.ln_f = _norm(shape.width, shape.layernorm)
+        self.lm_head = nn.Linear(shape.width, shape.vocab_size, bias=False)
+
+    def forward(self, idx: torch.Tensor, return_block_outputs: bool = False):
+        """Logits of shape (B, T, vocab); with return_block_outputs also each block's output."""
+        T = idx.shape[1]
+        if T > self.shape.seq_len:
+            raise ValueError(f"sequence of {T} tokens exceeds seq_len={self.shape.seq_len}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.multipliers.input * (self.wte(idx) + self.wpe(pos))
+        outputs = []
+        for block in self.h:
+            x = block(x)
+            if return_block_outputs:
+                outputs.append(x)
+        logits = self.multipliers.output * self.lm_head(self.ln_f(x))
+        return (logits, outputs) if return_block_outputs else logits
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self(idx)
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
