@@ -1,0 +1,132 @@
+"""Throughput of the trainer against a plain reference GPT-2 of the same shape, in one process.
+
+    python benchmarks/trainer_throughput.py [--steps 30] [--threads 2]
+
+For each vocab (256, 50304) and precision (fp32, bf16) it times training steps of
+  * trainer: trainer.train.run with param=mup (multipliers, per-group rules) and the given optimizers,
+  * reference: a plain nanoGPT-style GPT-2 (fused QKV, no multipliers) with plain AdamW,
+on the same shape (width 256, depth 4, seq 256, batch 16) and data, and prints tokens/s, MFU against
+this CPU's measured matmul peak, and the ratio trainer / reference (target >= 1.0 at equal precision).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from trainer.config import TrainConfig
+from trainer.data import get_batch, load_tokens
+from trainer.train import run
+
+SHAPE = dict(width=256, depth=4, seq_len=256, batch_size=16)
+
+
+class RefBlock(nn.Module):
+    def __init__(self, n: int, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self.ln_1, self.ln_2 = nn.LayerNorm(n), nn.LayerNorm(n)
+        self.c_attn, self.c_proj = nn.Linear(n, 3 * n), nn.Linear(n, n)
+        self.fc, self.proj = nn.Linear(n, 4 * n), nn.Linear(4 * n, n)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        return x + self.proj(F.gelu(self.fc(self.ln_2(x))))
+
+
+class RefGPT(nn.Module):
+    def __init__(self, vocab: int, seq_len: int, n: int, depth: int):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, n), nn.Embedding(seq_len, n)
+        self.h = nn.ModuleList(RefBlock(n, n // 64) for _ in range(depth))
+        self.ln_f, self.lm_head = nn.LayerNorm(n), nn.Linear(n, vocab, bias=False)
+
+    def forward(self, idx, targets):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        for block in self.h:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+
+
+def reference_tokens_per_s(vocab: int, precision: str, steps: int, tokens) -> float:
+    torch.manual_seed(0)
+    model = RefGPT(vocab, SHAPE["seq_len"], SHAPE["width"], SHAPE["depth"])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(1)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    elapsed = 0.0
+    for _ in range(steps):  # timed like the trainer's tokens_per_s: every step, batch fetch included
+        t0 = time.perf_counter()
+        x, y = get_batch(tokens, SHAPE["batch_size"], SHAPE["seq_len"], gen)
+        with autocast():
+            loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+        elapsed += time.perf_counter() - t0
+    return steps * SHAPE["batch_size"] * SHAPE["seq_len"] / elapsed
+
+
+def trainer_tokens_per_s(vocab: int, optimizer: str, precision: str, steps: int) -> float:
+    cfg = TrainConfig(**SHAPE, param="mup", optimizer=optimizer, lr=-8, steps=steps, warmup_steps=1,
+                      eval_interval=0, eval_batches=1, log_interval=10**9, precision=precision,
+                      dataset="embedded", tokenizer="byte", vocab_size=vocab)
+    return run(cfg).tokens_per_s
+
+
+def matmul_peak_flops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def flops_per_token(vocab: int) -> float:
+    """6 N for the matmul parameters (embeddings excluded, lm_head included) + attention's 12 L n T."""
+    n, L, T = SHAPE["width"], SHAPE["depth"], SHAPE["seq_len"]
+    matmul_params = L * 12 * n * n + n * vocab
+    return 6 * matmul_params + 12 * L * n * T
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--optimizers", default="adamw,muon_kimi")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"threads {torch.get_num_threads()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    peaks = {p: matmul_peak_flops(d) for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    for p, peak in peaks.items():
+        print(f"measured matmul peak {p}: {peak / 1e9:.1f} GFLOP/s (2048x2048 @ 2048x2048)")
+    print(f"{'vocab':>6} {'prec':>5} {'model':>22} {'tok/s':>9} {'MFU':>6} {'ratio':>6}")
+    # Byte tokens for both vocabularies (no network for the GPT-2 BPE here): the cost of a step
+    # depends on the vocab size of the embedding and output layer, not on which ids occur.
+    tokens = load_tokens("embedded", "byte").train
+    for vocab in (256, 50304):
+        for precision in ("fp32", "bf16"):
+            ref = reference_tokens_per_s(vocab, precision, args.steps, tokens)
+            mfu = lambda tps: tps * flops_per_token(vocab) / peaks[precision]
+            print(f"{vocab:>6} {precision:>5} {'reference (AdamW)':>22} {ref:>9,.0f} {mfu(ref):>6.1%}")
+            for optimizer in args.optimizers.split(","):
+                tps = trainer_tokens_per_s(vocab, optimizer, precision, args.steps)
+                print(f"{vocab:>6} {precision:>5} {'trainer mup ' + optimizer:>22} {tps:>9,.0f} "
+                      f"{mfu(tps):>6.1%} {tps / ref:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()

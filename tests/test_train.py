@@ -1,0 +1,134 @@
+"""The training loop: results, divergence, checkpoint/resume, bad input, model shapes."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.config import TrainConfig
+from trainer.model import GPT, ModelShape, Multipliers
+from trainer.train import run
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = dict(width=64, depth=2, batch_size=4, seq_len=32, eval_batches=2, threads=1, log_interval=1)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def tiny(data_dir: str, **overrides) -> TrainConfig:
+    return TrainConfig(**{**TINY, "data_dir": data_dir, **overrides})
+
+
+def test_run_learns_and_reports_everything_a_record_needs(data_dir):
+    result = run(tiny(data_dir, steps=30, warmup_steps=3, eval_interval=10, lr=-6))
+    record = result.to_dict()
+    assert record["status"] == "ok"
+    assert record["curves"]["train"][-1][1] < record["curves"]["train"][0][1] - 0.5
+    assert [s for s, _ in record["curves"]["val"]] == [10, 20, 30]
+    assert record["val_loss"] == record["curves"]["val"][-1][1]
+    assert record["tokens"] == 30 * 4 * 32 and record["steps_done"] == 30
+    assert record["precision"] == "fp32" and record["device"] == "cpu"
+    assert record["tokens_per_s"] > 0 and record["wall_time_s"] > 0
+    assert record["versions"]["torch"] == torch.__version__
+    assert record["config"]["width"] == 64
+
+
+def test_divergence_stops_early_with_nan_val_loss(data_dir):
+    result = run(tiny(data_dir, steps=40, warmup_steps=0, lr=4, param="sp", optimizer="sgd"))
+    assert result.status == "diverged"
+    assert result.val_loss is None
+    assert result.steps_done < 40
+
+
+def _train_cli(args: list[str], **popen) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "trainer.train", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _cli_args(run_dir: Path, data_dir: str) -> list[str]:
+    return ["width=64", "depth=2", "batch_size=4", "seq_len=32", "steps=60", "warmup_steps=5",
+            "eval_interval=20", "eval_batches=2", "threads=1", "checkpoint_interval=10",
+            "log_interval=1", f"data_dir={data_dir}", f"run_dir={run_dir}"]
+
+
+def _wait_for_step(proc: subprocess.Popen, step: int) -> None:
+    for line in proc.stderr:
+        if line.startswith(f"step {step}/"):
+            return
+    raise AssertionError(f"run ended before step {step}: rc={proc.wait()}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, data_dir, sig):
+    whole = _train_cli(_cli_args(tmp_path / "whole", data_dir))
+    out, err = whole.communicate(timeout=300)
+    assert whole.returncode == 0, err
+    expected = json.loads((tmp_path / "whole" / "result.json").read_text())
+
+    interrupted = _train_cli(_cli_args(tmp_path / "cut", data_dir))
+    _wait_for_step(interrupted, 25)
+    interrupted.send_signal(sig)
+    interrupted.communicate(timeout=120)
+    assert interrupted.returncode in (128 + sig, -sig)
+    assert (tmp_path / "cut" / "checkpoint.pt").exists()
+    assert not (tmp_path / "cut" / "result.json").exists()
+
+    resumed = _train_cli(_cli_args(tmp_path / "cut", data_dir))
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resuming from" in err
+    got = json.loads((tmp_path / "cut" / "result.json").read_text())
+    assert got["val_loss"] == expected["val_loss"]
+    assert got["curves"] == expected["curves"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimizer=adamm", "adamw"),
+    ("param=mupp", "mup_k1"),
+    ("width=96", "multiple of 64"),
+    ("widht=64", "did you mean 'width'"),
+    ("dataset=/nonexistent/corpus", "/nonexistent/corpus"),
+])
+def test_bad_input_is_one_clear_error(override, message):
+    proc = _train_cli([override, "steps=1"])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("layernorm", [True, False])
+def test_model_shapes(layernorm):
+    shape = ModelShape(vocab_size=256, seq_len=32, width=128, depth=3, n_head=2, layernorm=layernorm)
+    model = GPT(shape, Multipliers(1.0, 0.5, 0.25))
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    assert shapes["wte.weight"] == (256, 128) and shapes["wpe.weight"] == (32, 128)
+    assert shapes["h.2.attn.q.weight"] == (128, 128) and shapes["h.0.mlp.fc.weight"] == (512, 128)
+    assert shapes["h.0.mlp.proj.weight"] == (128, 512) and shapes["lm_head.weight"] == (256, 128)
+    assert "lm_head.bias" not in shapes
+    norms = [n for n in shapes if "ln_" in n]
+    assert len(norms) == (2 * (3 * 2 + 1) if layernorm else 0)
+    logits, blocks = model(torch.zeros(2, 32, dtype=torch.long), return_block_outputs=True)
+    assert logits.shape == (2, 32, 256) and len(blocks) == 3
+
+
+def test_output_multiplier_scales_logits():
+    shape = ModelShape(vocab_size=256, seq_len=8, width=64, depth=1, n_head=1)
+    torch.manual_seed(0)
+    model = GPT(shape, Multipliers(output=1.0))
+    idx = torch.randint(0, 256, (1, 8))
+    base = model(idx)
+    model.multipliers = Multipliers(output=0.25)
+    assert torch.allclose(model(idx), 0.25 * base, atol=1e-6)

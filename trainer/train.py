@@ -1,0 +1,262 @@
+"""The training loop of one cell: ``run(TrainConfig) -> Result``, and a CLI on top.
+
+    python -m trainer.train width=512 depth=4 lr=-8 param=mup optimizer=muon_kimi run_dir=runs/a
+
+Warmup then cosine decay of eta_base to a floor, gradient clipping, eval on fixed validation
+batches, bf16 autocast and torch.compile as options. A diverging run stops early with status
+``diverged``. With a run_dir, the run checkpoints atomically every N steps and on SIGTERM/SIGUSR2,
+and a restarted run resumes there and ends with the same result as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import TrainConfig
+from .data import DataUnavailable, fixed_batches, get_batch, load_tokens
+from .optimizers import build_optimizers, cpu_has_fast_bf16
+from .parameterization import build_model, param_groups
+
+CHECKPOINT = "checkpoint.pt"
+RESULT = "result.json"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+@dataclass
+class Result:
+    config: dict
+    status: str  # "ok" | "diverged"
+    val_loss: Optional[float]
+    train_loss: Optional[float]
+    steps_done: int
+    tokens: int
+    wall_time_s: float
+    tokens_per_s: float
+    device: str
+    precision: str
+    versions: dict
+    curves: dict = field(default_factory=lambda: {"train": [], "val": []})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available: use device=cpu or auto")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()):
+        return "bf16"
+    return "fp32"
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """eta_t / eta_base: linear warmup, then cosine decay of eta_base down to lr_floor (D.3.1)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    floor = min(cfg.lr_floor / cfg.eta_base, 1.0)
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def library_versions() -> dict:
+    import numpy
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGUSR2 into a flag the loop reads between steps, so a checkpoint is never
+    taken mid-update; afterwards the previous handler runs (submitit's requeue on SIGUSR2)."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> "StopRequest":
+        for signum in STOP_SIGNALS:
+            try:
+                self.previous[signum] = signal.signal(signum, self._set)
+            except ValueError:  # not the main thread: the caller owns signals
+                pass
+        return self
+
+    def _set(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def hand_over(self) -> None:
+        previous = self.previous.get(self.signum)
+        self.__exit__()
+        if callable(previous):
+            previous(self.signum, None)
+        raise SystemExit(128 + self.signum)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def evaluate(model, batches, device, autocast) -> float:
+    model.eval()
+    total = 0.0
+    with torch.no_grad(), autocast():
+        for x, y in batches:
+            total += model.loss(x.to(device), y.to(device)).item()
+    model.train()
+    return total / len(batches)
+
+
+def is_diverged(loss: float, first_loss: Optional[float], cfg: TrainConfig) -> bool:
+    return not math.isfinite(loss) or (first_loss is not None and loss > cfg.divergence_factor * first_loss)
+
+
+def run(cfg: TrainConfig) -> Result:
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    data = load_tokens(cfg.dataset, cfg.tokenizer, cfg.data_dir)
+    if cfg.vocab_size and cfg.vocab_size < data.vocab_size:
+        raise ValueError(f"vocab_size={cfg.vocab_size} is below the tokenizer's {data.vocab_size}")
+
+    torch.manual_seed(cfg.seed)
+    vocab_size = max(cfg.vocab_size, data.vocab_size)
+    model = build_model(cfg, vocab_size, torch.Generator().manual_seed(cfg.seed)).to(device)
+    optimizers = build_optimizers(param_groups(model, cfg), cfg)
+    schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in optimizers]
+    params = list(model.parameters())
+    batches = torch.Generator().manual_seed(cfg.seed + 1)
+    val_batches = fixed_batches(data.val, cfg.eval_batches, cfg.batch_size, cfg.seq_len, seed=0)
+    loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
+    autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+                if precision == "bf16" else nullcontext)
+
+    state = {"step": 0, "first_loss": None, "train_time_s": 0.0, "wall_time_s": 0.0,
+             "curves": {"train": [], "val": []}}
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else None
+    checkpoint = run_dir / CHECKPOINT if run_dir else None
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        for opt, s in zip(optimizers, saved["optimizers"]):
+            opt.load_state_dict(s)
+        for sched, s in zip(schedules, saved["schedules"]):
+            sched.load_state_dict(s)
+        batches.set_state(saved["batches"])
+        state = saved["state"]
+        print(f"resuming from {checkpoint} at step {state['step']}", file=sys.stderr)
+
+    def snapshot() -> dict:
+        return {"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+                "schedules": [s.state_dict() for s in schedules], "batches": batches.get_state(),
+                "state": state}
+
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    status = "ok"
+    started = time.perf_counter() - state["wall_time_s"]
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    train_loss = state["curves"]["train"][-1][1] if state["curves"]["train"] else None
+    with StopRequest() as stop:
+        for step in range(state["step"], cfg.steps):
+            t0 = time.perf_counter()
+            x, y = get_batch(data.train, cfg.batch_size, cfg.seq_len, batches)
+            with autocast():
+                loss = loss_fn(x.to(device), y.to(device))
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            for opt in optimizers:
+                opt.step()
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            for sched in schedules:
+                sched.step()
+            train_loss = loss.item()
+            state["train_time_s"] += time.perf_counter() - t0
+            state["step"] = step + 1
+            if state["first_loss"] is None:
+                state["first_loss"] = train_loss
+            if (step + 1) % cfg.log_interval == 0 or step == 0 or step + 1 == cfg.steps:
+                state["curves"]["train"].append([step + 1, train_loss])
+                rate = tokens_per_step * state["step"] / max(state["train_time_s"], 1e-9)
+                print(f"step {step + 1}/{cfg.steps} loss {train_loss:.4f} "
+                      f"lr {cfg.eta_base * lr_factor(step, cfg):.3g} {rate:,.0f} tok/s", file=sys.stderr)
+            if is_diverged(train_loss, state["first_loss"], cfg):
+                status = "diverged"
+                break
+            if cfg.eval_interval and (step + 1) % cfg.eval_interval == 0 and step + 1 < cfg.steps:
+                state["curves"]["val"].append([step + 1, evaluate(model, val_batches, device, autocast)])
+            state["wall_time_s"] = time.perf_counter() - started
+            if checkpoint is not None and (stop.signum is not None or (
+                    cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0)):
+                save_checkpoint(checkpoint, snapshot())
+            if stop.signum is not None:
+                print(f"signal {stop.signum}: checkpoint saved at step {step + 1}", file=sys.stderr)
+                stop.hand_over()
+
+    val_loss = None
+    if status == "ok":
+        val_loss = evaluate(model, val_batches, device, autocast)
+        state["curves"]["val"].append([state["step"], val_loss])
+        if not math.isfinite(val_loss):
+            status, val_loss = "diverged", None
+    if status == "diverged":
+        train_loss = train_loss if train_loss is not None and math.isfinite(train_loss) else None
+    wall = time.perf_counter() - started
+    result = Result(
+        config=cfg.to_dict(), status=status, val_loss=val_loss, train_loss=train_loss,
+        steps_done=state["step"], tokens=state["step"] * tokens_per_step, wall_time_s=wall,
+        tokens_per_s=state["step"] * tokens_per_step / max(state["train_time_s"], 1e-9),
+        device=str(device), precision=precision, versions=library_versions(), curves=state["curves"],
+    )
+    if run_dir is not None:
+        (run_dir / RESULT).write_text(json.dumps(result.to_dict(), indent=1))
+    return result
+
+
+def main(argv: list[str]) -> int:
+    from .cli import load_config
+
+    try:
+        cfg = load_config(argv)
+        result = run(cfg)
+    except (ValueError, DataUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = {k: v for k, v in result.to_dict().items() if k not in ("curves", "config")}
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
