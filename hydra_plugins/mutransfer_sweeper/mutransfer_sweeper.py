@@ -1,0 +1,99 @@
+"""Hydra sweeper ``hydra/sweeper=mutransfer``: the grid syntax, store-aware resume and progress.
+
+Thin on purpose: it adapts Hydra's config loader and launcher to sweeper.driver.run_sweep.
+"""
+# (no "from __future__ import annotations": Hydra execs plugin modules outside sys.modules,
+#  where dataclasses cannot resolve string annotations)
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+
+@dataclass
+class MutransferSweeperConf:
+    _target_: str = "hydra_plugins.mutransfer_sweeper.mutransfer_sweeper.MutransferSweeper"
+    # Cells launched together. None: 1 with the basic launcher, one per CPU core with
+    # submitit_local (it runs a whole batch at once), the whole grid otherwise (one Slurm array,
+    # its array_parallelism caps how many run). A progress line comes as each cell finishes.
+    max_batch_size: Optional[int] = None
+    # The default grid, e.g. {width: "128,...,4096", lr: "-10:-5"}; command-line values replace it
+    # per key. Quote values in YAML: unquoted 2:5 is read as a base-60 number.
+    params: Optional[Dict[str, str]] = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="mutransfer", node=MutransferSweeperConf,
+                             provider="mutransfer")
+
+
+class MutransferSweeper(Sweeper):
+    def __init__(self, max_batch_size: Optional[int] = None,
+                 params: Optional[Dict[str, str]] = None) -> None:
+        super().__init__()
+        self.max_batch_size = max_batch_size
+        self.params = dict(params or {})
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.launcher: Any = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def _batch_size(self) -> Optional[int]:
+        if self.max_batch_size:
+            return self.max_batch_size
+        launcher = self.config.hydra.launcher
+        target = str(launcher.get("_target_", ""))
+        if target.endswith("BasicLauncher"):
+            return 1
+        if target.endswith("submitit_launcher.LocalLauncher"):
+            return max(1, (os.cpu_count() or 1) // (launcher.get("cpus_per_task") or 1))
+        return None
+
+    def _compose(self, overrides: List[str]) -> DictConfig:
+        from sweeper.schema import SweepAppConfig
+        from trainer.cli import explain_hydra_error
+
+        try:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        except HydraException as err:
+            raise ValueError(explain_hydra_error(err, list(SweepAppConfig.__dataclass_fields__))) from None
+        with open_dict(cfg):  # keeps the typed root, so cells' values are validated on update
+            del cfg["hydra"]
+        return cfg
+
+    def _launch(self, batch: List[List[str]]) -> List[Optional[BaseException]]:
+        returns: Sequence[JobReturn] = self.launcher.launch(batch, initial_job_idx=self._launched)
+        self._launched += len(batch)
+        return [r._return_value if r.status == JobStatus.FAILED else None for r in returns]
+
+    def sweep(self, arguments: List[str]) -> Any:
+        from sweeper.driver import SweepSettings, run_sweep
+
+        cfg = self.config
+        sweep_dir = Path(str(cfg.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
+        settings = SweepSettings(
+            store=(Path(cfg.hydra.runtime.cwd) / Path(str(cfg.store)).expanduser()).resolve(),
+            force=bool(cfg.force),
+            experiment=cfg.hydra.runtime.choices.get("experiment"),
+            batch_size=self._batch_size(),
+        )
+        self._launched = 0
+        overrides = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        return run_sweep(overrides, settings, self._compose, self._launch)

@@ -1,0 +1,33 @@
+"""python -m sweeper status --store PATH"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweeper")
+    commands = parser.add_subparsers(dest="command", required=True)
+    status = commands.add_parser("status", help="counts and a size x lr grid per experiment")
+    status.add_argument("--store", required=True, type=Path, help="the result store directory")
+    status.add_argument("--conf", type=Path, default=CONF_DIR,
+                        help="config dir whose experiments give the expected grids (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    from .result_store import StoreError
+    from .record import SchemaError
+    from .status import report
+
+    try:
+        report(args.store, sys.stdout, conf_dir=args.conf if args.conf.is_dir() else None)
+    except (StoreError, SchemaError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

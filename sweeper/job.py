@@ -1,0 +1,116 @@
+"""One cell's job: train it (resuming from its run dir) and store exactly one record.
+
+``run_cell`` is plain Python (config in, record written); ``hydra_job`` is the edge that the sweep
+app's task function calls with the composed Hydra config of the cell.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.config import TrainConfig
+
+from .record import cell_key, make_record
+from .result_store import run_dir, write_record
+from .schema import trainer_values
+
+_LOG_TAIL_LINES = 25
+
+
+def record_from_result(result: dict, *, experiment: Optional[str], slurm: Optional[dict]) -> dict:
+    """A store record from ``trainer.train.Result.to_dict()``."""
+    return make_record(
+        result["config"],
+        result["status"],
+        experiment=experiment,
+        metrics={k: result.get(k) for k in ("val_loss", "train_loss", "steps_done", "tokens")},
+        curves=result.get("curves"),
+        timings={"wall_time_s": result.get("wall_time_s"), "tokens_per_s": result.get("tokens_per_s")},
+        runtime={"device": result.get("device"), "precision": result.get("precision"),
+                 "versions": result.get("versions") or {}, "slurm": slurm},
+    )
+
+
+def error_info(err: BaseException, **more) -> dict:
+    lines = "".join(traceback.format_exception(err)).rstrip().splitlines()
+    return {"type": type(err).__name__, "message": str(err),
+            "log_tail": "\n".join(lines[-_LOG_TAIL_LINES:]), **more}
+
+
+def failed_record(config: dict, err: BaseException, *, experiment: Optional[str],
+                  wall_time_s: Optional[float] = None, slurm: Optional[dict] = None) -> dict:
+    return make_record(
+        config, "failed", experiment=experiment,
+        timings={"wall_time_s": wall_time_s},
+        runtime={"slurm": slurm},
+        error=error_info(err, job_id=(slurm or {}).get("job_id")),
+    )
+
+
+def describe(record: dict) -> str:
+    """One line for logs: what the cell is and how it ended."""
+    cfg = record["config"]
+    head = (f"cell {record['key']} width={cfg['width']} depth={cfg['depth']} lr={cfg['lr']:g} "
+            f"{cfg['param']}/{cfg['optimizer']}")
+    wall = record["timings"].get("wall_time_s")
+    took = f" in {wall:.1f}s" if wall is not None else ""
+    if record["status"] == "failed":
+        return f"{head}: FAILED{took}: {record['error']['type']}: {record['error']['message']}"
+    loss = record["metrics"].get("val_loss")
+    return f"{head}: {record['status']}" + (f" val_loss={loss:.4f}" if loss is not None else "") + took
+
+
+def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = None,
+             slurm: Optional[dict] = None) -> dict:
+    """Trains one cell and writes its record (``failed`` when training raises); returns the record.
+
+    The run dir is ``STORE/runs/<key>``, so a rerun or a requeued job resumes from its checkpoint.
+    A stop signal (SystemExit from the trainer after it checkpoints) is not a failure: it passes."""
+    key = cell_key(config.to_dict())
+    config = dataclasses.replace(config, run_dir=str(run_dir(store, key)))
+    started = time.perf_counter()
+    try:
+        from trainer.train import run  # torch: imported only where a cell really trains
+
+        record = record_from_result(run(config).to_dict(), experiment=experiment, slurm=slurm)
+    except Exception as err:  # any failure of the cell is recorded; the sweep goes on
+        record = failed_record(config.to_dict(), err, experiment=experiment, slurm=slurm,
+                               wall_time_s=time.perf_counter() - started)
+    write_record(store, record)
+    print(describe(record), flush=True)
+    return record
+
+
+def slurm_info(environ: dict) -> Optional[dict]:
+    """Where a Slurm job ran, from its environment; None outside Slurm."""
+    if "SLURM_JOB_ID" not in environ:
+        return None
+    return {
+        "job_id": environ.get("SLURM_ARRAY_JOB_ID", environ["SLURM_JOB_ID"])
+        + (f"_{environ['SLURM_ARRAY_TASK_ID']}" if "SLURM_ARRAY_TASK_ID" in environ else ""),
+        "node": environ.get("SLURMD_NODENAME"),
+        "partition": environ.get("SLURM_JOB_PARTITION"),
+    }
+
+
+def hydra_job(cfg: DictConfig) -> dict:
+    """The sweep app's task: the composed cell config -> run_cell. Returns a small summary that
+    launchers carry back to the sweeper (the record itself is in the store)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra = HydraConfig.get()
+    values = OmegaConf.to_container(cfg, resolve=True)
+    store = Path(hydra.runtime.cwd) / Path(values["store"]).expanduser()
+    record = run_cell(
+        TrainConfig.from_mapping(trainer_values(values)),
+        store,
+        experiment=hydra.runtime.choices.get("experiment"),
+        slurm=slurm_info(dict(os.environ)),
+    )
+    return {"key": record["key"], "status": record["status"]}

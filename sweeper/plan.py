@@ -1,0 +1,99 @@
+"""Cells -> validated trainer configs and keys, and which of them the store already holds.
+
+Everything that can be checked without training is checked here, for every cell to run, before any
+job starts: a grid with one bad cell stops whole, with the cells and the fix named.
+
+The sweep's settings are composed by Hydra once; each cell then sets its axis values on a copy.
+That is the same config Hydra composes for the job (the axes are plain settings, never config
+groups) at a millisecond a cell instead of a full composition.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from trainer.config import TrainConfig
+
+from .grid import Cell, GridError
+from .record import cell_key
+from .result_store import record_status
+from .schema import trainer_values
+
+DONE = ("ok", "diverged")  # a cell with such a record is not run again (unless force)
+_MAX_LISTED = 4
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    cell: Cell
+    config: TrainConfig
+    key: str
+    previous: Optional[str]  # status of the record already in the store, if any
+
+
+def check_trainable(config: TrainConfig) -> None:
+    """Raises ValueError (with the fix) for a config the trainer cannot run."""
+    from trainer.parameterization import check_names  # imports torch: only when cells will run
+
+    config.validate()
+    check_names(config)
+
+
+def _cell_config(base: DictConfig, cell: Cell, parser: OverridesParser) -> TrainConfig:
+    cfg = base.copy()
+    for key, value in cell.axes:
+        try:
+            OmegaConf.update(cfg, key, parser.parse_override(f"{key}={value}").value(), merge=False)
+        except OmegaConfBaseException as err:
+            raise ValueError(f"{key}={value}: {str(err).splitlines()[0]}") from None
+    config = TrainConfig.from_mapping(trainer_values(OmegaConf.to_container(cfg, resolve=True)))
+    config.validate()
+    return config
+
+
+def _raise_problems(problems: dict[str, list[str]], total: int) -> None:
+    lines = []
+    for message, labels in problems.items():
+        shown = "; ".join(labels[:_MAX_LISTED]) + (
+            f"; and {len(labels) - _MAX_LISTED} more" if len(labels) > _MAX_LISTED else "")
+        lines.append(f"{message}\n    (cells: {shown})")
+    bad = sum(len(v) for v in problems.values())
+    raise GridError(f"{bad} of {total} cells cannot run, nothing was started:\n  " + "\n  ".join(lines))
+
+
+def plan(cells: list[Cell], compose: Callable[[list[str]], DictConfig], store: Path,
+         force: bool) -> tuple[list[PlannedCell], list[PlannedCell]]:
+    """(cells to run, cells skipped because the store has them done). Cells that are the same run
+    (same key) as an earlier one are dropped. ``compose(overrides)`` gives the app config without
+    its hydra node, unresolved, or raises ValueError."""
+    if not cells:
+        return [], []
+    try:
+        base = compose(list(cells[0].overrides))
+    except ValueError as err:
+        raise GridError(str(err)) from None
+    parser = OverridesParser.create()
+    planned: dict[str, PlannedCell] = {}
+    problems: dict[str, list[str]] = {}
+    for cell in cells:
+        try:
+            config = _cell_config(base, cell, parser)
+        except ValueError as err:
+            problems.setdefault(str(err), []).append(cell.label())
+            continue
+        key = cell_key(config.to_dict())
+        planned.setdefault(key, PlannedCell(cell, config, key, record_status(store, key)))
+    todo = [c for c in planned.values() if force or c.previous not in DONE]
+    for planned_cell in todo:
+        try:
+            check_trainable(planned_cell.config)
+        except ValueError as err:
+            problems.setdefault(str(err), []).append(planned_cell.cell.label())
+    if problems:
+        _raise_problems(problems, len(cells))
+    return todo, [c for c in planned.values() if c not in todo]

@@ -1,0 +1,113 @@
+"""``python -m sweeper status --store PATH``: counts by status and, per experiment, a size x lr grid.
+
+A status table is built from sources of cell states merged in order (the store first, then the
+cells an experiment's default grid expects, shown as missing); a scheduler can add its own source
+(pending / running cells) with ``extra_sources`` without touching the rendering.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional, TextIO
+
+import pandas as pd
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from .grid import expand
+from .record import result_config
+from .result_store import load_store
+
+# What a grid shows for a cell, by state; earlier states win when records share a position.
+SYMBOLS = {"failed": "FAIL", "diverged": "div", "ok": "done", "running": "run", "pending": "wait",
+           "missing": "."}
+GROUP_AXES = ["param", "optimizer", "layernorm", "seed"]
+POSITION = ["experiment", "width", "depth", "lr", *GROUP_AXES]
+_STATUS_STATE = {"ok": "ok", "diverged": "diverged", "failed": "failed"}
+
+
+def store_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cell states from load_store's frame: position columns, state, error."""
+    cells = frame[POSITION].copy()
+    cells["state"] = frame["status"].map(_STATUS_STATE)
+    last_line = frame["error_message"].fillna("").map(lambda m: (m.strip().splitlines() or [""])[-1][:200])
+    cells["error"] = (frame["error_type"].fillna("") + ": " + last_line).where(frame["status"] == "failed")
+    return cells
+
+
+def expected_cells(experiment: str, conf_dir: Path) -> pd.DataFrame:
+    """The cells of an experiment's default grid (conf/experiment/NAME.yaml), all 'missing'."""
+    from hydra import compose, initialize_config_dir
+
+    import sweeper.schema  # noqa: F401  registers the sweep app's schema
+
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = compose("sweep", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    base = {k: cfg[k] for k in cfg if k != "hydra"}
+    params = cfg.hydra.sweeper.params or {}
+    parser = OverridesParser.create()
+    rows = []
+    for cell in expand([f"{k}={v}" for k, v in params.items()], parser):
+        values = dict(base)
+        for override in cell.overrides:
+            parsed = parser.parse_override(override)
+            values[parsed.get_key_element()] = parsed.value()
+        row = {k: v for k, v in result_config(values).items() if k in POSITION}
+        rows.append({**row, "experiment": experiment, "state": "missing", "error": None})
+    return pd.DataFrame(rows, columns=[*POSITION, "state", "error"])
+
+
+def merge(sources: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """One state per position: the first source that has the position wins (the store, then the
+    scheduler's queue, then what the experiment expects); within a source, the worst state."""
+    frames = []
+    for rank, frame in enumerate(sources):
+        if len(frame):
+            frames.append(frame.assign(_rank=rank, _worst=frame["state"].map(list(SYMBOLS).index)))
+    if not frames:
+        return pd.DataFrame(columns=[*POSITION, "state", "error"])
+    cells = pd.concat(frames, ignore_index=True)
+    cells["experiment"] = cells["experiment"].fillna("(none)")
+    cells = cells.sort_values(["_rank", "_worst"]).drop_duplicates(POSITION, keep="first")
+    return cells.drop(columns=["_rank", "_worst"])
+
+
+def _row_axis(group: pd.DataFrame) -> str:
+    return "depth" if group["width"].nunique() == 1 and group["depth"].nunique() > 1 else "width"
+
+
+def render_grid(group: pd.DataFrame, out: TextIO) -> None:
+    rows = _row_axis(group)
+    lrs = sorted(group["lr"].unique())
+    table = {(r[rows], r["lr"]): SYMBOLS[r["state"]] for _, r in group.iterrows()}
+    header = [f"{rows} \\ lr"] + [f"{lr:g}" for lr in lrs]
+    lines = [header] + [[str(size)] + [table.get((size, lr), ".") for lr in lrs]
+                        for size in sorted(group[rows].unique())]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("    " + "  ".join(cell.rjust(w) for cell, w in zip(line, widths)), file=out)
+
+
+def report(store: Path, out: TextIO, conf_dir: Optional[Path] = None,
+           extra_sources: Iterable[pd.DataFrame] = ()) -> None:
+    frame = load_store(store)
+    counts = frame["status"].value_counts()
+    print(f"store {store}: {len(frame)} records: "
+          + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "diverged", "failed")), file=out)
+    sources = [store_cells(frame), *extra_sources]
+    if conf_dir is not None:
+        for name in sorted(frame["experiment"].dropna().unique()):
+            if (conf_dir / "experiment" / f"{name}.yaml").exists():
+                sources.append(expected_cells(name, conf_dir))
+    cells = merge(sources)
+    print("legend: " + ", ".join(f"{sym}={state}" for state, sym in SYMBOLS.items()), file=out)
+    for keys, group in cells.groupby(["experiment", *GROUP_AXES], sort=True, dropna=False):
+        fixed = "depth" if _row_axis(group) == "width" else "width"
+        for value, sub in group.groupby(fixed):
+            settings = " ".join(f"{k}={v}" for k, v in zip(GROUP_AXES, keys[1:]))
+            print(f"\nexperiment {keys[0]}: {settings} {fixed}={value}", file=out)
+            render_grid(sub, out)
+    failed = cells[cells["state"] == "failed"]
+    if len(failed):
+        print("\nfailed cells (last error):", file=out)
+        for _, r in failed.iterrows():
+            print(f"  {r['experiment']} width={r['width']} depth={r['depth']} lr={r['lr']:g} "
+                  f"{r['param']}/{r['optimizer']}: {r['error']}", file=out)
