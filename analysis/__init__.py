@@ -1,0 +1,8 @@
+"""The analysis stage: a result store -> tables, optimal learning rates, verdicts and figures.
+
+Reads the store through sweeper.result_store only; never imports torch or the trainer's model code.
+"""
+
+
+class AnalysisError(Exception):
+    """Bad input to the analysis: the message is the whole story, shown without a traceback."""

@@ -1,0 +1,105 @@
+"""python -m analysis {report,ingest,curves}: the analysis stage's command line."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import AnalysisError
+from .optima import MAX_DRIFT_LOG2, MAX_REGRET_FRACTION
+
+DESCRIPTION = """Turns a result store into the paper's tables, optimal learning rates, transfer verdicts
+and figures, and brings external results (e.g. published tables) into a store."""
+
+REPORT_EPILOG = f"""Tables: one per experiment group (every config setting that varies across the store, except
+width/depth, lr and seed) and sweep line; rows are sizes, columns log2 eta_base, cells the final
+validation loss averaged over seeds (NaN: diverged, blank: not run, bold: the row's best).
+eta* grid is the row's argmin, eta* fit the vertex of a parabola through it and its neighbours;
+'<= x' / '>= x' marks an optimum on the grid's edge; regret is the loss at the smallest size's
+eta* grid minus the row's best. The verdict says 'transfers' when the fitted
+eta* drifts by at most --max-drift (log2) across sizes and the smallest size's eta* costs every
+size at most --max-regret of its best loss.
+Coordinate checks: files from `python -m trainer.coord_check --out FILE`, given with
+--coord-check or named coord_check*.json inside the store directory.
+
+example: python -m analysis report --store store/ --out reports/width --curves 3fa1c0d2e4b5a697"""
+
+
+def _usable_cpus() -> int:
+    # The affinity mask, not cpu_count: under Slurm or taskset a process may use fewer CPUs.
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=DESCRIPTION)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{report,ingest,curves}")
+
+    report = commands.add_parser(
+        "report", help="tables, optima, verdicts and figures of a store", description="Writes the report of "
+        "the store into --out (report.md, tables.tex, summary.csv,\ntables/<table>.{md,tex,csv}, "
+        "figures/*.{png,pdf}) and prints its tables. It only reads the store.", epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_argument("--store", type=Path, required=True, metavar="DIR", help="the result store directory")
+    report.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for the report (created)")
+    report.add_argument("--coord-check", type=Path, action="append", default=[], metavar="FILE",
+                        help="coordinate-check records to plot (repeatable)")
+    report.add_argument("--curves", action="append", default=[], metavar="KEY",
+                        help="plot the training curves of this cell (repeatable)")
+    report.add_argument("--no-figures", dest="figures", action="store_false", help="tables only (no figures at all, so --curves and --coord-check are ignored)")
+    report.add_argument("--jobs", type=int, default=_usable_cpus(), metavar="N",
+                        help="processes drawing figures (default: the CPUs this process may use, %(default)s)")
+    report.add_argument("--max-drift", type=float, default=MAX_DRIFT_LOG2, metavar="LOG2",
+                        help="largest eta* drift (log2) that still transfers (default %(default)s)")
+    report.add_argument("--max-regret", type=float, default=MAX_REGRET_FRACTION, metavar="FRACTION",
+                        help="largest regret, as a fraction of the best loss, that still transfers "
+                             "(default %(default)s)")
+
+    ingest = commands.add_parser(
+        "ingest", help="bring external results (a CSV) into a store",
+        description="Checks every row of CSV, then writes one record per row into the store (source "
+        "'ingest'). Columns: width, depth, lr (log2 eta_base), param (sp|mup|mup_k1), optimizer "
+        "(muon_kimi|muon|adamw|sgd|lion), layernorm (true|false), val_loss (nan: diverged); other "
+        "columns are kept as extra fields. A bad row stops it before anything is written. The records' "
+        "keys include source and experiment, so they never replace a trained cell.")
+    ingest.add_argument("csv", type=Path, metavar="CSV", help="the CSV file")
+    ingest.add_argument("--store", type=Path, required=True, metavar="DIR", help="the result store directory (created)")
+    ingest.add_argument("--experiment", help="experiment name of the records (default: the CSV's file stem)")
+
+    curves = commands.add_parser("curves", help="training curves of one cell",
+                                 description="Plots the train and val loss curves of one cell.")
+    curves.add_argument("--store", type=Path, required=True, metavar="DIR", help="the result store directory")
+    curves.add_argument("--key", required=True, help="the cell's key (column `key` of the store)")
+    curves.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="report directory: writes figures/curves_KEY.{png,pdf} there")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Imported after parsing, per command: --help and ingest need no matplotlib.
+    try:
+        if args.command == "report":
+            from .report import ReportOptions, report
+
+            print(report(ReportOptions(args.store, args.out, args.coord_check, args.curves, args.figures,
+                                       args.jobs, args.max_drift, args.max_regret)))
+        elif args.command == "ingest":
+            from .ingest import ingest
+
+            records = ingest(args.csv, args.store, args.experiment)
+            diverged = sum(r["status"] == "diverged" for r in records)
+            print(f"ingested {len(records)} records ({diverged} diverged) as experiment "
+                  f"'{records[0]['experiment']}' into {args.store}")
+        else:
+            from .figures import render
+            from .report import curves_job
+
+            print("wrote " + ", ".join(map(str, render([curves_job(args.store, args.key, args.out)]))))
+    except AnalysisError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

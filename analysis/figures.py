@@ -1,0 +1,198 @@
+"""Figures (PNG and PDF) through matplotlib's object API: no pyplot, so no global backend state.
+
+Transfer curves and eta* against size follow the paper's Figures 1-2; coordinate checks plot the
+last block's output RMS against size per step, SP beside muP; training curves show one cell's run.
+"""
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from .optima import RowOptimum
+from .tables import Table, value_text
+
+CMAP = colormaps["viridis"]
+LR_LABEL = "log₂ η_base"  # unicode, not mathtext, which is slow to lay out
+
+
+def save(fig: Figure, stem: Path) -> list[Path]:
+    """Writes stem.png and stem.pdf."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.parent / f"{stem.name}.{ext}" for ext in ("png", "pdf")]  # stems may hold dots
+    for path in paths:
+        fig.savefig(path, dpi=120)
+    return paths
+
+
+Job = tuple[Callable[..., Figure], tuple, Path]  # (draw function, its arguments, file stem)
+
+
+def _render(job: Job) -> list[Path]:
+    draw, args, stem = job
+    return save(draw(*args), stem)
+
+
+def render(jobs: list[Job], workers: int = 1) -> list[Path]:
+    """Draws and saves every figure, in ``workers`` processes: drawing text is matplotlib's slow
+    part and figures are independent. A forkserver (not fork: the caller may hold pyarrow's
+    threads) that has imported matplotlib once starts the workers."""
+    if workers <= 1 or len(jobs) < 2:
+        return [path for job in jobs for path in _render(job)]
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+    else:
+        context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+        return [path for paths in pool.map(_render, jobs) for path in paths]
+
+
+def _figure(panels: int = 1) -> Figure:
+    """Fixed margins with the legend outside on the right: a tight bbox or legend loc="best"
+    would each cost another layout pass per file."""
+    fig = Figure(figsize=(3.6 * panels + 2.6, 4.0))
+    fig.subplots_adjust(left=0.1 if panels > 1 else 0.14, right=0.72 if panels == 1 else 0.84, top=0.84, bottom=0.13)
+    return fig
+
+
+def _legend(ax, **kwargs) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, **kwargs)
+    else:
+        ax.text(0.5, 0.5, "no finite values to plot", ha="center", transform=ax.transAxes)
+
+
+def _colors(n: int) -> list:
+    # Stop short of viridis' pale yellow end, which vanishes on white.
+    return [CMAP(x) for x in np.linspace(0.0, 0.85, n)] if n > 1 else [CMAP(0.0)]
+
+
+def y_range(table: Table) -> tuple[float, float]:
+    """Clips exploding losses so they do not flatten the curves near the optima: the top is Tukey's
+    far-out fence (q75 + 3 IQR) of the finite losses, but never below the worst row optimum."""
+    finite = table.loss[np.isfinite(table.loss)]
+    low, high = float(finite.min()), float(finite.max())
+    q25, q75 = np.percentile(finite, [25, 75])
+    best_worst = float(np.nanmax(np.nanmin(np.where(np.isfinite(table.loss), table.loss, np.nan), axis=1)))
+    top = min(high, max(q75 + 3 * (q75 - q25), best_worst))
+    pad = 0.05 * (top - low) or 0.05 * abs(low) or 0.05
+    return low - pad, top + pad
+
+
+def transfer_curves(table: Table, optima: list[RowOptimum]) -> Figure:
+    """Val loss against log2 eta, one line per size; star: each row's optimum; x on the top edge:
+    diverged; triangle on the top edge: a finite loss above the clipped y-range."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    has_data = np.isfinite(table.loss).any()
+    low, top = y_range(table) if has_data else (0.0, 1.0)
+    colors = np.array(_colors(len(table.sizes)))
+    for r, color in enumerate(colors):
+        finite = np.isfinite(table.loss[r])
+        if finite.any():
+            ax.plot(table.lrs[finite], table.loss[r, finite], "-o", color=color, ms=3.5,
+                    label=f"{table.axis} {value_text(table.sizes[r])}")
+    # One scatter per marker kind, not per row: each artist costs layout time on every save.
+    rows, cols = np.nonzero(np.isfinite(table.loss) & (table.loss > top))
+    ax.scatter(table.lrs[cols], np.full(len(cols), top), marker="^", c=colors[rows], clip_on=False, zorder=3)
+    rows, cols = np.nonzero(table.diverged)
+    ax.scatter(table.lrs[cols], np.full(len(cols), top), marker="x", color="red", s=40, clip_on=False, zorder=3)
+    best = [(r, o.lr, o.loss) for r, o in enumerate(optima) if o.lr is not None]
+    if best:
+        rows, lrs, losses = map(np.array, zip(*best))
+        ax.scatter(lrs, losses, marker="*", s=140, c=colors[rows], edgecolors="black", linewidths=0.6, zorder=4)
+    ax.set_ylim(low, top)
+    ax.set_xlabel(LR_LABEL)
+    ax.set_ylabel("final validation loss")
+    ax.set_title(_wrap(table.name), fontsize=9)
+    ax.grid(alpha=0.3)
+    _legend(ax, title="★ optimum\n× diverged\n▲ off the top", title_fontsize=7)
+    return fig
+
+
+def eta_star(axis: str, tables: list[Table], optima: list[list[RowOptimum]]) -> Figure:
+    """Refined log2 eta* against size, one line per table; hollow markers: edge optima (unknown)."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    for table, opts, color in zip(tables, optima, _colors(len(tables))):
+        points = [(o.size, o.estimate, o.edge) for o in opts if o.lr is not None]
+        if not points:
+            continue
+        sizes, etas, edges = zip(*points)
+        ax.plot(sizes, etas, "-", color=color, label=_short(table, tables))
+        edge = np.array([e is not None for e in edges])
+        ax.scatter(np.array(sizes)[~edge], np.array(etas)[~edge], color=color, zorder=3)
+        ax.scatter(np.array(sizes)[edge], np.array(etas)[edge], facecolors="white", edgecolors=color, zorder=3)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(axis)
+    ax.set_ylabel("log₂ η* (fit; hollow: on the grid's edge)")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return fig
+
+
+def coord_check(rows: pd.DataFrame, title: str) -> Figure:
+    """RMS of the last block's output against size, one line per step, one panel per param.
+
+    ``rows`` holds one optimizer and one fixed size; the varying of width/depth is the x axis."""
+    axis = "width" if rows["width"].nunique() > 1 else "depth"
+    last = rows[rows["block"] == rows["depth"] - 1]
+    params = sorted(last["param"].unique(), key=lambda p: (p != "sp", p))  # SP first, as in the paper
+    fig = _figure(len(params))
+    axes = fig.subplots(1, len(params), sharey=True, squeeze=False)[0]
+    steps = sorted(last["step"].unique())
+    for ax, param in zip(axes, params):
+        mean = last[last["param"] == param].groupby(["step", axis])["rms"].mean()
+        for step, color in zip(steps, _colors(len(steps))):
+            if step in mean.index.get_level_values(0):
+                curve = mean.loc[step]
+                ax.plot(curve.index, curve.to_numpy(), "-o", ms=3, color=color, label=f"step {step}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(axis)
+        ax.set_title(param, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("RMS of the last block's output")
+    _legend(axes[-1])
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def training_curves(record: dict) -> Figure:
+    fig = _figure()
+    ax = fig.add_subplot()
+    for name, style in (("train", "-"), ("val", "-o")):
+        points = np.array(record["curves"].get(name) or [], dtype=float).reshape(-1, 2)
+        if len(points):
+            ax.plot(points[:, 0], points[:, 1], style, ms=3, label=name)
+    config = record["config"]
+    ax.set_title(_wrap(f"{record['key']} ({record['status']}): " + ", ".join(
+        f"{k}={config[k]}" for k in ("param", "optimizer", "width", "depth", "lr", "seed") if k in config)), fontsize=9)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return fig
+
+
+def _short(table: Table, tables: list[Table]) -> str:
+    """The part of a table's title that differs between the tables of one figure."""
+    varying = [k for k in table.title if len({value_text(t.title.get(k)) for t in tables}) > 1]
+    return ", ".join(f"{k}={value_text(table.title[k])}" for k in varying) or table.name
+
+
+def _wrap(text: str, width: int = 70) -> str:
+    lines, line = [], ""
+    for word in text.split(" "):
+        if line and len(line) + len(word) > width:
+            lines.append(line)
+            line = ""
+        line += word + " "
+    return "\n".join([*lines, line.strip()])

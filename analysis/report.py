@@ -1,0 +1,168 @@
+"""Store -> report directory: tables (Markdown, LaTeX, CSV), optima, verdicts and figures.
+
+Layout of ``out``::
+
+    report.md                 every table with its notes and verdict (also printed)
+    tables.tex                every table, booktabs
+    summary.csv               one row per table row: optimum (grid, fit, edge), regret, verdict
+    tables/<slug>.{md,tex,csv}
+    figures/transfer_<slug>.{png,pdf}, figures/eta_star_<axis>.{png,pdf},
+    figures/coord_check_<...>.{png,pdf}, figures/curves_<key>.{png,pdf}
+
+It reads the store only.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from sweeper.result_store import load_store, read_record
+
+from . import AnalysisError, figures
+from .optima import MAX_DRIFT_LOG2, MAX_REGRET_FRACTION, RowOptimum, Verdict, row_optimum, verdict
+from .tables import Table, value_text, build_tables, to_frame, to_latex, to_markdown
+
+COORD_CHECK_GLOB = "coord_check*.json"
+COORD_CHECK_COLUMNS = {"param", "optimizer", "width", "depth", "seed", "step", "block", "rms"}
+
+
+@dataclass
+class ReportOptions:
+    store: Path
+    out: Path
+    coord_checks: list[Path] = field(default_factory=list)  # besides coord_check*.json in the store
+    curves: list[str] = field(default_factory=list)  # cell keys whose training curves to plot
+    figures: bool = True
+    workers: int = 1  # processes drawing figures
+    max_drift: float = MAX_DRIFT_LOG2
+    max_regret: float = MAX_REGRET_FRACTION
+
+
+@dataclass
+class Analysed:
+    table: Table
+    optima: list[RowOptimum]
+    verdict: Verdict
+
+
+def load(store: Path) -> pd.DataFrame:
+    if not store.is_dir():
+        raise AnalysisError(f"store {store} does not exist (run a sweep into it, or `python -m analysis ingest`)")
+    try:
+        frame = load_store(store)
+    except ValueError as err:  # the store's StoreError / SchemaError: corrupt or too new a record
+        raise AnalysisError(str(err)) from None
+    if frame.empty:
+        raise AnalysisError(f"store {store} holds no records yet")
+    return frame
+
+
+def analyse(frame: pd.DataFrame, max_drift: float = MAX_DRIFT_LOG2,
+            max_regret: float = MAX_REGRET_FRACTION) -> list[Analysed]:
+    out = []
+    for table in build_tables(frame):
+        optima = [row_optimum(s, table.lrs, table.loss[r], table.diverged[r]) for r, s in enumerate(table.sizes)]
+        out.append(Analysed(table, optima, verdict(table.axis, table.lrs, table.loss, table.diverged, optima,
+                                                    max_drift, max_regret)))
+    return out
+
+
+def summary_frame(analysed: list[Analysed]) -> pd.DataFrame:
+    rows = []
+    for a in analysed:
+        for opt in a.optima:
+            regret = a.verdict.regrets.get(opt.size, math.nan)
+            rows.append({
+                "table": a.table.name, **{k: value_text(v) for k, v in a.table.title.items()},
+                "axis": a.table.axis, "size": value_text(opt.size), "lr_star_grid": opt.lr,
+                "lr_star_fit": opt.lr_refined, "edge": opt.edge or "", "best_loss": opt.loss,
+                "regret": regret, "drift": a.verdict.drift, "transfers": a.verdict.transfers,
+            })
+    return pd.DataFrame(rows)
+
+
+def write_tables(analysed: list[Analysed], out: Path) -> str:
+    """Writes every format; returns the Markdown of all tables."""
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    markdown, latex = [], []
+    for a in analysed:
+        md, tex = to_markdown(a.table, a.optima, a.verdict), to_latex(a.table, a.optima, a.verdict)
+        stem = out / "tables" / a.table.slug
+        Path(f"{stem}.md").write_text(md)
+        Path(f"{stem}.tex").write_text(tex)
+        to_frame(a.table, a.optima, a.verdict).to_csv(f"{stem}.csv", index=False)
+        markdown.append(md)
+        latex.append(tex)
+    (out / "tables.tex").write_text("% needs \\usepackage{booktabs}\n" + "\n".join(latex))
+    summary_frame(analysed).to_csv(out / "summary.csv", index=False)
+    return "\n".join(markdown)
+
+
+def figure_jobs(analysed: list[Analysed], out: Path) -> list[figures.Job]:
+    jobs = [(figures.transfer_curves, (a.table, a.optima), out / "figures" / f"transfer_{a.table.slug}")
+            for a in analysed]
+    for axis in ("width", "depth"):
+        swept = [a for a in analysed if a.table.axis == axis and len(a.table.sizes) > 1]
+        if swept:
+            jobs.append((figures.eta_star, (axis, [a.table for a in swept], [a.optima for a in swept]),
+                         out / "figures" / f"eta_star_{axis}"))
+    return jobs
+
+
+def read_coord_check(path: Path) -> pd.DataFrame:
+    try:
+        rows = pd.DataFrame(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise AnalysisError(f"coordinate-check file {path} does not exist") from None
+    except (json.JSONDecodeError, ValueError) as err:
+        raise AnalysisError(f"coordinate-check file {path} is not a JSON list of rows: {err}") from None
+    missing = COORD_CHECK_COLUMNS - set(rows.columns)
+    if rows.empty or missing:
+        raise AnalysisError(f"coordinate-check file {path} lacks {sorted(missing) or 'rows'}: "
+                            "write it with `python -m trainer.coord_check --out FILE`")
+    return rows
+
+
+def coord_check_jobs(path: Path, out: Path) -> list[figures.Job]:
+    """One figure per optimizer and fixed size: RMS against the size that varies, per step."""
+    rows = read_coord_check(path)
+    fixed = "depth" if rows["width"].nunique() > 1 else "width"
+    name = path.stem if path.stem.startswith("coord_check") else f"coord_check_{path.stem}"
+    return [
+        (figures.coord_check, (part, f"coordinate check ({path.name}): optimizer={optimizer}, {fixed}={value}"),
+         out / "figures" / f"{name}_{optimizer}_{fixed}={value}")
+        for (optimizer, value), part in rows.groupby(["optimizer", fixed])
+    ]
+
+
+def curves_job(store: Path, key: str, out: Path) -> figures.Job:
+    if not store.is_dir():
+        raise AnalysisError(f"store {store} does not exist")
+    try:
+        record = read_record(store, key)
+    except ValueError as err:  # the store's StoreError: unknown key, corrupt record
+        raise AnalysisError(str(err)) from None
+    return figures.training_curves, (record,), out / "figures" / f"curves_{key}"
+
+
+def report(options: ReportOptions) -> str:
+    """Writes the report into options.out; returns the text to print."""
+    frame = load(options.store)
+    analysed = analyse(frame, options.max_drift, options.max_regret)
+    jobs = []
+    if options.figures:  # read every input before writing anything
+        jobs = figure_jobs(analysed, options.out)
+        for path in dict.fromkeys([*options.coord_checks, *sorted(options.store.glob(COORD_CHECK_GLOB))]):
+            jobs += coord_check_jobs(path, options.out)
+        jobs += [curves_job(options.store, key, options.out) for key in options.curves]
+    options.out.mkdir(parents=True, exist_ok=True)
+    text = write_tables(analysed, options.out)
+    written = figures.render(jobs, options.workers)
+    figure_list = "".join(f"- [{p.name}]({p.relative_to(options.out)})\n" for p in written if p.suffix == ".png")
+    body = f"# Report of {options.store}\n\n{len(frame)} records, {len(analysed)} tables.\n\n{text}"
+    (options.out / "report.md").write_text(body + (f"\n## Figures\n\n{figure_list}" if figure_list else ""))
+    return body + f"\nwrote {options.out}/report.md, tables.tex, summary.csv, tables/ ({len(written)} figure files)"

@@ -1,0 +1,238 @@
+"""Store rows -> one grid per experiment group (sizes x log2 eta_base), like the paper's Tables 8-13.
+
+Groups: every config column that varies across the store, except the size axes, lr and seed, splits
+the records into groups (plus experiment and source when they vary, so published numbers sit beside
+one's own runs instead of mixing with them). Within a group each sweep line -- the widths at one
+depth, or the depths at one width -- is one table.
+
+Seeds are averaged: a cell is the mean final validation loss over its seeds, as the paper reports one
+number per cell; the mean is the less noisy argmin. A cell where any seed diverged counts as diverged
+(an LR that sometimes explodes is not one to pick), and failed runs are left out (blank if nothing
+else ran there).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from sweeper.result_store import BASE_COLUMNS
+
+from .optima import RowOptimum, Verdict
+
+SIZE_AXES = ("width", "depth")
+LR, SEED = "lr", "seed"
+TITLE_FIRST = ("experiment", "source", "param", "optimizer", "layernorm")
+
+
+@dataclass
+class Table:
+    title: dict  # the values fixed in this table, e.g. {"param": "sp", ..., "depth": 4}
+    axis: str  # the size axis of the rows: "width" | "depth"
+    sizes: np.ndarray
+    lrs: np.ndarray
+    loss: np.ndarray  # mean final val loss over seeds; NaN where missing or diverged
+    diverged: np.ndarray  # bool, same shape
+    runs: np.ndarray  # runs per cell (ok + diverged); 0 where missing
+    failed: int = 0  # failed runs left out
+
+    @property
+    def name(self) -> str:
+        return ", ".join(f"{k}={value_text(v)}" for k, v in self.title.items())
+
+    @property
+    def slug(self) -> str:
+        """A file name: the title, shortened with a hash when long (file names stop at 255 bytes)."""
+        slug = re.sub(r"[^A-Za-z0-9.=-]+", "_", "_".join(f"{k}={value_text(v)}" for k, v in self.title.items()))
+        if len(slug) > 160:
+            slug = f"{slug[:150]}_{hashlib.sha256(slug.encode()).hexdigest()[:8]}"
+        return slug
+
+
+def value_text(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def config_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns load_store fills from a record's config: not its run columns, not extra_*."""
+    return [c for c in frame.columns if c not in BASE_COLUMNS and not c.startswith("extra_")]
+
+
+def group_columns(frame: pd.DataFrame) -> list[str]:
+    """Config columns (and experiment, source) that vary across records, except sizes, lr and seed."""
+    candidates = [c for c in ("experiment", "source") if c in frame.columns] + [
+        c for c in config_columns(frame) if c not in (*SIZE_AXES, LR, SEED)
+    ]
+    return [c for c in candidates if frame[c].nunique(dropna=False) > 1]
+
+
+def cell_frame(frame: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
+    """One row per (group, width, depth, lr): mean loss of the ok runs, counts of ok/diverged/failed."""
+    status, loss = frame["status"], frame["val_loss"].astype(float)
+    ok = (status == "ok") & loss.notna()
+    diverged = (status == "diverged") | ((status == "ok") & loss.isna())
+    runs = frame[[*groups, *SIZE_AXES, LR]].assign(
+        loss=loss.where(ok), ok=ok, diverged=diverged, failed=~(ok | diverged))
+    return runs.groupby([*groups, *SIZE_AXES, LR], dropna=False, sort=False).agg(
+        loss=("loss", "mean"), ok=("ok", "sum"), diverged=("diverged", "sum"), failed=("failed", "sum"),
+    ).reset_index()
+
+
+def build_tables(frame: pd.DataFrame) -> list[Table]:
+    """One table per (group, sweep line), ordered by title."""
+    missing = [c for c in (*SIZE_AXES, LR, "status", "val_loss") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"store rows lack the column(s) {missing}: is this a result store?")
+    frame = frame[frame[LR].notna()]
+    groups = group_columns(frame)
+    constant = {c: frame[c].iloc[0] for c in TITLE_FIRST if c in frame.columns and c not in groups
+                and c not in ("experiment", "source") and not _missing(frame[c].iloc[0])}
+    cells = cell_frame(frame, groups)
+    tables = []
+    parts = cells.groupby(groups, dropna=False, sort=False) if groups else [((), cells)]
+    for _, part in parts:
+        first = part.iloc[0]
+        title = {**constant, **{c: first[c] for c in groups if not _missing(first[c])}}
+        title = {c: title[c] for c in [*TITLE_FIRST, *groups] if c in title}  # a stable order
+        for axis, fixed, line in _sweep_lines(part):
+            tables.append(_grid(line, axis, {**title, fixed: line[fixed].iloc[0]}))
+    tables.sort(key=lambda t: [(k, _sort_key(v)) for k, v in t.title.items()])
+    return tables
+
+
+def _sort_key(value):
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+def _sweep_lines(part: pd.DataFrame):
+    """(axis, fixed axis, cells) for each line of >= 2 sizes; cells on no such line as single rows."""
+    covered = pd.Series(False, index=part.index)
+    for axis, fixed in (("width", "depth"), ("depth", "width")):
+        for _, line in part.groupby(fixed, sort=True):
+            if line[axis].nunique() >= 2:
+                covered[line.index] = True
+                yield axis, fixed, line
+    for _, line in part[~covered].groupby("depth", sort=True):
+        yield "width", "depth", line
+
+
+def _grid(line: pd.DataFrame, axis: str, title: dict) -> Table:
+    size_of, lr_of = line[axis].to_numpy(float), line[LR].to_numpy(float)
+    sizes, lrs = np.unique(size_of), np.unique(lr_of)
+    at = (np.searchsorted(sizes, size_of), np.searchsorted(lrs, lr_of))
+    shape = (len(sizes), len(lrs))
+    loss, runs, diverged = np.full(shape, np.nan), np.zeros(shape, int), np.zeros(shape, bool)
+    loss[at] = line["loss"].to_numpy(float)
+    runs[at] = (line["ok"] + line["diverged"]).to_numpy(int)
+    diverged[at] = line["diverged"].to_numpy() > 0
+    loss[diverged] = np.nan
+    return Table(title, axis, sizes, lrs, loss, diverged, runs, int(line["failed"].sum()))
+
+
+# ---- formats -----------------------------------------------------------------------------------
+
+def _cell(table: Table, r: int, c: int) -> str:
+    if table.diverged[r, c]:
+        return "NaN"
+    if table.runs[r, c] == 0:
+        return ""
+    return f"{table.loss[r, c]:.3f}"
+
+
+def _fit(opt: RowOptimum) -> str:
+    if opt.lr is None:
+        return ""
+    if opt.edge:
+        return ("<= " if opt.edge == "below" else ">= ") + f"{opt.lr:g}"
+    return f"{opt.lr_refined:.2f}"
+
+
+def _regret(verdict: Verdict, size: float) -> str:
+    regret = verdict.regrets.get(size, math.nan)
+    return "diverged" if math.isinf(regret) else "" if math.isnan(regret) else f"{regret:.3f}"
+
+
+def _rows(table: Table, optima: list[RowOptimum], verdict: Verdict, bold) -> list[list[str]]:
+    """Size, the cells (the row's best in bold), eta* grid, eta* fit, regret at the smallest size's eta*."""
+    rows = []
+    for r, opt in enumerate(optima):
+        cells = []
+        for c, lr in enumerate(table.lrs):
+            text = _cell(table, r, c)
+            cells.append(bold(text) if opt.lr == lr and text else text)
+        grid = "" if opt.lr is None else f"{opt.lr:g}"
+        rows.append([value_text(table.sizes[r]), *cells, grid, _fit(opt), _regret(verdict, opt.size)])
+    return rows
+
+
+def notes(table: Table, optima: list[RowOptimum], verdict: Verdict) -> list[str]:
+    lines = [f"verdict: {verdict.summary}"]
+    for opt in optima:
+        if opt.edge:
+            lines.append(f"{table.axis} {value_text(opt.size)}: {opt.edge_note()}")
+    most = int(table.runs.max()) if table.runs.size else 0
+    if most > 1:
+        lines.append(f"cells are means over up to {most} runs (seeds); a cell with any diverged run is NaN")
+    if table.failed:
+        lines.append(f"{table.failed} failed run(s) left out")
+    return lines
+
+
+def to_markdown(table: Table, optima: list[RowOptimum], verdict: Verdict) -> str:
+    header = [f"{table.axis} \\ log2 eta", *[f"{lr:g}" for lr in table.lrs], "eta* grid", "eta* fit", "regret"]
+    rows = [header, *_rows(table, optima, verdict, lambda s: f"**{s}**")]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["| " + " | ".join(cell.rjust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
+    body = "\n".join(lines)
+    return f"### {table.name}\n\n{body}\n\n" + "".join(f"- {n}\n" for n in notes(table, optima, verdict))
+
+
+LATEX = {"\\": "\\textbackslash{}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}", "<": "$<$", ">": "$>$",
+         **{c: "\\" + c for c in "_%&#${}"}}
+
+
+def _latex_escape(text: str) -> str:
+    text = "".join(LATEX.get(c, c) for c in text)
+    return text.replace("$<$=", "$\\le$").replace("$>$=", "$\\ge$").replace("eta*", "$\\eta^*$")
+
+
+def to_latex(table: Table, optima: list[RowOptimum], verdict: Verdict) -> str:
+    symbol = {"width": "n", "depth": "L"}[table.axis]
+    header = [f"${symbol}$ / $\\log_2\\eta_{{\\mathrm{{base}}}}$", *[f"${lr:g}$" for lr in table.lrs],
+              "$\\log_2\\eta^*$ grid", "fit", "regret"]
+    rows = _rows(table, optima, verdict, lambda s: f"\\textbf{{{s}}}")
+    rows = [[_latex_escape(cell) if not cell.startswith("\\textbf") else cell for cell in row] for row in rows]
+    caption = _latex_escape(table.name + ". " + "; ".join(notes(table, optima, verdict)) + ".")
+    lines = [
+        "\\begin{table}[ht]", "\\centering", f"\\caption{{{caption}}}", f"\\label{{tab:{table.slug}}}",
+        f"\\begin{{tabular}}{{l{'r' * len(table.lrs)}rrr}}", "\\toprule", " & ".join(header) + " \\\\",
+        "\\midrule", *[" & ".join(row) + " \\\\" for row in rows], "\\bottomrule", "\\end{tabular}",
+        "\\end{table}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def to_frame(table: Table, optima: list[RowOptimum], verdict: Verdict) -> pd.DataFrame:
+    """The grid as numbers (nan: diverged, empty: missing) with each row's optimum and regret
+    (inf: the smallest size's eta* diverges there), for CSV."""
+    values = np.where(table.diverged, "nan", np.where(table.runs > 0, table.loss.astype(str), ""))
+    grid = pd.DataFrame(values, columns=[f"{lr:g}" for lr in table.lrs])
+    grid.insert(0, table.axis, [int(s) if float(s).is_integer() else s for s in table.sizes])
+    grid["lr_star_grid"] = [opt.lr for opt in optima]
+    grid["lr_star_fit"] = [opt.lr_refined for opt in optima]
+    grid["edge"] = [opt.edge or "" for opt in optima]
+    grid["regret"] = [verdict.regrets.get(opt.size) for opt in optima]
+    return grid

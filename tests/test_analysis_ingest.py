@@ -1,0 +1,89 @@
+"""Ingest: external CSV rows -> store records, all-or-nothing, keys apart from trained cells."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from analysis import ingest as ingest_module
+from analysis.ingest import IngestError, ingest
+from sweeper.record import make_record
+from sweeper.result_store import load_store, read_record, write_record
+
+HEADER = "width,depth,lr,param,optimizer,layernorm,val_loss,note\n"
+
+
+def write_csv(path: Path, body: str, header: str = HEADER) -> Path:
+    path.write_text(header + body)
+    return path
+
+
+def test_rows_become_records_with_status_experiment_and_extra_fields(tmp_path):
+    csv = write_csv(tmp_path / "published.csv",
+                    "128,4,-8,sp,muon_kimi,true,4.45,table 8\n128,4,-5,sp,muon_kimi,TRUE,nan,\n"
+                    "256,4,-8,mup,adamw,false,4.081,x\n")
+    records = ingest(csv, tmp_path / "store")
+    frame = load_store(tmp_path / "store").set_index(["width", "lr"])
+    assert len(frame) == 3 and set(frame["source"]) == {"ingest"} and set(frame["experiment"]) == {"published"}
+    assert frame.loc[(128, -8.0), "status"] == "ok" and frame.loc[(128, -8.0), "val_loss"] == 4.45
+    assert frame.loc[(128, -5.0), "status"] == "diverged" and math.isnan(frame.loc[(128, -5.0), "val_loss"])
+    assert frame.loc[(256, -8.0), "layernorm"] == False  # noqa: E712 -- a bool column
+    assert frame.loc[(256, -8.0), "optimizer"] == "adamw"
+    full = read_record(tmp_path / "store", records[0]["key"])
+    assert full["extra"] == {"note": "table 8"}
+    assert ingest(csv, tmp_path / "store", experiment="other")[0]["experiment"] == "other"
+
+
+def test_ingested_key_never_collides_with_a_trained_cell(tmp_path):
+    store = tmp_path / "store"
+    config = {"width": 128, "depth": 4, "lr": -8.0, "param": "sp", "optimizer": "muon_kimi", "layernorm": True}
+    trained = make_record(config, "ok", experiment="mine", metrics={"val_loss": 4.0})
+    write_record(store, trained)
+    csv = write_csv(tmp_path / "paper.csv", "128,4,-8,sp,muon_kimi,true,4.45,\n")
+    [ingested] = ingest(csv, store)
+    [again] = ingest(csv, store, experiment="paper_v2")
+    assert len({trained["key"], ingested["key"], again["key"]}) == 3
+    assert read_record(store, trained["key"])["metrics"]["val_loss"] == 4.0  # untouched
+    assert len(load_store(store)) == 3
+    assert ingest(csv, store)[0]["key"] == ingested["key"]  # re-ingesting replaces, never duplicates
+    assert len(load_store(store)) == 3
+
+
+def test_bad_rows_are_all_reported_by_line_and_nothing_is_written(tmp_path):
+    csv = write_csv(tmp_path / "bad.csv",
+                    "128,4,-8,sp,muon_kimi,true,4.45,ok row\n"
+                    "128,4,abc,sp,muon_kimi,true,4.4,\n"  # line 3
+                    "128,4,-7,spp,muon_kimi,true,4.4,\n"  # line 4
+                    "128.5,4,-6,sp,muon_kimi,maybe,4.4,\n"  # line 5: two problems
+                    "128,4,-5,sp,muon_kimi,true,,\n"  # line 6
+                    "128,4,-8,sp,muon_kimi,true,4.5,\n")  # line 7: same cell as line 2
+    with pytest.raises(IngestError) as err:
+        ingest(csv, tmp_path / "store")
+    message = str(err.value)
+    assert "6 bad row(s), nothing written" in message
+    for expected in ("line 3: lr='abc' is not a number",
+                     "line 4: param='spp' must be one of sp, mup, mup_k1",
+                     "line 5: width='128.5' must be a positive integer",
+                     "line 5: layernorm='maybe' must be true or false",
+                     "line 6: val_loss is empty (write nan for a diverged run)",
+                     "line 7: the same cell as line 2"):
+        assert expected in message
+    assert not (tmp_path / "store").exists()
+
+
+def test_missing_column_names_the_column(tmp_path):
+    csv = write_csv(tmp_path / "short.csv", "128,4,-8,sp,true,4.4\n", header="width,depth,lr,param,layernorm,val_loss\n")
+    with pytest.raises(IngestError, match="line 1 lacks the column.s. optimizer"):
+        ingest(csv, tmp_path / "store")
+    with pytest.raises(IngestError, match="has a header but no rows"):
+        ingest(write_csv(tmp_path / "empty.csv", ""), tmp_path / "store")
+    with pytest.raises(IngestError, match="does not exist"):
+        ingest(tmp_path / "nope.csv", tmp_path / "store")
+
+
+def test_accepted_params_and_optimizers_are_the_trainers():
+    from trainer.parameterization import OPTIMIZERS, PARAMS
+
+    assert set(ingest_module.PARAMS) == set(PARAMS)
+    assert set(ingest_module.OPTIMIZERS) == set(OPTIMIZERS)

@@ -1,0 +1,101 @@
+"""Optima of one row (argmin, parabola refinement, edges) and the transfer verdict of a table."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from analysis.optima import parabola_vertex, row_optimum, verdict
+
+LRS = np.array([-10.0, -9.0, -8.0, -7.0, -6.0])
+NONE = np.zeros(5, bool)
+
+
+def bowl(center: float, scale: float = 0.1, floor: float = 3.0) -> np.ndarray:
+    return floor + scale * (LRS - center) ** 2
+
+
+def test_parabola_vertex_is_exact_on_a_parabola_even_on_an_uneven_grid():
+    xs = (-9.0, -8.5, -7.0)
+    ys = tuple(2.0 + 0.3 * (x + 7.8) ** 2 for x in xs)
+    assert parabola_vertex(xs, ys) == pytest.approx(-7.8)
+    assert parabola_vertex((-1.0, 0.0, 1.0), (1.0, 2.0, 1.0)) is None  # a maximum is no optimum
+
+
+def test_row_optimum_refines_between_grid_points():
+    opt = row_optimum(256, LRS, bowl(-7.7), NONE)
+    assert opt.lr == -8.0 and opt.edge is None
+    assert opt.lr_refined == pytest.approx(-7.7)
+    assert opt.loss == pytest.approx(bowl(-7.7)[2])
+
+
+@pytest.mark.parametrize("center, edge, lr", [(-11.0, "below", -10.0), (-5.0, "above", -6.0)])
+def test_optimum_on_the_grid_edge_is_flagged(center, edge, lr):
+    opt = row_optimum(256, LRS, bowl(center), NONE)
+    assert (opt.lr, opt.edge, opt.lr_refined) == (lr, edge, lr)
+    assert opt.edge_note() == f"edge: the optimum may lie {edge} {lr:g}"
+
+
+def test_missing_neighbour_is_an_edge_but_a_diverged_one_bounds_the_optimum():
+    loss = bowl(-6.8)
+    loss[4] = np.nan  # never run: the optimum may lie above -7
+    assert row_optimum(256, LRS, loss, NONE).edge == "above"
+    diverged = NONE.copy()
+    diverged[4] = True  # exploded: the optimum is below -6, but no parabola through it
+    opt = row_optimum(256, LRS, loss, diverged)
+    assert (opt.lr, opt.edge, opt.lr_refined) == (-7.0, None, -7.0)
+
+
+def test_row_without_finite_loss_has_no_optimum():
+    opt = row_optimum(64, LRS, np.full(5, np.nan), np.ones(5, bool))
+    assert opt.lr is None and opt.estimate is None
+
+
+def _verdict(rows: list[np.ndarray], diverged=None, **kwargs):
+    loss = np.array(rows)
+    diverged = np.zeros(loss.shape, bool) if diverged is None else diverged
+    optima = [row_optimum(2.0 ** (7 + i), LRS, loss[i], diverged[i]) for i in range(len(rows))]
+    return verdict("width", LRS, loss, diverged, optima, **kwargs)
+
+
+def test_stable_optimum_transfers_and_drifting_one_does_not():
+    good = _verdict([bowl(-7.6), bowl(-7.5), bowl(-7.4, floor=2.5)])
+    assert good.transfers and good.drift == pytest.approx(0.2)
+    assert good.summary.startswith("transfers: eta* drift 0.20 (log2)")
+    # Width 128's grid eta* is -8; width 512's best is at -7: 0.1 * (0.6^2 - 0.4^2) = 0.02 (0.8%).
+    assert good.regrets == {128.0: 0.0, 256.0: 0.0, 512.0: pytest.approx(0.02)}
+
+    bad = _verdict([bowl(-6.0), bowl(-7.0), bowl(-8.6)])
+    assert not bad.transfers and bad.drift == pytest.approx(2.6)
+    # Using width 128's eta* (-6) at width 512 costs 0.1 * (2.6^2 - 0.4^2) over its best (at -9).
+    assert bad.regrets[512.0] == pytest.approx(0.1 * (2.6**2 - 0.4**2))
+    assert bad.summary.startswith("does not transfer: eta* drift 2.60 (log2), max regret 0.660")
+
+
+def test_thresholds_are_the_verdicts():
+    rows = [bowl(-7.0), bowl(-8.0)]
+    assert not _verdict(rows, max_drift=0.5).transfers
+    assert _verdict(rows, max_drift=1.0, max_regret=0.05).transfers
+    assert not _verdict(rows, max_drift=1.0, max_regret=0.01).transfers  # regret 0.1 / 3.0 = 3.3%
+
+
+def test_reference_lr_that_diverges_at_a_larger_size_is_infinite_regret():
+    rows = [bowl(-7.0), bowl(-8.0)]
+    diverged = np.zeros((2, 5), bool)
+    diverged[1, 3] = True
+    rows[1][3] = np.nan
+    result = _verdict(rows, diverged)
+    assert math.isinf(result.regrets[256.0]) and not result.transfers
+    assert "(log2 -7) diverges at width 256" in result.summary
+
+
+def test_transfer_from_some_size_up_is_reported():
+    # Like the paper's Table 13: the small sizes want another LR, the large ones agree.
+    result = _verdict([bowl(-9.0), bowl(-7.0), bowl(-7.1), bowl(-7.05)])
+    assert not result.transfers
+    assert "transfers for width >= 256" in result.summary
+
+
+def test_single_size_has_no_verdict():
+    assert _verdict([bowl(-7.0)]).transfers is None
