@@ -1,12 +1,14 @@
-"""python -m analysis {report,ingest,curves}: the analysis stage's command line."""
+"""python -m analysis {report,ingest,curves,next}: the analysis stage's command line."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
 from . import AnalysisError
+from .next_cells import CONF_DIR, PER_ROW, RESOLUTION
 from .optima import MAX_DRIFT_LOG2, MAX_REGRET_FRACTION
 
 DESCRIPTION = """Turns a result store into the paper's tables, optimal learning rates, transfer verdicts
@@ -33,7 +35,7 @@ def _usable_cpus() -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analysis", description=DESCRIPTION)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{report,ingest,curves}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{report,ingest,curves,next}")
 
     report = commands.add_parser(
         "report", help="tables, optima, verdicts and figures of a store", description="Writes the report of "
@@ -71,6 +73,23 @@ def _parser() -> argparse.ArgumentParser:
     curves.add_argument("--key", required=True, help="the cell's key (column `key` of the store)")
     curves.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="report directory: writes figures/curves_KEY.{png,pdf} there")
+
+    nxt = commands.add_parser(
+        "next", help="which cells to run next: sweep commands per table row",
+        description="For every table row (as in the report) with at least 2 finished cells, an optuna "
+        "TPE study over log2 eta proposes new values near the row's optimum, one grid step beyond it "
+        "when it sits on the grid's edge, never a cell already run; prints a `python sweep.py -m ...` "
+        "line per row (the output runs as a shell script). Diverged cells count as worse than any "
+        "finished one.")
+    nxt.add_argument("--store", type=Path, required=True, metavar="DIR", help="the result store directory")
+    nxt.add_argument("--per-row", type=int, default=PER_ROW, metavar="N",
+                     help="new log2 eta values per row (default %(default)s)")
+    nxt.add_argument("--experiment", metavar="NAME", help="only the records of this experiment")
+    nxt.add_argument("--resolution", type=float, default=RESOLUTION, metavar="LOG2",
+                     help="round proposals to multiples of this step in log2 eta (default %(default)s)")
+    nxt.add_argument("--conf", type=Path, default=CONF_DIR, metavar="DIR",
+                     help="the sweep's config dir, for the experiments' settings (default: %(default)s)")
+    nxt.add_argument("--json", action="store_true", help="print the rows' plans as JSON")
     return parser
 
 
@@ -90,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
             diverged = sum(r["status"] == "diverged" for r in records)
             print(f"ingested {len(records)} records ({diverged} diverged) as experiment "
                   f"'{records[0]['experiment']}' into {args.store}")
+        elif args.command == "next":
+            from .next_cells import NextOptions, plan_next, to_json, to_text
+
+            options = NextOptions(args.store, args.per_row, args.experiment, args.resolution, args.conf)
+            plans = plan_next(options)
+            print(json.dumps(to_json(plans), indent=1) if args.json else to_text(plans, options))
         else:
             from .figures import render
             from .report import curves_job
