@@ -79,6 +79,12 @@ class TrainConfig:
     def eta_base(self) -> float:
         return 2.0 ** self.lr
 
+    def model_vocab(self, tokenizer_vocab: int) -> int:
+        """The vocab the model is built with: the tokenizer's, or vocab_size when that pads it."""
+        if self.vocab_size and self.vocab_size < tokenizer_vocab:
+            raise ValueError(f"vocab_size={self.vocab_size} is below the tokenizer's {tokenizer_vocab}")
+        return max(self.vocab_size, tokenizer_vocab)
+
     def n_head(self) -> int:
         """Heads of head_dim each; widths below head_dim get one head of the full width."""
         head_dim = min(self.head_dim, self.width)

@@ -65,7 +65,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if set(flags) - {"--json"}:
             raise ValueError(f"unknown option {sorted(set(flags) - {'--json'})[0]!r}; {USAGE}")
         cfg = load_config([a for a in args if not a.startswith("-")])
-        vocab_size = vocab_size_of(cfg.dataset, cfg.tokenizer)
+        vocab_size = cfg.model_vocab(vocab_size_of(cfg.dataset, cfg.tokenizer))
         groups = explain(cfg, vocab_size)
     except ValueError as err:
         print("error: " + " ".join(str(err).split("\n")), file=sys.stderr)

@@ -145,11 +145,9 @@ def run(cfg: TrainConfig) -> Result:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_tokens(cfg.dataset, cfg.tokenizer, cfg.data_dir)
-    if cfg.vocab_size and cfg.vocab_size < data.vocab_size:
-        raise ValueError(f"vocab_size={cfg.vocab_size} is below the tokenizer's {data.vocab_size}")
+    vocab_size = cfg.model_vocab(data.vocab_size)
 
     torch.manual_seed(cfg.seed)
-    vocab_size = max(cfg.vocab_size, data.vocab_size)
     model = build_model(cfg, vocab_size, torch.Generator().manual_seed(cfg.seed)).to(device)
     optimizers = build_optimizers(param_groups(model, cfg), cfg)
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in optimizers]
