@@ -11,18 +11,27 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweeper")
     commands = parser.add_subparsers(dest="command", required=True)
-    status = commands.add_parser("status", help="counts and a size x lr grid per experiment")
+    status = commands.add_parser(
+        "status", help="counts and a size x lr grid per experiment, with the cells in the Slurm queue")
     status.add_argument("--store", required=True, type=Path, help="the result store directory")
     status.add_argument("--conf", type=Path, default=CONF_DIR,
                         help="config dir whose experiments give the expected grids (default: %(default)s)")
     args = parser.parse_args(argv)
 
+    from .queue import QueueError, queued_cells, squeue_available
     from .result_store import StoreError
     from .record import SchemaError
     from .status import report
 
+    queued = None
+    if squeue_available():  # no Slurm here: no queue line
+        try:
+            queued = queued_cells(args.store)
+        except QueueError as err:
+            print(f"note: queue not shown: {err}", file=sys.stderr)
     try:
-        report(args.store, sys.stdout, conf_dir=args.conf if args.conf.is_dir() else None)
+        report(args.store, sys.stdout, conf_dir=args.conf if args.conf.is_dir() else None,
+               queued=queued)
     except (StoreError, SchemaError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

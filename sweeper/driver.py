@@ -2,7 +2,9 @@
 launch the rest in batches with a progress line as each cell finishes, and list the failures.
 
 Hydra-free apart from the error type: the plugin passes ``compose`` (overrides -> the app config)
-and ``launch`` (a batch of override lists -> per job None or the exception it ended with).
+and ``launch`` (a batch of override lists and a ``submitted`` callback -> per job None or the
+exception it ended with). A launcher that queues jobs (Slurm) calls ``submitted(job_ids)`` as soon
+as they are queued; each cell's job id then goes into the store (sweeper.queue) for status.
 """
 from __future__ import annotations
 
@@ -16,22 +18,20 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
 from .grid import GridError, expand
-from .job import describe, failed_record
+from .job import JobLostError, describe, failed_record
 from .plan import DONE, PlannedCell, plan
 from .progress import Progress, clock
+from .queue import QueueError, queued_cells, squeue_available, write_entry
 from .record import SchemaError
 from .result_store import read_record, record_status, run_dir, write_record
 from .watch import StoreWatcher
 
-Launch = Callable[[list[list[str]]], Sequence[Optional[BaseException]]]
+Submitted = Callable[[list[str]], None]
+Launch = Callable[[list[list[str]], Submitted], Sequence[Optional[BaseException]]]
 
 
 class SweepError(CompactHydraException):
     """The sweep stopped (bad grid) or ended with failed cells; the message says which and why."""
-
-
-class JobLostError(RuntimeError):
-    """A job ended without writing its cell's record."""
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,35 @@ def _batches(cells: list[PlannedCell], size: Optional[int]) -> list[list[Planned
 
 
 def _settle(cell: PlannedCell, outcome: Optional[BaseException], settings: SweepSettings) -> dict:
-    """The cell's record after its job: the one the job wrote, or a failed one written here."""
-    if record_status(settings.store, cell.key) is None:
+    """The record of a cell whose job wrote none that the watcher saw: the job's own when the job
+    says it finished, else a failed one written here (replacing the record of an earlier run)."""
+    if outcome is not None or record_status(settings.store, cell.key) is None:
         err = outcome or JobLostError("the job ended without writing a record (killed? see its log)")
         write_record(settings.store, failed_record(cell.config.to_dict(), err,
                                                    experiment=settings.experiment))
     return read_record(settings.store, cell.key)
+
+
+def _note_submitted(batch: list[PlannedCell], settings: SweepSettings, out: TextIO) -> Submitted:
+    def submitted(job_ids: list[str]) -> None:
+        for cell, job_id in zip(batch, job_ids):
+            write_entry(settings.store, cell.key, job_id=job_id, experiment=settings.experiment,
+                        config=cell.config.to_dict(), written_by="sweep")
+        print(f"[sweep] {len(job_ids)} cells queued as Slurm jobs {job_ids[0]}"
+              + (f" .. {job_ids[-1]}" if len(job_ids) > 1 else ""), file=out, flush=True)
+    return submitted
+
+
+def _queued_jobs(store: Path, out: TextIO) -> dict[str, str]:
+    """Cell key -> the Slurm job pending or running for it, e.g. from an earlier sweep whose shell
+    is gone: that job records the cell, so the sweep leaves it alone rather than train it twice."""
+    if not squeue_available():
+        return {}
+    try:
+        return {cell["key"]: cell["job_id"] for cell in queued_cells(store)}
+    except QueueError as err:
+        print(f"[sweep] note: cannot tell which cells are in the Slurm queue ({err})", file=out)
+        return {}
 
 
 def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[list[str]], DictConfig],
@@ -68,6 +91,8 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
     store = settings.store
     try:
         cells = expand([*overrides, f"store={hydra_quote(str(store))}"])
+        # The queue before the store: a job that ends in between has its record seen by plan.
+        queued = _queued_jobs(store, out)
         todo, skipped = plan(cells, compose, store, settings.force)
     except (GridError, SchemaError) as err:
         raise SweepError(str(err)) from None
@@ -77,6 +102,11 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
     if skipped:
         print(f"[sweep] skipping {len(skipped)} of {total} cells already in the store "
               f"(force=true reruns them)", file=out)
+    left = sorted(queued[cell.key] for cell in todo if cell.key in queued)
+    if left:
+        print(f"[sweep] leaving {len(left)} cells to the Slurm jobs already queued for them "
+              f"({', '.join(left)}): they record them (scancel them to resubmit)", file=out)
+        todo = [cell for cell in todo if cell.key not in queued]
     if settings.force:
         for cell in todo:  # a finished run's checkpoint would make the rerun a no-op
             if cell.previous in DONE:
@@ -93,7 +123,8 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
     for batch in _batches(todo, settings.batch_size):
         with StoreWatcher(batch, store, land, settings.poll_s):
             try:
-                outcomes = list(launch([list(c.cell.overrides) for c in batch]))
+                outcomes = list(launch([list(c.cell.overrides) for c in batch],
+                                       _note_submitted(batch, settings, out)))
             except Exception as err:  # the launcher lost the whole batch (e.g. a killed array job)
                 outcomes = [err] * len(batch)
         for cell, outcome in zip(batch, outcomes):

@@ -16,11 +16,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.config import TrainConfig
 
+from .queue import write_entry
 from .record import cell_key, make_record
 from .result_store import run_dir, write_record
 from .schema import trainer_values
 
-_LOG_TAIL_LINES = 25
+LOG_TAIL_LINES = 25
+
+
+class JobLostError(RuntimeError):
+    """A job that ended without writing its cell's record (cancelled, killed for memory, its node
+    lost): the submitting side records the cell as failed with what the scheduler says."""
+
+    def __init__(self, message: str, *, slurm_state: Optional[str] = None,
+                 job_id: Optional[str] = None, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.slurm_state = slurm_state
+        self.job_id = job_id
+        self.log_tail = log_tail
 
 
 def record_from_result(result: dict, *, experiment: Optional[str], slurm: Optional[dict]) -> dict:
@@ -37,14 +50,21 @@ def record_from_result(result: dict, *, experiment: Optional[str], slurm: Option
     )
 
 
-def error_info(err: BaseException, **more) -> dict:
+def error_info(err: BaseException, job_id: Optional[str] = None) -> dict:
+    """The record's error: for a lost job, the scheduler's state and the job log's tail; for an
+    exception the cell raised, its traceback (slurm_state stays null: Slurm ran that job to its end)."""
+    if isinstance(err, JobLostError):
+        return {"type": type(err).__name__, "message": str(err), "log_tail": err.log_tail,
+                "slurm_state": err.slurm_state, "job_id": err.job_id or job_id}
     lines = "".join(traceback.format_exception(err)).rstrip().splitlines()
     return {"type": type(err).__name__, "message": str(err),
-            "log_tail": "\n".join(lines[-_LOG_TAIL_LINES:]), **more}
+            "log_tail": "\n".join(lines[-LOG_TAIL_LINES:]), "job_id": job_id}
 
 
 def failed_record(config: dict, err: BaseException, *, experiment: Optional[str],
                   wall_time_s: Optional[float] = None, slurm: Optional[dict] = None) -> dict:
+    if slurm is None and isinstance(err, JobLostError) and err.job_id:
+        slurm = {"job_id": err.job_id}
     return make_record(
         config, "failed", experiment=experiment,
         timings={"wall_time_s": wall_time_s},
@@ -71,8 +91,12 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
     """Trains one cell and writes its record (``failed`` when training raises); returns the record.
 
     The run dir is ``STORE/runs/<key>``, so a rerun or a requeued job resumes from its checkpoint.
-    A stop signal (SystemExit from the trainer after it checkpoints) is not a failure: it passes."""
+    A stop signal (SystemExit from the trainer after it checkpoints) is not a failure: it passes.
+    On Slurm the cell's queue entry is rewritten first, so status finds the job (sweeper.queue)."""
     key = cell_key(config.to_dict())
+    if slurm is not None:
+        write_entry(store, key, job_id=slurm["job_id"], experiment=experiment,
+                    config=config.to_dict(), written_by="job")
     config = dataclasses.replace(config, run_dir=str(run_dir(store, key)))
     started = time.perf_counter()
     try:

@@ -1,8 +1,8 @@
 """``python -m sweeper status --store PATH``: counts by status and, per experiment, a size x lr grid.
 
-A status table is built from sources of cell states merged in order (the store first, then the
-cells an experiment's default grid expects, shown as missing); a scheduler can add its own source
-(pending / running cells) with ``extra_sources`` without touching the rendering.
+A status table is built from sources of cell states merged in order: the cells in the scheduler's
+queue (pending / running, from sweeper.queue; a queued retry outranks the failed record it will
+replace), then the store, then the cells an experiment's default grid expects, shown as missing.
 """
 from __future__ import annotations
 
@@ -55,9 +55,17 @@ def expected_cells(experiment: str, conf_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*POSITION, "state", "error"])
 
 
+def queue_cells(queued: list[dict]) -> pd.DataFrame:
+    """Cell states from sweeper.queue.queued_cells: position columns, state."""
+    rows = [{**{k: v for k, v in cell["config"].items() if k in POSITION},
+             "experiment": cell["experiment"], "state": cell["state"], "error": None}
+            for cell in queued]
+    return pd.DataFrame(rows, columns=[*POSITION, "state", "error"])
+
+
 def merge(sources: Iterable[pd.DataFrame]) -> pd.DataFrame:
-    """One state per position: the first source that has the position wins (the store, then the
-    scheduler's queue, then what the experiment expects); within a source, the worst state."""
+    """One state per position: the first source that has the position wins (the queue, then the
+    store, then what the experiment expects); within a source, the worst state."""
     frames = []
     for rank, frame in enumerate(sources):
         if len(frame):
@@ -87,12 +95,19 @@ def render_grid(group: pd.DataFrame, out: TextIO) -> None:
 
 
 def report(store: Path, out: TextIO, conf_dir: Optional[Path] = None,
-           extra_sources: Iterable[pd.DataFrame] = ()) -> None:
+           queued: Optional[list[dict]] = None) -> None:
+    """``queued``: the store's cells in the Slurm queue (sweeper.queue.queued_cells); None when
+    there is no queue to ask, which leaves the queue line out."""
     frame = load_store(store)
     counts = frame["status"].value_counts()
     print(f"store {store}: {len(frame)} records: "
           + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "diverged", "failed")), file=out)
-    sources = [store_cells(frame), *extra_sources]
+    sources = [store_cells(frame)]
+    if queued is not None:
+        states = [cell["state"] for cell in queued]
+        print(f"queue (squeue): {states.count('running')} running, {states.count('pending')} pending",
+              file=out)
+        sources.insert(0, queue_cells(queued))
     if conf_dir is not None:
         for name in sorted(frame["experiment"].dropna().unique()):
             if (conf_dir / "experiment" / f"{name}.yaml").exists():

@@ -59,3 +59,4 @@ class StoreWatcher:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self.poll()  # records written since the last poll land before the batch is settled

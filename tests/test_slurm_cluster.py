@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,33 +16,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
-PARTITION = "local"  # the partition slurm/local/start creates
 PROFILES = sorted(p.stem for p in (REPO / "conf" / "cluster").glob("*.yaml"))
 
 # The jobs unpickle this module's functions; tests/ is not importable on the node, so ship them by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster() -> str:
-    """Brings up (or checks) the local cluster; returns its partition."""
-    if os.geteuid() != 0:
-        pytest.skip("slurm/local/start installs packages and starts daemons: run the tests as root")
-    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
-        pytest.skip("Slurm is not installed and apt-get is unavailable to install it")
-    proc = subprocess.run([str(REPO / "slurm" / "local" / "start")], capture_output=True, text=True,
-                          timeout=900)
-    if proc.returncode != 0:
-        pytest.fail(f"slurm/local/start failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return PARTITION
-
-
-def wait_until(predicate, timeout_s: float, what: str) -> None:
-    end = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what}: not after {timeout_s} s")
-        time.sleep(0.2)
 
 
 def executor(folder: Path, partition: str) -> submitit.AutoExecutor:
@@ -96,7 +72,7 @@ def test_start_again_is_a_quick_noop(slurm_cluster):
 
 
 @pytest.mark.timeout(120)
-def test_submitit_job_returns_its_result(slurm_cluster, tmp_path):
+def test_submitit_job_returns_its_result(slurm_cluster, tmp_path, wait_until):
     job = executor(tmp_path, slurm_cluster).submit(describe_job, 7)
     result = job.result()
     assert result == {"square": 49, "job_id": job.job_id, "python": sys.executable}
@@ -106,7 +82,7 @@ def test_submitit_job_returns_its_result(slurm_cluster, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_several_one_cpu_jobs_run_at_once(slurm_cluster, tmp_path):
+def test_several_one_cpu_jobs_run_at_once(slurm_cluster, tmp_path, wait_until):
     markers = [tmp_path / f"started_{i}" for i in range(3)]
     jobs = [executor(tmp_path, slurm_cluster).submit(sleep_after_marking, str(m), 60) for m in markers]
     try:
@@ -117,7 +93,7 @@ def test_several_one_cpu_jobs_run_at_once(slurm_cluster, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_scancel_is_seen_as_cancelled(slurm_cluster, tmp_path):
+def test_scancel_is_seen_as_cancelled(slurm_cluster, tmp_path, wait_until):
     marker = tmp_path / "started"
     job = executor(tmp_path, slurm_cluster).submit(sleep_after_marking, str(marker), 600)
     wait_until(marker.exists, 30, f"job {job.job_id} starting")
@@ -129,7 +105,7 @@ def test_scancel_is_seen_as_cancelled(slurm_cluster, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_scontrol_requeue_restarts_a_running_job(slurm_cluster, tmp_path):
+def test_scontrol_requeue_restarts_a_running_job(slurm_cluster, tmp_path, wait_until):
     counter = tmp_path / "starts"
     job = executor(tmp_path, slurm_cluster).submit(CountStarts(), str(counter))
     wait_until(counter.exists, 30, f"job {job.job_id} starting")
@@ -184,3 +160,35 @@ def test_local_profile_runs_a_hydra_multirun_on_the_cluster(slurm_cluster, tmp_p
     results = [json.loads((tmp_path / "multirun" / str(i) / "job.json").read_text()) for i in (0, 1)]
     assert [r["square"] for r in results] == [4, 9]
     assert all(r["job_id"] and r["python"] == sys.executable for r in results), results
+
+
+def sweep_config(overrides: list[str]):
+    import sweeper.schema  # noqa: F401  registers the sweep app's schema
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("sweep", overrides=overrides, return_hydra_config=True)
+
+
+def test_local_profile_gives_each_cell_one_torch_thread_per_cpu():
+    cfg = sweep_config(["cluster=local"])  # the trainer's default (0: all cores) is overridden
+    assert cfg.threads == cfg.hydra.launcher.cpus_per_task == 1
+    assert sweep_config(["cluster=local", "threads=2"]).threads == 2  # the command line still wins
+
+
+def test_gpu_profile_job_script_asks_for_its_gpus_time_and_requeue(slurm_cluster, tmp_path):
+    """The sbatch script submitit would submit for a cell of the example GPU profile, built the way
+    the sweep builds it (sweeper.submitit_jobs.make_executor), without submitting it."""
+    from hydra.utils import get_class
+
+    from sweeper.submitit_jobs import make_executor
+
+    cfg = sweep_config(["cluster=example_gpu", f"hydra.sweep.dir={tmp_path}"])
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    launcher = get_class(params.pop("_target_"))(**params)
+    script = make_executor(launcher)._executor._make_submission_file_text("python -m cell", "uid")
+    lines = script.splitlines()
+    for flag in ("--gpus-per-task=1", "--time=240", "--partition=gpu", "--cpus-per-task=8",
+                 "--mem=64GB", "--requeue", "--signal=USR2@120"):
+        assert f"#SBATCH {flag}" in lines, f"{flag} missing from:\n{script}"
+    assert "module load cuda/12.4" in lines
+    assert launcher.params["max_num_timeout"] == make_executor(launcher)._executor.max_num_timeout == 3

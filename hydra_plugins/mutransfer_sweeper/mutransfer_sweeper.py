@@ -8,7 +8,7 @@ Thin on purpose: it adapts Hydra's config loader and launcher to sweeper.driver.
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
@@ -76,9 +76,16 @@ class MutransferSweeper(Sweeper):
             del cfg["hydra"]
         return cfg
 
-    def _launch(self, batch: List[List[str]]) -> List[Optional[BaseException]]:
-        returns: Sequence[JobReturn] = self.launcher.launch(batch, initial_job_idx=self._launched)
-        self._launched += len(batch)
+    def _launch(self, batch: List[List[str]],
+                submitted: Callable[[List[str]], None]) -> List[Optional[BaseException]]:
+        from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+        first, self._launched = self._launched, self._launched + len(batch)
+        if isinstance(self.launcher, BaseSubmititLauncher):  # settles each job, even a killed one
+            from sweeper.submitit_jobs import launch
+
+            return launch(self.launcher, batch, first, submitted)
+        returns: Sequence[JobReturn] = self.launcher.launch(batch, initial_job_idx=first)
         return [r._return_value if r.status == JobStatus.FAILED else None for r in returns]
 
     def sweep(self, arguments: List[str]) -> Any:

@@ -1,0 +1,42 @@
+"""Shared fixtures: the local Slurm test cluster, and polling for what a job does."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PARTITION = "local"  # the partition slurm/local/start creates
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """Brings up (or checks) the local cluster; returns its partition."""
+    if os.geteuid() != 0:
+        pytest.skip("slurm/local/start installs packages and starts daemons: run the tests as root")
+    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
+        pytest.skip("Slurm is not installed and apt-get is unavailable to install it")
+    proc = subprocess.run([str(REPO / "slurm" / "local" / "start")], capture_output=True, text=True,
+                          timeout=900)
+    if proc.returncode != 0:
+        pytest.fail(f"slurm/local/start failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return PARTITION
+
+
+def _wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
+    end = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"{what}: not after {timeout_s} s")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def wait_until() -> Callable[[Callable[[], object], float, str], None]:
+    """wait_until(predicate, timeout_s, what): polls until predicate() is true, else fails naming what."""
+    return _wait_until

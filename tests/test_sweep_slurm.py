@@ -1,0 +1,211 @@
+"""Sweeps on the local Slurm cluster (cluster=local): each cell is a Slurm job that writes its own
+record; a finished grid submits nothing again; a cancelled cell is recorded as failed and retried
+alone; a preempted cell resumes from its checkpoint; status shows the queue."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweeper.queue import ENTRY, read_entries, write_entry
+from sweeper.record import make_record
+from sweeper.result_store import load_store, read_record, run_dir, write_record
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+GRID = ["-m", "experiment=smoke", "width=32,64", "lr=-9,-8", "cluster=local"]
+# About 10 s of training a cell on a shared core (30 steps of 32 x 256 tokens), so a test can act
+# on cells while they train; every step is logged, so the log shows how far a cell got.
+SLOW = ["-m", "experiment=smoke", "width=32", "steps=30", "batch_size=32", "seq_len=256",
+        "log_interval=1", "cluster=local"]
+
+
+def sweep_command(args: list[str]) -> list[str]:
+    return [sys.executable, str(ROOT / "sweep.py"), *args]
+
+
+def start_sweep(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(sweep_command(args), cwd=cwd, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def sweep_running(proc: subprocess.Popen, predicate) -> bool:
+    """For wait_until: the predicate, but a sweep that ended early fails the test with its output."""
+    if proc.poll() is not None:
+        out, err = proc.communicate()
+        raise AssertionError(f"the sweep ended (exit {proc.returncode}):\n{out[-2000:]}\n{err[-3000:]}")
+    return predicate()
+
+
+def sweep(args: list[str], cwd: Path, timeout: float = 150) -> subprocess.CompletedProcess:
+    return subprocess.run(sweep_command(args), cwd=cwd, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def status(store: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sweeper", "status", "--store", str(store)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
+
+
+def jobs_from(workdir: Path, since: float) -> dict[str, str]:
+    """Job id -> state of every job sacct knows that was submitted from ``workdir`` since then."""
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 5))
+    out = subprocess.run(["sacct", "-a", "-X", "-n", "-P", "-o", "JobID,WorkDir,State", "-S", start],
+                         capture_output=True, text=True, check=True).stdout
+    rows = [line.split("|") for line in out.splitlines()]
+    return {job_id: state for job_id, where, state in rows if Path(where) == workdir}
+
+
+def history(job_id: str) -> list[str]:
+    """Every state the job went through, first to last (sacct -D keeps requeued runs)."""
+    out = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job_id],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+def job_log(store: Path, job_id: str, stream: str = "err") -> str:
+    """The job's submitit log (all its runs: the files are appended to)."""
+    paths = list(store.glob(f"logs/*/.submitit/{job_id}/{job_id}_0_log.{stream}"))
+    return paths[0].read_text() if paths else ""
+
+
+def steps_logged(store: Path, job_id: str) -> int:
+    steps = re.findall(r"^step (\d+)/", job_log(store, job_id), re.M)
+    return int(steps[-1]) if steps else 0
+
+
+def trained_keys(stdout: str) -> set[str]:
+    return {line.split()[1] for line in stdout.splitlines() if line.startswith("cell ")}
+
+
+@pytest.mark.timeout(240)
+def test_a_grid_runs_as_slurm_jobs_and_a_rerun_submits_nothing(slurm_cluster, tmp_path, wait_until):
+    started = time.time()
+    first = sweep([*GRID, "steps=4", "store=store"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    store = tmp_path / "store"
+    frame = load_store(store)
+    assert len(frame) == 4 and set(frame["status"]) == {"ok"} and (frame["steps_done"] == 4).all()
+
+    jobs = jobs_from(tmp_path, started)
+    assert len(jobs) == 4, jobs  # one array task per cell
+    # (a job whose cell is recorded may still be exiting when the sweep ends)
+    wait_until(lambda: set(jobs_from(tmp_path, started).values()) == {"COMPLETED"}, 30,
+               "sacct showing the 4 jobs COMPLETED")
+    entries = read_entries(store)
+    assert {e["job_id"] for e in entries.values()} == set(jobs) and set(entries) == set(frame["key"])
+    for key in frame["key"]:  # each job wrote its own record, saying where it ran
+        assert read_record(store, key)["runtime"]["slurm"]["job_id"] == entries[key]["job_id"]
+
+    again = sweep([*GRID, "steps=4", "store=store"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "skipping 4 of 4 cells already in the store" in again.stdout
+    assert "nothing to run" in again.stdout
+    assert jobs_from(tmp_path, started).keys() == jobs.keys()  # sacct: no job submitted by the rerun
+
+
+@pytest.mark.timeout(300)
+def test_a_cancelled_cell_fails_alone_and_a_rerun_trains_only_it(slurm_cluster, tmp_path, wait_until):
+    started = time.time()
+    store = tmp_path / "store"
+    args = [*SLOW, "lr=-10,-9,-8", f"store={store}"]
+    proc = start_sweep(args, tmp_path)
+    try:
+        wait_until(lambda: sweep_running(proc, lambda: len(read_entries(store)) == 3), 60,
+                   "the sweep noting its 3 queued jobs")
+        entries = read_entries(store)
+
+        # The same sweep again, as after losing the shell: no cell is submitted a second time.
+        twice = sweep(args, tmp_path)
+        assert twice.returncode == 0, twice.stderr[-3000:]
+        assert "leaving 3 cells to the Slurm jobs already queued for them" in twice.stdout
+        assert "nothing to run" in twice.stdout
+        assert {k: e["job_id"] for k, e in read_entries(store).items()} == \
+            {k: e["job_id"] for k, e in entries.items()}
+
+        victim, job_id = next((key, e["job_id"]) for key, e in entries.items())
+        wait_until(lambda: sweep_running(proc, lambda: steps_logged(store, job_id) >= 2), 90,
+                   f"job {job_id} training")
+
+        shown = status(store)  # the queue beside the store, while the cells run
+        assert shown.returncode == 0, shown.stderr
+        running = re.search(r"queue \(squeue\): (\d+) running, (\d+) pending", shown.stdout)
+        assert running and int(running[1]) >= 1 and int(running[1]) + int(running[2]) == 3, shown.stdout
+        assert " run" in shown.stdout
+
+        subprocess.run(["scancel", job_id], check=True)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "1 of 3 cells failed" in err and victim in err and "CANCELLED" in err, err[-3000:]
+    frame = load_store(store).set_index("key")
+    assert frame["status"].to_dict() == {k: "failed" if k == victim else "ok" for k in entries}
+    error = read_record(store, victim)["error"]
+    assert error["slurm_state"] == "CANCELLED" and error["job_id"] == job_id
+    assert "CANCELLED" in error["log_tail"] and "step " in error["log_tail"]  # Slurm's line, the trainer's
+
+    before = jobs_from(tmp_path, started)
+    retry = sweep(args, tmp_path)
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    assert "skipping 2 of 3 cells already in the store" in retry.stdout
+    new_jobs = set(jobs_from(tmp_path, started)) - set(before)
+    assert new_jobs == {read_entries(store)[victim]["job_id"]}  # one new Slurm job: the failed cell's
+    assert trained_keys(job_log(store, new_jobs.pop(), "out")) == {victim}
+    assert set(load_store(store)["status"]) == {"ok"}
+
+
+@pytest.mark.timeout(300)
+def test_preempted_cells_resume_from_their_checkpoints(slurm_cluster, tmp_path, wait_until):
+    """Two ways Slurm preempts: `scontrol requeue` (SIGTERM, then Slurm requeues the job) and
+    SIGUSR2 (submitit's path: checkpoint the launcher's call, requeue itself)."""
+    store = tmp_path / "store"
+    proc = start_sweep([*SLOW, "lr=-9,-8", f"store={store}"], tmp_path)
+    try:
+        wait_until(lambda: sweep_running(proc, lambda: len(read_entries(store)) == 2), 60,
+                   "the sweep noting its 2 queued jobs")
+        jobs = {key: e["job_id"] for key, e in read_entries(store).items()}
+        wait_until(lambda: sweep_running(proc, lambda: all(steps_logged(store, j) >= 3
+                                                            for j in jobs.values())), 90,
+                   f"jobs {sorted(jobs.values())} training")
+        by_requeue, by_usr2 = sorted(jobs.values())
+        subprocess.run(["scontrol", "requeue", by_requeue], check=True)
+        subprocess.run(["scancel", "--signal=USR2", by_usr2], check=True)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "2/2 cells finished: 2 ok" in out
+
+    for key, job_id in jobs.items():
+        log = job_log(store, job_id)
+        saved = re.findall(r"checkpoint saved at step (\d+)", log)
+        resumed = re.findall(r"resuming from .*checkpoint\.pt at step (\d+)", log)
+        assert len(saved) == 1 and resumed == saved and int(saved[0]) > 0, log[-2000:]
+        wait_until(lambda: history(job_id) == ["REQUEUED", "COMPLETED"], 30,
+                   f"sacct showing job {job_id} requeued once, then completed")
+        assert trained_keys(job_log(store, job_id, "out")) == {key}  # recorded once, at the end
+        record = read_record(store, key)
+        assert record["status"] == "ok" and record["metrics"]["steps_done"] == 30
+        assert [step for step, _ in record["curves"]["train"]] == list(range(1, 31))  # no step lost or redone
+
+
+def test_status_without_slurm_shows_the_store_and_no_queue(tmp_path):
+    store = tmp_path / "store"
+    config = {"width": 32, "depth": 2, "lr": -9}
+    record = make_record(config, "ok", experiment="smoke", metrics={"val_loss": 3.0})
+    write_record(store, record)
+    write_entry(store, record["key"], job_id="123_0", experiment="smoke", config=config,
+                written_by="sweep")
+    assert (run_dir(store, record["key"]) / ENTRY).exists()
+    no_slurm = {**ENV, "PATH": str(Path(sys.executable).parent)}  # no squeue on this PATH
+    shown = subprocess.run([sys.executable, "-m", "sweeper", "status", "--store", str(store)],
+                           cwd=ROOT, env=no_slurm, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stderr == "", shown.stderr
+    assert "1 ok" in shown.stdout and "done" in shown.stdout and "queue" not in shown.stdout
