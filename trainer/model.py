@@ -102,7 +102,8 @@ class GPT(nn.Module):
             x = block(x)
             if return_block_outputs:
                 outputs.append(x)
-        logits = self.multipliers.output * self.lm_head(self.ln_f(x))
+        # alpha * (W x) applied as W (alpha x): the same logits without a pass over the (B, T, vocab) tensor.
+        logits = self.lm_head(self.multipliers.output * self.ln_f(x))
         return (logits, outputs) if return_block_outputs else logits
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
