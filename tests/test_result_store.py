@@ -156,23 +156,35 @@ def test_sixteen_processes_writing_at_once_lose_nothing(tmp_path):
 
 def test_status_shows_a_size_by_lr_grid_with_missing_cells_and_the_last_errors(tmp_path):
     import io
+    import shutil
     from pathlib import Path
 
     from sweeper.status import report
 
-    def smoke_cell(width, lr, status, **kw):  # the smoke experiment's grid: width x lr at depth 2
-        cfg = TrainConfig(width=width, depth=2, lr=lr).to_dict()
-        return make_record(cfg, status, experiment="smoke", **kw)
+    # An experiment of our own, so the expected grid does not follow edits to the shipped presets.
+    conf = tmp_path / "conf"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "conf", conf)
+    (conf / "experiment" / "grid3x3.yaml").write_text(
+        "# @package _global_\ndepth: 2\n"
+        "hydra:\n  sweeper:\n    params:\n      width: 32,...,128\n      lr: -10:-8\n")
+    store = tmp_path / "store"
 
-    write_record(tmp_path, smoke_cell(32, -10, "ok"))
-    write_record(tmp_path, smoke_cell(32, -9, "diverged"))
-    write_record(tmp_path, smoke_cell(64, -8, "failed",
-                                      error={"type": "MemoryError", "message": "first\nout of memory"}))
+    def cell(width, lr, status, **kw):
+        cfg = TrainConfig(width=width, depth=2, lr=lr).to_dict()
+        return make_record(cfg, status, experiment="grid3x3", **kw)
+
+    write_record(store, cell(32, -10, "ok"))
+    write_record(store, cell(32, -9, "diverged"))
+    write_record(store, cell(64, -8, "failed",
+                             error={"type": "MemoryError", "message": "first\nout of memory"}))
+    write_record(store, cell(128, -7, "ok"))  # off the experiment's grid: gets its own column
     out = io.StringIO()
-    report(tmp_path, out, conf_dir=Path(__file__).resolve().parent.parent / "conf")
+    report(store, out, conf_dir=conf)
     text = out.getvalue()
-    assert "3 records: 1 ok, 1 diverged, 1 failed" in text
-    grid = {line.split()[0]: line.split()[1:] for line in text.splitlines()
-            if line.startswith("    ") and "lr" not in line}
-    assert grid == {"32": ["done", "div", "."], "64": [".", ".", "FAIL"], "128": [".", ".", "."]}
+    assert "4 records: 2 ok, 1 diverged, 1 failed" in text
+    rows = [line.split() for line in text.splitlines() if line.startswith("    ")]
+    assert rows[0] == ["width", "\\", "lr", "-10", "-9", "-8", "-7"]
+    grid = {row[0]: row[1:] for row in rows[1:]}
+    assert grid == {"32": ["done", "div", ".", "."], "64": [".", ".", "FAIL", "."],
+                    "128": [".", ".", ".", "done"]}
     assert "width=64 depth=2 lr=-8 mup/muon_kimi: MemoryError: out of memory" in text
