@@ -4,7 +4,7 @@ Layout of a store directory::
 
     records/<key>.json        one record per cell (sweeper.record), replaced atomically
     runs/<key>/               the cell's trainer run dir (checkpoints), so a rerun resumes
-    .cache/index-v1.parquet   flat rows of all records, keyed by file name + mtime/size/inode
+    .cache/index-v2.parquet   flat rows of all records, keyed by file name + mtime/size/inode
 
 Writers never touch each other's files and never rewrite the store: a record is written to a
 temporary file, fsync'ed and renamed over its final name, so a reader sees either the old record,
@@ -17,9 +17,12 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Union
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 from trainer.config import result_fields
 
@@ -29,7 +32,7 @@ PathLike = Union[str, os.PathLike]
 
 RECORDS = "records"
 RUNS = "runs"
-_INDEX_VERSION = 1  # bump when flat_row's columns change
+_INDEX_VERSION = 2  # bump when flat_row's columns or the index layout change
 _INDEX = Path(".cache") / f"index-v{_INDEX_VERSION}.parquet"
 
 BASE_COLUMNS = [
@@ -177,31 +180,92 @@ def flat_row(record: dict) -> dict:
     return row
 
 
-def _read_index(path: Path) -> dict[str, tuple[tuple[int, int, int], str]]:
+# Index columns that are not part of the row: which file, and its stamp when it was read.
+_STAMP = ["_file", "_mtime_ns", "_size", "_inode"]
+_JSON_COLUMNS = b"mutransfer.json_columns"  # Parquet metadata: columns kept as JSON text
+_PARALLEL_MIN = 1000  # fresh records per worker below which a process pool costs more than it saves
+
+
+def _to_table(frame: pd.DataFrame) -> "pa.Table":
+    """Typed columns where Arrow can type them; a column of mixed values (an extra field that is a
+    number in one record and text in another) is kept as JSON text, named in the metadata."""
+    import pyarrow as pa
+
+    frame = frame.copy()
+    as_json = []
+    for column in frame.columns[frame.dtypes == object]:
+        try:
+            pa.array(frame[column], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            frame[column] = [json.dumps(v, allow_nan=True) for v in frame[column]]
+            as_json.append(column)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    return table.replace_schema_metadata({**table.schema.metadata,
+                                          _JSON_COLUMNS: json.dumps(as_json).encode()})
+
+
+def _to_frame(table: "pa.Table") -> pd.DataFrame:
+    """The frame load_store returns: always through Arrow, so a fresh parse and the cached index
+    give the same dtypes."""
+    frame = table.to_pandas()
+    for column in json.loads((table.schema.metadata or {}).get(_JSON_COLUMNS, b"[]")):
+        frame[column] = [json.loads(v) for v in frame[column]]
+    return frame
+
+
+def _read_index(path: Path) -> Optional[pd.DataFrame]:
+    import pyarrow.parquet as pq
+
     try:
-        table = pd.read_parquet(path)
+        return _to_frame(pq.read_table(path))
     except Exception:  # missing, or torn by an old crash: it is only a cache
-        return {}
-    return {
-        name: ((int(m), int(s), int(i)), row)
-        for name, m, s, i, row in zip(table["file"], table["mtime_ns"], table["size"],
-                                      table["inode"], table["row"])
-    }
+        return None
 
 
-def _write_index(path: Path, index: dict[str, tuple[tuple[int, int, int], str]]) -> None:
-    names = sorted(index)
-    table = pd.DataFrame({
-        "file": names,
-        "mtime_ns": [index[n][0][0] for n in names],
-        "size": [index[n][0][1] for n in names],
-        "inode": [index[n][0][2] for n in names],
-        "row": [index[n][1] for n in names],
-    })
+def _write_index(path: Path, table: "pa.Table") -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
     try:
-        atomic_write_bytes(path, table.to_parquet(index=False))
+        atomic_write_bytes(path, sink.getvalue().to_pybytes())
+        for stale in path.parent.glob("index-v*.parquet"):  # left by an older mutransfer
+            if stale != path:
+                stale.unlink(missing_ok=True)
     except OSError:  # a read-only store is still readable, just not cached
         pass
+
+
+def _flat_rows(folder: Path, files: list[tuple[str, tuple[int, int, int]]]) -> list[dict]:
+    """Index rows of these record files; a file gone since it was listed is left out."""
+    rows = []
+    for name, stamp in files:
+        try:
+            row = flat_row(_read_file(folder / name))
+        except FileNotFoundError:
+            continue
+        rows.append({**dict(zip(_STAMP, (name, *stamp))), **row})
+    return rows
+
+
+def _parse(folder: Path, files: list[tuple[str, tuple[int, int, int]]]) -> list[dict]:
+    """_flat_rows, split over the CPUs this process may use when there are many files: decoding
+    the records' JSON (curves mostly) is what a cold load of a big store spends its time on.
+    Forked workers only read files and decode JSON; where fork is not the platform's way (macOS,
+    Windows) it stays serial."""
+    import multiprocessing
+    import sys
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    workers = min(cpus, len(files) // _PARALLEL_MIN)
+    if workers < 2 or not sys.platform.startswith("linux"):
+        return _flat_rows(folder, files)
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunks = [files[i::workers] for i in range(workers)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return [row for part in pool.map(_flat_rows, [folder] * workers, chunks) for row in part]
 
 
 def load_store(store_dir: PathLike) -> pd.DataFrame:
@@ -214,22 +278,24 @@ def load_store(store_dir: PathLike) -> pd.DataFrame:
     files = _record_files(store_dir)
     index_path = store_dir / _INDEX
     cached = _read_index(index_path)
-    index, fresh = {}, {}
-    folder = records_dir(store_dir)
-    for name, stamp in files.items():
-        hit = cached.get(name)
-        if hit is not None and hit[0] == stamp:
-            index[name] = hit
-            continue
-        try:
-            fresh[name] = flat_row(_read_file(folder / name))
-        except FileNotFoundError:
-            continue
-        index[name] = (stamp, json.dumps(fresh[name], allow_nan=True))
-    if fresh or set(cached) - set(files):
-        _write_index(index_path, index)
-    rows = [fresh[name] if name in fresh else json.loads(index[name][1]) for name in sorted(index)]
-    frame = pd.DataFrame.from_records(rows)
+    if cached is not None and set(_STAMP) <= set(cached.columns):
+        stamps = zip(cached["_mtime_ns"], cached["_size"], cached["_inode"])
+        current = [files.get(name) == tuple(map(int, stamp))
+                   for name, stamp in zip(cached["_file"], stamps)]
+        kept = cached[current]
+    else:
+        kept = pd.DataFrame(columns=_STAMP)
+    have = set(kept["_file"])
+    fresh = _parse(records_dir(store_dir), sorted((n, s) for n, s in files.items() if n not in have))
+    frame = kept
+    if fresh:
+        fresh_frame = pd.DataFrame.from_records(fresh)
+        frame = fresh_frame if kept.empty else pd.concat([kept, fresh_frame], ignore_index=True)
+    if fresh or cached is None or len(kept) != len(cached):
+        table = _to_table(frame.sort_values("_file", ignore_index=True))
+        _write_index(index_path, table)
+        frame = _to_frame(table)
+    frame = frame.drop(columns=_STAMP)
     missing = [c for c in BASE_COLUMNS + result_fields() if c not in frame.columns]
     for column in missing:
         frame[column] = pd.Series(dtype=object)

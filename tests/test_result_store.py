@@ -15,7 +15,8 @@ from trainer.config import TrainConfig, result_fields
 
 def record(width=64, lr=-8.0, status="ok", **kw):
     cfg = TrainConfig(width=width, lr=lr).to_dict()
-    return make_record(cfg, status, experiment="unit", metrics={"val_loss": 3.0 + lr / 100},
+    metrics = kw.pop("metrics", {"val_loss": 3.0 + lr / 100})
+    return make_record(cfg, status, experiment="unit", metrics=metrics,
                        curves={"train": [[1, 5.0], [2, 4.0]], "val": [[2, 4.1]]}, **kw)
 
 
@@ -75,6 +76,32 @@ def test_the_index_follows_replaced_added_and_removed_records(tmp_path):
     frame = load_store(tmp_path).set_index("key")
     assert sorted(frame.index) == sorted([a["key"], c["key"]])
     assert frame.loc[a["key"], "status"] == "diverged"
+
+
+def test_the_cached_index_gives_the_frame_that_parsing_every_record_gives(tmp_path, monkeypatch):
+    import shutil
+
+    import pandas as pd
+
+    import sweeper.result_store as result_store
+
+    monkeypatch.setattr(result_store, "_PARALLEL_MIN", 2)  # the forked parse, on a small store
+    recs = [record(width=32, extra={"note": "text", "mixed": 1}),
+            record(width=64, extra={"mixed": "a string"}),  # no Arrow type fits both records
+            record(width=128, status="diverged", metrics={"val_loss": float("nan")}),
+            record(width=256, status="failed", error={"type": "OSError", "message": "disk"})]
+    for r in recs:
+        write_record(tmp_path, r)
+    cold = load_store(tmp_path)
+    warm = load_store(tmp_path)
+    pd.testing.assert_frame_equal(cold, warm)
+    assert sorted(map(str, cold["extra_mixed"].dropna())) == ["1", "a string"]
+    assert cold.set_index("width").loc[128, "val_loss"] != cold.set_index("width").loc[128, "val_loss"]
+    write_record(tmp_path, {**recs[0], "status": "diverged"})
+    incremental = load_store(tmp_path)
+    shutil.rmtree(tmp_path / ".cache")
+    pd.testing.assert_frame_equal(incremental, load_store(tmp_path))
+    assert list(incremental["key"]) == sorted(r["key"] for r in recs)
 
 
 def test_a_torn_index_is_rebuilt(tmp_path):
