@@ -1,19 +1,21 @@
 """Throughput of the trainer against a plain reference GPT-2 of the same shape, in one process.
 
-    python benchmarks/trainer_throughput.py [--steps 10] [--threads 2]
+    python benchmarks/trainer_throughput.py [--steps 10] [--repeats 3] [--threads 2]
 
 For each vocab (256, 50304) and precision (fp32, bf16) it times training steps of
   * trainer: trainer.train.run with param=mup (multipliers, per-group rules) and the given optimizers,
   * reference: a plain nanoGPT-style GPT-2 (fused QKV, no multipliers) with plain AdamW,
 on the same shape (width 256, depth 4, seq 256, batch 16) and data, and prints tokens/s, MFU against
-this CPU's measured matmul peak, and the ratio trainer / reference (target >= 1.0 at equal precision).
-A step at vocab 50304 costs ~60x one at vocab 256, so it times fewer steps (--steps / 4, at least 2).
+this CPU's measured matmul peak, and the ratio trainer / reference (target >= 1.0 at equal precision),
+the median over --repeats rounds.
+A step at vocab 50304 costs ~8x one at vocab 256 here, so it times fewer steps (--steps / 4, at least 2).
 bf16 matmul on a CPU without AMX ran ~70x slower than fp32 here (see the measured peaks), so a bf16
 step would take minutes: there bf16 is not timed, and the line says what a step would cost.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from contextlib import nullcontext
 
@@ -110,6 +112,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--optimizers", default="adamw,muon_kimi")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of reference and trainer runs")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,14 +133,24 @@ def main() -> None:
                       f"(a step would take >= {step_s:.0f} s at the measured bf16 peak)")
                 continue
             steps = max(2, args.steps // 4 ** (vocab > 256))
-            ref = reference_tokens_per_s(vocab, precision, steps, tokens)
             mfu = lambda tps: tps * flops_per_token(vocab) / peaks[precision]
+            # Rounds alternate which model runs first, so drift in this shared CPU's speed falls on
+            # both; the ratio is the median of the per-round ratios.
+            rounds = []
+            for r in range(args.repeats):
+                measure = {"reference": lambda: reference_tokens_per_s(vocab, precision, steps, tokens)}
+                for optimizer in args.optimizers.split(","):
+                    measure[optimizer] = lambda o=optimizer: trainer_tokens_per_s(vocab, o, precision, steps)
+                order = list(measure) if r % 2 == 0 else list(reversed(measure))
+                rounds.append({name: measure[name]() for name in order})
+            ref = statistics.median(r["reference"] for r in rounds)
             print(f"{vocab:>6} {precision:>5} {'reference (AdamW)':>22} {ref:>9,.0f} {mfu(ref):>6.1%}")
             for optimizer in args.optimizers.split(","):
-                tps = trainer_tokens_per_s(vocab, optimizer, precision, steps)
+                tps = statistics.median(r[optimizer] for r in rounds)
+                ratios = [r[optimizer] / r["reference"] for r in rounds]
                 print(f"{vocab:>6} {precision:>5} {'trainer mup ' + optimizer:>22} {tps:>9,.0f} "
-                      f"{mfu(tps):>6.1%} {tps / ref:>6.2f}")
-
+                      f"{mfu(tps):>6.1%} {statistics.median(ratios):>6.2f}  (rounds: "
+                      + " ".join(f"{x:.2f}" for x in ratios) + ")")
 
 if __name__ == "__main__":
     main()
