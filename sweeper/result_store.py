@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional, Union
 
+import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
@@ -282,7 +283,7 @@ def load_store(store_dir: PathLike) -> pd.DataFrame:
         stamps = zip(cached["_mtime_ns"], cached["_size"], cached["_inode"])
         current = [files.get(name) == tuple(map(int, stamp))
                    for name, stamp in zip(cached["_file"], stamps)]
-        kept = cached[current]
+        kept = cached[np.array(current, dtype=bool)]  # (an empty list would select columns)
     else:
         kept = pd.DataFrame(columns=_STAMP)
     have = set(kept["_file"])

@@ -57,8 +57,9 @@ def test_load_store_gives_one_flat_row_per_record(tmp_path):
 
 
 def test_an_empty_store_has_the_columns_and_a_missing_one_says_so(tmp_path):
-    frame = load_store(tmp_path)
-    assert len(frame) == 0 and {"key", "status", "width", "lr"} <= set(frame.columns)
+    for _ in range(2):  # the second load reads the index of no records that the first wrote
+        frame = load_store(tmp_path)
+        assert len(frame) == 0 and {"key", "status", "width", "lr"} <= set(frame.columns)
     with pytest.raises(StoreError, match="does not exist"):
         load_store(tmp_path / "nope")
 
