@@ -52,18 +52,34 @@ def _batches(cells: list[PlannedCell], size: Optional[int]) -> list[list[Planned
     return [cells[i:i + size] for i in range(0, len(cells), size)]
 
 
-def _settle(cell: PlannedCell, outcome: Optional[BaseException], settings: SweepSettings) -> dict:
+def _written_by(store: Path, key: str, job_id: Optional[str]) -> bool:
+    """Whether the cell's record in the store is the one Slurm job ``job_id`` wrote."""
+    if job_id is None or record_status(store, key) is None:
+        return False
+    return ((read_record(store, key)["runtime"].get("slurm") or {}).get("job_id")) == job_id
+
+
+def _settle(cell: PlannedCell, outcome: Optional[BaseException], settings: SweepSettings,
+            job_id: Optional[str]) -> dict:
     """The record of a cell whose job wrote none that the watcher saw: the job's own when the job
-    says it finished, else a failed one written here (replacing the record of an earlier run)."""
-    if outcome is not None or record_status(settings.store, cell.key) is None:
+    finished, or when it failed after recording its cell (a Slurm job whose cell raised), else a
+    failed one written here (replacing the record of an earlier run)."""
+    if outcome is None:
+        keep = record_status(settings.store, cell.key) is not None
+    else:
+        keep = _written_by(settings.store, cell.key, job_id)
+    if not keep:
         err = outcome or JobLostError("the job ended without writing a record (killed? see its log)")
         write_record(settings.store, failed_record(cell.config.to_dict(), err,
                                                    experiment=settings.experiment))
     return read_record(settings.store, cell.key)
 
 
-def _note_submitted(batch: list[PlannedCell], settings: SweepSettings, out: TextIO) -> Submitted:
+def _note_submitted(batch: list[PlannedCell], settings: SweepSettings, out: TextIO,
+                    job_ids_of: dict[str, str]) -> Submitted:
+    """Notes each cell's Slurm job in the store's queue entries and in ``job_ids_of``."""
     def submitted(job_ids: list[str]) -> None:
+        job_ids_of.update((cell.key, job_id) for cell, job_id in zip(batch, job_ids))
         for cell, job_id in zip(batch, job_ids):
             write_entry(settings.store, cell.key, job_id=job_id, experiment=settings.experiment,
                         config=cell.config.to_dict(), written_by="sweep")
@@ -121,15 +137,16 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
         progress.add(record["status"])
 
     for batch in _batches(todo, settings.batch_size):
+        job_ids: dict[str, str] = {}
         with StoreWatcher(batch, store, land, settings.poll_s):
             try:
                 outcomes = list(launch([list(c.cell.overrides) for c in batch],
-                                       _note_submitted(batch, settings, out)))
+                                       _note_submitted(batch, settings, out, job_ids)))
             except Exception as err:  # the launcher lost the whole batch (e.g. a killed array job)
                 outcomes = [err] * len(batch)
         for cell, outcome in zip(batch, outcomes):
             if cell.key not in landed:
-                land(cell, _settle(cell, outcome, settings))
+                land(cell, _settle(cell, outcome, settings, job_ids.get(cell.key)))
 
     records = list(landed.values())
     failed = [r for r in records if r["status"] == "failed"]

@@ -24,6 +24,11 @@ from .schema import trainer_values
 LOG_TAIL_LINES = 25
 
 
+class CellFailed(RuntimeError):
+    """Raised by a Slurm job after it recorded its cell as failed: the job then exits with an error,
+    so Slurm's accounting says FAILED as the record does."""
+
+
 class JobLostError(RuntimeError):
     """A job that ended without writing its cell's record (cancelled, killed for memory, its node
     lost): the submitting side records the cell as failed with what the scheduler says."""
@@ -52,13 +57,15 @@ def record_from_result(result: dict, *, experiment: Optional[str], slurm: Option
 
 def error_info(err: BaseException, job_id: Optional[str] = None) -> dict:
     """The record's error: for a lost job, the scheduler's state and the job log's tail; for an
-    exception the cell raised, its traceback (slurm_state stays null: Slurm ran that job to its end)."""
+    exception the cell raised, its traceback, and in a Slurm job the state FAILED that the job
+    ends in (run_cell raises CellFailed after recording)."""
     if isinstance(err, JobLostError):
         return {"type": type(err).__name__, "message": str(err), "log_tail": err.log_tail,
                 "slurm_state": err.slurm_state, "job_id": err.job_id or job_id}
     lines = "".join(traceback.format_exception(err)).rstrip().splitlines()
     return {"type": type(err).__name__, "message": str(err),
-            "log_tail": "\n".join(lines[-LOG_TAIL_LINES:]), "job_id": job_id}
+            "log_tail": "\n".join(lines[-LOG_TAIL_LINES:]),
+            "slurm_state": "FAILED" if job_id else None, "job_id": job_id}
 
 
 def failed_record(config: dict, err: BaseException, *, experiment: Optional[str],
@@ -92,7 +99,8 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
 
     The run dir is ``STORE/runs/<key>``, so a rerun or a requeued job resumes from its checkpoint.
     A stop signal (SystemExit from the trainer after it checkpoints) is not a failure: it passes.
-    On Slurm the cell's queue entry is rewritten first, so status finds the job (sweeper.queue)."""
+    On Slurm the cell's queue entry is rewritten first, so status finds the job (sweeper.queue),
+    and a failed cell raises CellFailed once recorded, so that the job ends FAILED."""
     key = cell_key(config.to_dict())
     if slurm is not None:
         write_entry(store, key, job_id=slurm["job_id"], experiment=experiment,
@@ -108,6 +116,8 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
                                wall_time_s=time.perf_counter() - started)
     write_record(store, record)
     print(describe(record), flush=True)
+    if slurm is not None and record["status"] == "failed":
+        raise CellFailed(describe(record))
     return record
 
 

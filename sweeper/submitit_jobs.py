@@ -45,6 +45,24 @@ def make_executor(launcher: BaseSubmititLauncher) -> submitit.AutoExecutor:
     return executor
 
 
+class _RaisingJob:
+    """The launcher's job function, but a cell that failed raises out of the job instead of being
+    returned as a value (Hydra's run_job catches it), so the job exits with an error and Slurm's
+    accounting says FAILED. Requeued after preemption as itself, like the launcher."""
+
+    def __init__(self, launcher: BaseSubmititLauncher) -> None:
+        self.launcher = launcher
+
+    def __call__(self, *args):
+        returned = self.launcher(*args)
+        if returned.status == JobStatus.FAILED:
+            raise returned._return_value
+        return returned
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
 def launch(launcher: BaseSubmititLauncher, batch: list[list[str]], first_job_idx: int,
            submitted: Callable[[list[str]], None], poll_s: float = 1.0) -> list[Optional[BaseException]]:
     """Submits one job per override list (as the launcher would) and waits for all of them.
@@ -54,7 +72,7 @@ def launch(launcher: BaseSubmititLauncher, batch: list[list[str]], first_job_idx
     # The arguments of BaseSubmititLauncher.__call__, the function each job runs.
     args = [(list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", singletons)
             for idx, overrides in enumerate(batch, start=first_job_idx)]
-    jobs = executor.map_array(launcher, *zip(*args))
+    jobs = executor.map_array(_RaisingJob(launcher), *zip(*args))
     if executor.cluster == "slurm":
         submitted([job.job_id for job in jobs])
     return collect(jobs, poll_s)
@@ -78,13 +96,12 @@ def outcome(job: submitit.Job) -> Optional[BaseException]:
     if not job.paths.result_pickle.exists() and state not in _ENDED_NORMALLY:
         return lost(job, state)
     try:
-        returned = job.results()[0]
+        job.results()
     except UncompletedJobError:  # ended normally but left no result
         return lost(job, state)
-    except FailedJobError as err:  # raised outside the cell, e.g. unpickling
+    except FailedJobError as err:  # the cell failed (its record says why), or the job around it
         return err
-    # (JobReturn.return_value would raise a failed job's exception: read it instead)
-    return returned._return_value if returned.status == JobStatus.FAILED else None
+    return None
 
 
 def lost(job: submitit.Job, state: str) -> JobLostError:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the local Slurm test cluster, and polling for what a job does."""
+"""Shared fixtures: the local Slurm test cluster, polling for what a job does, and the store key of
+a sweep cell."""
 from __future__ import annotations
 
 import os
@@ -40,3 +41,20 @@ def _wait_until(predicate: Callable[[], object], timeout_s: float, what: str) ->
 def wait_until() -> Callable[[Callable[[], object], float, str], None]:
     """wait_until(predicate, timeout_s, what): polls until predicate() is true, else fails naming what."""
     return _wait_until
+
+
+def _sweep_cell_key(overrides: list[str]) -> str:
+    from hydra import compose, initialize_config_dir
+
+    from sweeper.record import cell_key
+    from sweeper.schema import trainer_values
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("sweep", overrides=overrides)
+    return cell_key(trainer_values(dict(cfg)))
+
+
+@pytest.fixture
+def sweep_cell_key() -> Callable[[list[str]], str]:
+    """sweep_cell_key(overrides): the store key of the cell that sweep.py composes from them."""
+    return _sweep_cell_key

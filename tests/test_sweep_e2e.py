@@ -6,11 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from sweeper.record import cell_key
 from sweeper.result_store import load_store, read_record, records_dir, run_dir
-from sweeper.schema import trainer_values
 
 ROOT = Path(__file__).resolve().parent.parent
 # The design's line on a small grid; steps=4 keeps each cell around a second on 2 CPU cores.
@@ -86,16 +82,11 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path):
         assert read_record(store, key)["curves"]["train"][-1][0] == 20
 
 
-def _key(overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("sweep", overrides=overrides)
-    return cell_key(trainer_values(dict(cfg)))
-
-
-def test_a_failing_cell_is_recorded_the_rest_go_on_a_rerun_retries_it_and_force_redoes_all(tmp_path):
+def test_a_failing_cell_is_recorded_the_rest_go_on_a_rerun_retries_it_and_force_redoes_all(
+        tmp_path, sweep_cell_key):
     store = tmp_path / "store"
     args = ["-m", "experiment=smoke", "width=32", "lr=-10:-8", "steps=2", f"store={store}"]
-    bad = _key(["experiment=smoke", "width=32", "lr=-9", "steps=2"])
+    bad = sweep_cell_key(["experiment=smoke", "width=32", "lr=-9", "steps=2"])
     blocker = run_dir(store, bad)  # a file where the cell's run dir must go: its training raises
     blocker.parent.mkdir(parents=True)
     blocker.write_text("not a directory")

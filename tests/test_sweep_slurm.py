@@ -161,6 +161,27 @@ def test_a_cancelled_cell_fails_alone_and_a_rerun_trains_only_it(slurm_cluster, 
     assert set(load_store(store)["status"]) == {"ok"}
 
 
+@pytest.mark.timeout(240)
+def test_a_cell_that_raises_ends_its_job_failed_with_the_jobs_own_record(slurm_cluster, tmp_path,
+                                                                         wait_until):
+    started = time.time()
+    store = tmp_path / "store"
+    missing = tmp_path / "no_such_corpus"  # the trainer raises in the job, not the sweep in its plan
+    first = sweep(["-m", "experiment=smoke", "width=32", "lr=-9", "steps=4", f"dataset={missing}",
+                   "cluster=local", f"store={store}"], tmp_path)
+    assert first.returncode != 0
+    assert "1 of 1 cells failed" in first.stderr and "DataUnavailable" in first.stderr, first.stderr[-3000:]
+    [(key, entry)] = read_entries(store).items()
+    job_id = entry["job_id"]
+    wait_until(lambda: jobs_from(tmp_path, started).get(job_id) == "FAILED", 30,
+               f"sacct showing job {job_id} FAILED")
+    record = read_record(store, key)  # written by the job itself, with the cell's traceback
+    assert record["status"] == "failed" and record["runtime"]["slurm"]["job_id"] == job_id
+    error = record["error"]
+    assert (error["type"], error["slurm_state"], error["job_id"]) == ("DataUnavailable", "FAILED", job_id)
+    assert "Traceback" in error["log_tail"] and str(missing) in error["log_tail"]
+
+
 @pytest.mark.timeout(300)
 def test_preempted_cells_resume_from_their_checkpoints(slurm_cluster, tmp_path, wait_until):
     """Two ways Slurm preempts: `scontrol requeue` (SIGTERM, then Slurm requeues the job) and
