@@ -94,13 +94,14 @@ def describe(record: dict) -> str:
 
 
 def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = None,
-             slurm: Optional[dict] = None) -> dict:
+             slurm: Optional[dict] = None, keep_checkpoint: bool = False) -> dict:
     """Trains one cell and writes its record (``failed`` when training raises); returns the record.
 
     The run dir is ``STORE/runs/<key>``, so a rerun or a requeued job resumes from its checkpoint.
     A stop signal (SystemExit from the trainer after it checkpoints) is not a failure: it passes.
     On Slurm the cell's queue entry is rewritten first, so status finds the job (sweeper.queue),
-    and a failed cell raises CellFailed once recorded, so that the job ends FAILED."""
+    and a failed cell raises CellFailed once recorded, so that the job ends FAILED. A finished
+    cell's checkpoint goes once its record is written, unless ``keep_checkpoint``."""
     key = cell_key(config.to_dict())
     if slurm is not None:
         write_entry(store, key, job_id=slurm["job_id"], experiment=experiment,
@@ -116,6 +117,10 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
                                wall_time_s=time.perf_counter() - started)
     write_record(store, record)
     print(describe(record), flush=True)
+    if record["status"] != "failed" and not keep_checkpoint:
+        from trainer.train import CHECKPOINT
+
+        (Path(config.run_dir) / CHECKPOINT).unlink(missing_ok=True)
     if slurm is not None and record["status"] == "failed":
         raise CellFailed(describe(record))
     return record
@@ -146,5 +151,6 @@ def hydra_job(cfg: DictConfig) -> dict:
         store,
         experiment=hydra.runtime.choices.get("experiment"),
         slurm=slurm_info(dict(os.environ)),
+        keep_checkpoint=values["keep_checkpoints"],
     )
     return {"key": record["key"], "status": record["status"]}

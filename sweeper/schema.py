@@ -1,4 +1,4 @@
-"""The sweep app's typed config: every trainer setting plus the sweep's own two settings.
+"""The sweep app's typed config: every trainer setting plus the sweep's own settings.
 
 Registered as ``sweep_schema`` for conf/sweep.yaml, so a typo or a wrongly typed value fails at
 composition, as it does for the trainer's own CLI.
@@ -16,9 +16,12 @@ from trainer.config import TrainConfig
 class SweepAppConfig(TrainConfig):
     store: str = "store"  # the result store directory; relative paths are against the launch dir
     force: bool = False  # rerun cells whose record is already ok or diverged
+    # A finished cell's checkpoint (weights and optimizer state, GBs per cell at paper scale) is
+    # only needed to resume it: deleted once its record is written, unless kept.
+    keep_checkpoints: bool = False
 
 
-APP_FIELDS = ("store", "force")
+APP_FIELDS = ("store", "force", "keep_checkpoints")
 
 ConfigStore.instance().store(name="sweep_schema", node=SweepAppConfig)
 

@@ -80,6 +80,12 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path):
     assert len(frame) == 6 and set(frame["status"]) == {"ok"} and (frame["steps_done"] == 20).all()
     for key in frame["key"]:
         assert read_record(store, key)["curves"]["train"][-1][0] == 20
+    # Checkpoints were written every 5 steps; a finished cell's goes with its record, unless kept.
+    assert not list(store.glob("runs/*/checkpoint.pt"))
+    kept = sweep(["-m", "experiment=smoke", "width=32", "lr=-10", "steps=20", "checkpoint_interval=5",
+                  "force=true", "keep_checkpoints=true", f"store={store}"], tmp_path)
+    assert kept.returncode == 0, kept.stderr[-3000:]
+    assert [p.parent.name for p in store.glob("runs/*/checkpoint.pt")] == list(trained_keys(kept.stdout))
 
 
 def test_a_failing_cell_is_recorded_the_rest_go_on_a_rerun_retries_it_and_force_redoes_all(
