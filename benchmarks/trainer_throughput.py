@@ -152,5 +152,6 @@ def main() -> None:
                       f"{mfu(tps):>6.1%} {statistics.median(ratios):>6.2f}  (rounds: "
                       + " ".join(f"{x:.2f}" for x in ratios) + ")")
 
+
 if __name__ == "__main__":
     main()

@@ -23,7 +23,7 @@ from .plan import DONE, PlannedCell, plan
 from .progress import Progress, clock
 from .queue import QueueError, queued_cells, squeue_available, write_entry
 from .record import SchemaError
-from .result_store import read_record, record_status, run_dir, write_record
+from .result_store import StoreError, read_record, run_dir, write_record
 from .watch import StoreWatcher
 
 Submitted = Callable[[list[str]], None]
@@ -52,27 +52,23 @@ def _batches(cells: list[PlannedCell], size: Optional[int]) -> list[list[Planned
     return [cells[i:i + size] for i in range(0, len(cells), size)]
 
 
-def _written_by(store: Path, key: str, job_id: Optional[str]) -> bool:
-    """Whether the cell's record in the store is the one Slurm job ``job_id`` wrote."""
-    if job_id is None or record_status(store, key) is None:
-        return False
-    return ((read_record(store, key)["runtime"].get("slurm") or {}).get("job_id")) == job_id
-
-
 def _settle(cell: PlannedCell, outcome: Optional[BaseException], settings: SweepSettings,
             job_id: Optional[str]) -> dict:
     """The record of a cell whose job wrote none that the watcher saw: the job's own when the job
     finished, or when it failed after recording its cell (a Slurm job whose cell raised), else a
     failed one written here (replacing the record of an earlier run)."""
-    if outcome is None:
-        keep = record_status(settings.store, cell.key) is not None
-    else:
-        keep = _written_by(settings.store, cell.key, job_id)
-    if not keep:
-        err = outcome or JobLostError("the job ended without writing a record (killed? see its log)")
-        write_record(settings.store, failed_record(cell.config.to_dict(), err,
-                                                   experiment=settings.experiment))
-    return read_record(settings.store, cell.key)
+    try:
+        record = read_record(settings.store, cell.key)
+    except StoreError:  # none, or a corrupt one
+        record = None
+    if record is not None and (outcome is None or (
+            job_id is not None and (record["runtime"].get("slurm") or {}).get("job_id") == job_id)):
+        return record
+    record = failed_record(cell.config.to_dict(),
+                           outcome or JobLostError("the job ended without writing a record (killed? see its log)"),
+                           experiment=settings.experiment)
+    write_record(settings.store, record)
+    return record
 
 
 def _note_submitted(batch: list[PlannedCell], settings: SweepSettings, out: TextIO,

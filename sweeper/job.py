@@ -116,13 +116,14 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
         record = failed_record(config.to_dict(), err, experiment=experiment, slurm=slurm,
                                wall_time_s=time.perf_counter() - started)
     write_record(store, record)
-    print(describe(record), flush=True)
+    line = describe(record)
+    print(line, flush=True)
     if record["status"] != "failed" and not keep_checkpoint:
         from trainer.train import CHECKPOINT
 
         (Path(config.run_dir) / CHECKPOINT).unlink(missing_ok=True)
     if slurm is not None and record["status"] == "failed":
-        raise CellFailed(describe(record))
+        raise CellFailed(line)
     return record
 
 
