@@ -55,17 +55,23 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--max-regret", type=float, default=MAX_REGRET_FRACTION, metavar="FRACTION",
                         help="largest regret, as a fraction of the best loss, that still transfers "
                              "(default %(default)s)")
+    report.add_argument("--strict", action="store_true",
+                        help="an unreadable record is an error (default: named on stderr and left out)")
 
     ingest = commands.add_parser(
         "ingest", help="bring external results (a CSV) into a store",
         description="Checks every row of CSV, then writes one record per row into the store (source "
         "'ingest'). Columns: width, depth, lr (log2 eta_base), param (sp|mup|mup_k1), optimizer "
-        "(muon_kimi|muon|adamw|sgd|lion), layernorm (true|false), val_loss (nan: diverged); other "
-        "columns are kept as extra fields. A bad row stops it before anything is written. The records' "
+        "(muon_kimi|muon|adamw|sgd|lion), layernorm (true|false), val_loss (nan: diverged); a column named "
+        "like another trainer setting (steps, batch_size, seed, ...) gives it; other columns are kept as "
+        "extra fields. Settings no column gives come from --experiment's config, else are unknown. A bad row stops it before anything is written. The records' "
         "keys include source and experiment, so they never replace a trained cell.")
     ingest.add_argument("csv", type=Path, metavar="CSV", help="the CSV file")
     ingest.add_argument("--store", type=Path, required=True, metavar="DIR", help="the result store directory (created)")
-    ingest.add_argument("--experiment", help="experiment name of the records (default: the CSV's file stem)")
+    ingest.add_argument("--experiment", help="experiment name of the records (default: the CSV's file stem); "
+                        "when conf/experiment/NAME.yaml exists, settings no column gives come from it")
+    ingest.add_argument("--conf", type=Path, default=CONF_DIR, metavar="DIR",
+                        help="the sweep's config dir, for --experiment's settings (default: %(default)s)")
 
     curves = commands.add_parser("curves", help="training curves of one cell",
                                  description="Plots the train and val loss curves of one cell.")
@@ -90,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     nxt.add_argument("--conf", type=Path, default=CONF_DIR, metavar="DIR",
                      help="the sweep's config dir, for the experiments' settings (default: %(default)s)")
     nxt.add_argument("--json", action="store_true", help="print the rows' plans as JSON")
+    nxt.add_argument("--strict", action="store_true",
+                     help="an unreadable record is an error (default: named on stderr and left out)")
     return parser
 
 
@@ -101,18 +109,19 @@ def main(argv: list[str] | None = None) -> int:
             from .report import ReportOptions, report
 
             print(report(ReportOptions(args.store, args.out, args.coord_check, args.curves, args.figures,
-                                       args.jobs, args.max_drift, args.max_regret)))
+                                       args.jobs, args.max_drift, args.max_regret, args.strict)))
         elif args.command == "ingest":
             from .ingest import ingest
 
-            records = ingest(args.csv, args.store, args.experiment)
+            records = ingest(args.csv, args.store, args.experiment, args.conf)
             diverged = sum(r["status"] == "diverged" for r in records)
             print(f"ingested {len(records)} records ({diverged} diverged) as experiment "
                   f"'{records[0]['experiment']}' into {args.store}")
         elif args.command == "next":
             from .next_cells import NextOptions, plan_next, to_json, to_text
 
-            options = NextOptions(args.store, args.per_row, args.experiment, args.resolution, args.conf)
+            options = NextOptions(args.store, args.per_row, args.experiment, args.resolution, args.conf,
+                                  args.strict)
             plans = plan_next(options)
             print(json.dumps(to_json(plans), indent=1) if args.json else to_text(plans, options))
         else:
@@ -127,4 +136,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from sweeper.console import run_piped
+
+    sys.exit(run_piped(main, sys.argv[1:]))

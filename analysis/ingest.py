@@ -1,8 +1,11 @@
 """External results (e.g. a paper's tables) -> store records, to set published numbers beside one's runs.
 
 The CSV needs the columns width, depth, lr, param, optimizer, layernorm, val_loss (``nan`` for a
-diverged run); any other column is kept in the record's ``extra``. Every row is checked before
-anything is written, so a bad file leaves the store untouched.
+diverged run). A column named like another trainer setting (steps, batch_size, seed, ...) gives that
+setting; any other column is kept in the record's ``extra``. A setting no column gives comes from
+the experiment's composed config when ``--experiment`` names one of conf/experiment/, else it is
+recorded as unknown (null): never invented. Every row is checked before anything is written, so a
+bad file leaves the store untouched.
 
 Records are written with source "ingest" and their experiment, which the store mixes into their
 keys: published numbers never overwrite a trained cell or another ingested experiment.
@@ -13,9 +16,11 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from sweeper.record import make_record
-from sweeper.result_store import write_record
+from sweeper.experiments import CONF_DIR, compose_sweep, has_experiment, sweep_settings
+from sweeper.record import check_name, config_problems, make_record, result_config, setting_kinds
+from sweeper.result_store import StoreError, check_writable_store, write_record
 
 from . import AnalysisError
 
@@ -38,11 +43,24 @@ class Row:
     extra: dict
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+        if not value.is_integer():
+            raise ValueError("must be an integer") from None
+        return int(value)
+
+
 def _positive_int(text: str) -> int:
-    value = float(text)
-    if not value.is_integer() or value < 1:
+    try:
+        value = _integer(text)
+    except ValueError:
+        value = 0
+    if value < 1:
         raise ValueError("must be a positive integer")
-    return int(value)
+    return value
 
 
 def _finite(text: str) -> float:
@@ -79,6 +97,13 @@ PARSERS = {
     "width": _positive_int, "depth": _positive_int, "lr": _finite, "param": _choice(PARAMS),
     "optimizer": _choice(OPTIMIZERS), "layernorm": _boolean, "val_loss": _loss,
 }
+_BY_TYPE: dict[str, Callable[[str], object]] = {"int": _integer, "float": _finite, "bool": _boolean,
+                                                 "str": str}
+
+
+def setting_parsers() -> dict[str, Callable[[str], object]]:
+    """A parser for every result setting a column may give (the required ones as above)."""
+    return {name: PARSERS.get(name, _BY_TYPE[kind]) for name, kind in setting_kinds().items()}
 
 
 def _extra_value(text: str):
@@ -92,21 +117,24 @@ def _extra_value(text: str):
     return text
 
 
-def _parse_row(line: int, values: dict) -> tuple[Row | None, list[str]]:
+def _parse_row(line: int, values: dict, parsers: dict) -> tuple[Row | None, list[str]]:
     parsed, problems = {}, []
-    for name in REQUIRED:
+    for name in [*REQUIRED, *(k for k in values if k in parsers and k not in REQUIRED)]:
         text = (values.get(name) or "").strip()
         if not text:
-            problems.append(f"line {line}: {name} is empty" + (" (write nan for a diverged run)" if name == "val_loss" else ""))
-            continue
+            if name in REQUIRED:
+                problems.append(f"line {line}: {name} is empty" + (" (write nan for a diverged run)" if name == "val_loss" else ""))
+            continue  # an optional setting left empty: unknown for this row
         try:
-            parsed[name] = PARSERS[name](text)
+            parsed[name] = (PARSERS.get(name) or parsers[name])(text)
         except ValueError as err:
             reason = str(err) if "must" in str(err) else "is not a number"
             problems.append(f"line {line}: {name}={text!r} {reason}")
+    problems += [f"line {line}: {p}" for p in config_problems(parsed)]
     if problems:
         return None, problems
-    extra = {k: _extra_value((v or "").strip()) for k, v in values.items() if k not in REQUIRED}
+    extra = {k: _extra_value((v or "").strip()) for k, v in values.items()
+             if k not in REQUIRED and k not in parsers}
     loss = parsed.pop("val_loss")
     return Row(line, parsed, loss, extra), []
 
@@ -114,33 +142,41 @@ def _parse_row(line: int, values: dict) -> tuple[Row | None, list[str]]:
 def read_rows(path: Path) -> list[Row]:
     """Parses and checks every row; raises IngestError naming each bad line."""
     try:
-        handle = open(path, newline="")
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a BOM is no column name
+            return _read(path, handle)
     except FileNotFoundError:
         raise IngestError(f"CSV file {path} does not exist") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        header = [h.strip() for h in reader.fieldnames or []]
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise IngestError(f"{path}: line 1 lacks the column(s) {', '.join(missing)}; "
-                              f"the header must name {', '.join(REQUIRED)}")
-        reader.fieldnames = header
-        rows, problems, seen = [], [], {}
-        for values in reader:
-            if None in values:
-                problems.append(f"line {reader.line_num}: more values than the header has columns")
-                continue
-            row, bad = _parse_row(reader.line_num, values)
-            problems += bad
-            if row is None:
-                continue
-            cell = tuple(sorted(row.config.items()))
-            if cell in seen:
-                problems.append(f"line {row.line}: the same cell as line {seen[cell]} "
-                                f"(one row per width, depth, lr, param, optimizer, layernorm)")
-                continue
-            seen[cell] = row.line
-            rows.append(row)
+    except IsADirectoryError:
+        raise IngestError(f"{path} is a directory, not a CSV file") from None
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise IngestError(f"{path} is not a UTF-8 text CSV ({err})") from None
+
+
+def _read(path: Path, handle) -> list[Row]:
+    reader = csv.DictReader(handle)
+    header = [h.strip() for h in reader.fieldnames or []]
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise IngestError(f"{path}: line 1 lacks the column(s) {', '.join(missing)}; "
+                          f"the header must name {', '.join(REQUIRED)}")
+    reader.fieldnames = header
+    parsers = setting_parsers()
+    rows, problems, seen = [], [], {}
+    for values in reader:
+        if None in values:
+            problems.append(f"line {reader.line_num}: more values than the header has columns")
+            continue
+        row, bad = _parse_row(reader.line_num, values, parsers)
+        problems += bad
+        if row is None:
+            continue
+        cell = tuple(sorted(row.config.items()))
+        if cell in seen:
+            problems.append(f"line {row.line}: the same cell as line {seen[cell]} "
+                            f"(one row per width, depth, lr, param, optimizer, layernorm and settings)")
+            continue
+        seen[cell] = row.line
+        rows.append(row)
     if problems:
         raise IngestError(f"{path}: {len(problems)} bad row(s), nothing written:\n  " + "\n  ".join(problems))
     if not rows:
@@ -148,13 +184,30 @@ def read_rows(path: Path) -> list[Row]:
     return rows
 
 
-def ingest(path: Path, store: Path, experiment: str | None = None) -> list[dict]:
-    """Checks every row of ``path``, then writes one record per row into ``store``."""
+def experiment_settings(experiment: str | None, conf_dir: Path) -> dict:
+    """The result settings of ``experiment`` as a sweep composes it; {} when there is no such config."""
+    if not has_experiment(experiment, conf_dir):
+        return {}
+    return result_config(sweep_settings(compose_sweep(experiment, conf_dir)))
+
+
+def ingest(path: Path, store: Path, experiment: str | None = None, conf_dir: Path = CONF_DIR) -> list[dict]:
+    """Checks every row of ``path``, then writes one record per row into ``store``. Settings a row
+    does not give come from ``experiment``'s config (when it names one), else are unknown."""
+    settings = experiment_settings(experiment, conf_dir)
     experiment = experiment or path.stem
+    try:
+        check_name("experiment", experiment)
+    except ValueError as err:
+        raise IngestError(f"{err}; name it with --experiment") from None
     rows = read_rows(path)
+    try:
+        check_writable_store(store)
+    except StoreError as err:
+        raise IngestError(str(err)) from None
     records = [
         make_record(
-            row.config,
+            {**settings, **row.config},
             "ok" if row.val_loss is not None else "diverged",
             experiment=experiment,
             source="ingest",

@@ -32,13 +32,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sweeper.experiments import CONF_DIR, compose_sweep, has_experiment, sweep_settings
 from sweeper.record import result_config
 
 from . import AnalysisError
 from .optima import RowOptimum
 from .tables import LR, SIZE_AXES, Table, group_columns, value_text
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 RESOLUTION = 0.25  # log2 eta: a quarter of the usual one-per-factor-2 grid step
 PER_ROW = 2
 SEED_SAMPLER = 0
@@ -73,6 +73,7 @@ class NextOptions:
     experiment: str | None = None
     resolution: float = RESOLUTION
     conf_dir: Path = CONF_DIR
+    strict: bool = False  # an unreadable record is an error, not a warning
 
 
 # ---- the sampler --------------------------------------------------------------------------------
@@ -142,27 +143,20 @@ def override_value(value) -> str:
 def sweep_defaults(experiment: str | None, conf_dir: Path) -> tuple[dict, set[str]]:
     """Result settings a sweep gets without overrides (with ``experiment=``, when given), and the keys
     the experiment's default grid sweeps."""
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    from sweeper.schema import trainer_values  # importing it registers the sweep app's schema
-
-    overrides = [f"experiment={experiment}"] if experiment else []
     try:
-        with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
-            cfg = compose("sweep", overrides=overrides, return_hydra_config=True)
+        cfg = compose_sweep(experiment, conf_dir)
     except HydraException as err:
-        raise AnalysisError(f"cannot compose the sweep config {' '.join(overrides)} from {conf_dir}: "
-                            f"{str(err).splitlines()[0]} Pass the sweep's config dir with --conf.") from None
+        raise AnalysisError(f"cannot compose the sweep config {f'experiment={experiment}' if experiment else ''} "
+                            f"from {conf_dir}: {str(err).splitlines()[0]} Pass the sweep's config dir with --conf.") from None
     swept = set(cfg.hydra.sweeper.params or {})
-    return result_config(trainer_values({k: cfg[k] for k in cfg if k != "hydra"})), swept
+    return result_config(sweep_settings(cfg)), swept
 
 
 def known_experiment(experiment, conf_dir: Path) -> str | None:
     """The records' experiment when the sweep has a config of that name (ingested ones have none)."""
-    if isinstance(experiment, str) and (conf_dir / "experiment" / f"{experiment}.yaml").is_file():
-        return experiment
-    return None
+    return experiment if has_experiment(experiment, conf_dir) else None
 
 
 def row_records(frame: pd.DataFrame, groups: list[str], table: Table, size: float) -> pd.DataFrame:
@@ -237,7 +231,7 @@ def plan_next(options: NextOptions) -> list[RowPlan]:
 
     if not (options.conf_dir / "sweep.yaml").is_file():
         raise AnalysisError(f"{options.conf_dir} holds no sweep.yaml: pass the sweep's config dir with --conf")
-    frame = load(options.store)
+    frame = load(options.store, options.strict)
     if options.experiment is not None:
         named = sorted(str(e) for e in frame["experiment"].dropna().unique())
         frame = frame[frame["experiment"] == options.experiment]
@@ -284,7 +278,12 @@ def to_text(plans: list[RowPlan], options: NextOptions) -> str:
         note = plan.note
         if plan.command:
             lines.append(plan.command)
-    return "\n".join(lines)
+    return "\n".join(_one_line(line) if line.startswith("#") else line for line in lines)
+
+
+def _one_line(comment: str) -> str:
+    """A comment stays one line whatever a name in it holds: a newline would start a command."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in comment)
 
 
 def to_json(plans: list[RowPlan]) -> list[dict]:

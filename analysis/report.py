@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class ReportOptions:
     workers: int = 1  # processes drawing figures
     max_drift: float = MAX_DRIFT_LOG2
     max_regret: float = MAX_REGRET_FRACTION
+    strict: bool = False  # an unreadable record stops the report instead of being named and left out
 
 
 @dataclass
@@ -49,13 +51,16 @@ class Analysed:
     verdict: Verdict
 
 
-def load(store: Path) -> pd.DataFrame:
+def load(store: Path, strict: bool = False) -> pd.DataFrame:
+    """The store's records; an unreadable one is named on stderr and left out (``strict``: an error)."""
     if not store.is_dir():
         raise AnalysisError(f"store {store} does not exist (run a sweep into it, or `python -m analysis ingest`)")
     try:
-        frame = load_store(store)
+        frame = load_store(store, strict=strict)
     except ValueError as err:  # the store's StoreError / SchemaError: corrupt or too new a record
         raise AnalysisError(str(err)) from None
+    for path, reason in frame.attrs["skipped"]:
+        print(f"warning: skipped {path}: {reason} (--strict makes this an error)", file=sys.stderr)
     if frame.empty:
         raise AnalysisError(f"store {store} holds no records yet")
     return frame
@@ -151,7 +156,7 @@ def curves_job(store: Path, key: str, out: Path) -> figures.Job:
 
 def report(options: ReportOptions) -> str:
     """Writes the report into options.out; returns the text to print."""
-    frame = load(options.store)
+    frame = load(options.store, options.strict)
     analysed = analyse(frame, options.max_drift, options.max_regret)
     jobs = []
     if options.figures:  # read every input before writing anything

@@ -69,11 +69,15 @@ def config_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def group_columns(frame: pd.DataFrame) -> list[str]:
-    """Config columns (and experiment, source) that vary across records, except sizes, lr and seed."""
+    """Config columns (and experiment, source) that vary across records, except sizes, lr and seed.
+
+    A setting that is only known or unknown (ingested rows leave settings unknown) does not vary:
+    the rows that know it are told apart from the others by their source or experiment already."""
     candidates = [c for c in ("experiment", "source") if c in frame.columns] + [
         c for c in config_columns(frame) if c not in (*SIZE_AXES, LR, SEED)
     ]
-    return [c for c in candidates if frame[c].nunique(dropna=False) > 1]
+    return [c for c in candidates if frame[c].nunique() > 1 or (
+        c in ("experiment", "source") and frame[c].nunique(dropna=False) > 1)]
 
 
 def cell_frame(frame: pd.DataFrame, groups: list[str]) -> pd.DataFrame:

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from .experiments import CONF_DIR
 
 
 def main(argv: list[str]) -> int:
@@ -16,12 +16,24 @@ def main(argv: list[str]) -> int:
     status.add_argument("--store", required=True, type=Path, help="the result store directory")
     status.add_argument("--conf", type=Path, default=CONF_DIR,
                         help="config dir whose experiments give the expected grids (default: %(default)s)")
+    status.add_argument("--strict", action="store_true",
+                        help="an unreadable record is an error (default: named, and the rest shown)")
     args = parser.parse_args(argv)
 
+    from .leftovers import clean
     from .queue import QueueError, queued_cells, squeue_available
     from .result_store import StoreError
     from .record import SchemaError
     from .status import report
+
+    if not args.store.is_dir():
+        print(f"error: store {args.store} is not a directory", file=sys.stderr)
+        return 2
+    try:
+        for line in clean(args.store):
+            print(f"note: {line}", file=sys.stderr)
+    except OSError as err:  # a read-only store is still shown
+        print(f"note: leftovers not cleaned: {err}", file=sys.stderr)
 
     queued = None
     if squeue_available():  # no Slurm here: no queue line
@@ -31,7 +43,7 @@ def main(argv: list[str]) -> int:
             print(f"note: queue not shown: {err}", file=sys.stderr)
     try:
         report(args.store, sys.stdout, conf_dir=args.conf if args.conf.is_dir() else None,
-               queued=queued)
+               queued=queued, strict=args.strict)
     except (StoreError, SchemaError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -39,4 +51,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from .console import run_piped
+
+    sys.exit(run_piped(main, sys.argv[1:]))

@@ -8,6 +8,7 @@ as they are queued; each cell's job id then goes into the store (sweeper.queue) 
 """
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass
@@ -17,13 +18,15 @@ from typing import Callable, Optional, Sequence, TextIO
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
+from .claims import live_claims, read_claim, is_live
 from .grid import GridError, expand
 from .job import JobLostError, describe, failed_record
+from .leftovers import clean
 from .plan import DONE, PlannedCell, plan
 from .progress import Progress, clock
 from .queue import QueueError, queued_cells, squeue_available, write_entry
 from .record import SchemaError
-from .result_store import StoreError, read_record, run_dir, write_record
+from .result_store import StoreError, newest_attempt, read_record, run_dir, write_record
 from .watch import StoreWatcher
 
 Submitted = Callable[[list[str]], None]
@@ -53,17 +56,25 @@ def _batches(cells: list[PlannedCell], size: Optional[int]) -> list[list[Planned
 
 
 def _settle(cell: PlannedCell, outcome: Optional[BaseException], settings: SweepSettings,
-            job_id: Optional[str]) -> dict:
-    """The record of a cell whose job wrote none that the watcher saw: the job's own when the job
-    finished, or when it failed after recording its cell (a Slurm job whose cell raised), else a
-    failed one written here (replacing the record of an earlier run)."""
-    try:
-        record = read_record(settings.store, cell.key)
-    except StoreError:  # none, or a corrupt one
-        record = None
-    if record is not None and (outcome is None or (
-            job_id is not None and (record["runtime"].get("slurm") or {}).get("job_id") == job_id)):
-        return record
+            job_id: Optional[str], before: set[str]) -> Optional[dict]:
+    """The attempt of a cell whose job wrote none that the watcher saw: the job's own when the job
+    finished, or when it failed after recording its cell (a Slurm job whose cell raised); None when
+    the job left the cell to another run that is training it; else a failed attempt written here.
+    ``before``: the cell's attempt files when its batch was launched."""
+    attempt = newest_attempt(settings.store, cell.key, before)
+    if attempt is not None and (outcome is None or (
+            job_id is not None and (attempt["runtime"].get("slurm") or {}).get("job_id") == job_id)):
+        return attempt
+    claim = read_claim(settings.store, cell.key)
+    if outcome is None and claim is not None and is_live(claim):
+        return None
+    if outcome is None:  # a job that left the cell alone: it was finished when the job looked
+        try:
+            done = read_record(settings.store, cell.key)
+            if done["status"] in DONE:
+                return done
+        except StoreError:
+            pass
     record = failed_record(cell.config.to_dict(),
                            outcome or JobLostError("the job ended without writing a record (killed? see its log)"),
                            experiment=settings.experiment)
@@ -106,8 +117,10 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
         # The queue before the store: a job that ends in between has its record seen by plan.
         queued = _queued_jobs(store, out)
         todo, skipped = plan(cells, compose, store, settings.force)
-    except (GridError, SchemaError) as err:
+    except (GridError, SchemaError, StoreError) as err:
         raise SweepError(str(err)) from None
+    for line in clean(store):
+        print(f"[sweep] {line}", file=out)
     total = len(todo) + len(skipped)
     note = f" ({len(cells) - total} duplicate cells dropped)" if len(cells) > total else ""
     print(f"[sweep] {total} cells{note}, store {store}", file=out)
@@ -127,22 +140,42 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
 
     progress = Progress(len(todo), out)
     landed: dict[str, dict] = {}
+    elsewhere: list[str] = []
 
-    def land(cell: PlannedCell, record: dict) -> None:
+    def land(cell: PlannedCell, record: Optional[dict]) -> None:
+        if record is None:
+            elsewhere.append(cell.key)
+            progress.add("elsewhere")
+            return
         landed[cell.key] = record
         progress.add(record["status"])
 
-    for batch in _batches(todo, settings.batch_size):
+    def unclaimed(cells: list[PlannedCell]) -> list[PlannedCell]:
+        """The cells no other run is training now; the others are left to it, and said so."""
+        claims = live_claims(store)
+        taken = [cell for cell in cells if cell.key in claims]
+        if taken:
+            owners = sorted({claims[c.key].owner() for c in taken})
+            print(f"[sweep] leaving {len(taken)} cells to the runs training them now "
+                  f"({'; '.join(owners)}): their records land in the store", file=out, flush=True)
+        for cell in taken:
+            land(cell, None)
+        return [cell for cell in cells if cell.key not in claims]
+
+    for batch in _batches(unclaimed(todo), settings.batch_size):
+        batch = unclaimed(batch)  # claimed since the sweep started (another sweep's job)
+        if not batch:
+            continue
         job_ids: dict[str, str] = {}
-        with StoreWatcher(batch, store, land, settings.poll_s):
+        with StoreWatcher(batch, store, land, settings.poll_s) as watcher:
             try:
                 outcomes = list(launch([list(c.cell.overrides) for c in batch],
                                        _note_submitted(batch, settings, out, job_ids)))
             except Exception as err:  # the launcher lost the whole batch (e.g. a killed array job)
                 outcomes = [err] * len(batch)
         for cell, outcome in zip(batch, outcomes):
-            if cell.key not in landed:
-                land(cell, _settle(cell, outcome, settings, job_ids.get(cell.key)))
+            if cell.key not in landed and cell.key not in elsewhere:
+                land(cell, _settle(cell, outcome, settings, job_ids.get(cell.key), watcher.before[cell.key]))
 
     records = list(landed.values())
     failed = [r for r in records if r["status"] == "failed"]
@@ -151,6 +184,9 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
               file=out)
     else:
         print("[sweep] nothing to run", file=out)
+    if elsewhere:
+        print(f"[sweep] {len(elsewhere)} cells were being trained by another run: "
+              f"`python -m sweeper status --store {shlex.quote(str(store))}` shows when they land", file=out)
     out.flush()
     if failed:
         raise SweepError(

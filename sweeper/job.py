@@ -14,11 +14,13 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.config import TrainConfig
+from trainer.config import CHECKPOINT, TrainConfig
 
+from .claims import try_claim
+from .leftovers import KEEP
 from .queue import write_entry
-from .record import cell_key, make_record
-from .result_store import run_dir, write_record
+from .record import DONE, cell_key, make_record, result_config
+from .result_store import StoreError, read_record, run_dir, write_record
 from .schema import trainer_values
 
 LOG_TAIL_LINES = 25
@@ -94,34 +96,57 @@ def describe(record: dict) -> str:
 
 
 def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = None,
-             slurm: Optional[dict] = None, keep_checkpoint: bool = False) -> dict:
-    """Trains one cell and writes its record (``failed`` when training raises); returns the record.
+             slurm: Optional[dict] = None, keep_checkpoint: bool = False,
+             force: bool = False) -> Optional[dict]:
+    """Trains one cell and writes its record (``failed`` when training raises); returns the record,
+    or None when another run is training the cell (its claim, sweeper.claims, is live).
 
     The run dir is ``STORE/runs/<key>``, so a rerun or a requeued job resumes from its checkpoint.
-    A stop signal (SystemExit from the trainer after it checkpoints) is not a failure: it passes.
-    On Slurm the cell's queue entry is rewritten first, so status finds the job (sweeper.queue),
-    and a failed cell raises CellFailed once recorded, so that the job ends FAILED. A finished
-    cell's checkpoint goes once its record is written, unless ``keep_checkpoint``."""
+    A cell whose record turned ok or diverged since the sweep planned it (another sweep trained it)
+    is not trained again unless ``force``. A stop signal (SystemExit from the trainer after it
+    checkpoints) is not a failure: it passes. On Slurm the cell's queue entry is rewritten first,
+    so status finds the job (sweeper.queue), and a failed cell raises CellFailed once recorded, so
+    that the job ends FAILED. A finished cell's checkpoint goes once its record is written, unless
+    ``keep_checkpoint``."""
     key = cell_key(config.to_dict())
-    if slurm is not None:
-        write_entry(store, key, job_id=slurm["job_id"], experiment=experiment,
-                    config=config.to_dict(), written_by="job")
-    config = dataclasses.replace(config, run_dir=str(run_dir(store, key)))
-    started = time.perf_counter()
-    try:
-        from trainer.train import run  # torch: imported only where a cell really trains
+    held, owner = try_claim(store, key, job_id=(slurm or {}).get("job_id"), experiment=experiment,
+                            config=result_config(config.to_dict()))
+    if held is None:
+        print(f"cell {key}: not trained here, {owner.owner() if owner else 'another run'} "
+              f"is training it", flush=True)
+        return None
+    with held:
+        if not force:
+            try:
+                earlier = read_record(store, key)
+                if earlier["status"] in DONE:
+                    print(f"cell {key}: already {earlier['status']} in the store", flush=True)
+                    return earlier
+            except StoreError:
+                pass
+        if slurm is not None:
+            write_entry(store, key, job_id=slurm["job_id"], experiment=experiment,
+                        config=config.to_dict(), written_by="job")
+        config = dataclasses.replace(config, run_dir=str(run_dir(store, key)))
+        if keep_checkpoint:
+            Path(config.run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(config.run_dir) / KEEP).touch()
+        started = time.perf_counter()
+        try:
+            from trainer.train import run  # torch: imported only where a cell really trains
 
-        record = record_from_result(run(config).to_dict(), experiment=experiment, slurm=slurm)
-    except Exception as err:  # any failure of the cell is recorded; the sweep goes on
-        record = failed_record(config.to_dict(), err, experiment=experiment, slurm=slurm,
-                               wall_time_s=time.perf_counter() - started)
-    write_record(store, record)
-    line = describe(record)
-    print(line, flush=True)
-    if record["status"] != "failed" and not keep_checkpoint:
-        from trainer.train import CHECKPOINT
-
-        (Path(config.run_dir) / CHECKPOINT).unlink(missing_ok=True)
+            record = record_from_result(run(config).to_dict(), experiment=experiment, slurm=slurm)
+        except Exception as err:  # any failure of the cell is recorded; the sweep goes on
+            record = failed_record(config.to_dict(), err, experiment=experiment, slurm=slurm,
+                                   wall_time_s=time.perf_counter() - started)
+        write_record(store, record)
+        line = describe(record)
+        kept = read_record(store, key)
+        if kept["status"] != record["status"]:
+            line += f" (the cell keeps its earlier {kept['status']} result; status lists its attempts)"
+        print(line, flush=True)
+        if record["status"] != "failed" and not keep_checkpoint:
+            (Path(config.run_dir) / CHECKPOINT).unlink(missing_ok=True)
     if slurm is not None and record["status"] == "failed":
         raise CellFailed(line)
     return record
@@ -147,11 +172,15 @@ def hydra_job(cfg: DictConfig) -> dict:
     hydra = HydraConfig.get()
     values = OmegaConf.to_container(cfg, resolve=True)
     store = Path(hydra.runtime.cwd) / Path(values["store"]).expanduser()
+    config = TrainConfig.from_mapping(trainer_values(values))
     record = run_cell(
-        TrainConfig.from_mapping(trainer_values(values)),
+        config,
         store,
         experiment=hydra.runtime.choices.get("experiment"),
         slurm=slurm_info(dict(os.environ)),
         keep_checkpoint=values["keep_checkpoints"],
+        force=values["force"],
     )
+    if record is None:
+        return {"key": cell_key(config.to_dict()), "status": "claimed"}
     return {"key": record["key"], "status": record["status"]}

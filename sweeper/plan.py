@@ -20,11 +20,10 @@ from omegaconf.errors import OmegaConfBaseException
 from trainer.config import TrainConfig
 
 from .grid import Cell, GridError
-from .record import cell_key
+from .record import DONE, cell_key
 from .result_store import record_status
 from .schema import trainer_values
 
-DONE = ("ok", "diverged")  # a cell with such a record is not run again (unless force)
 _MAX_LISTED = 4
 
 

@@ -29,6 +29,7 @@ class Progress:
         elapsed = self.now() - self.started
         left = self.total - self.done
         eta = f"~{clock(elapsed / self.done * left)} left" if self.done and left else "done"
-        by_status = ", ".join(f"{self.counts[s]} {s}" for s in ("ok", "diverged", "failed"))
+        shown = ("ok", "diverged", "failed", *sorted(set(self.counts) - {"ok", "diverged", "failed"}))
+        by_status = ", ".join(f"{self.counts[s]} {s}" for s in shown)
         print(f"[sweep] {self.done}/{self.total} cells finished: {by_status} | "
               f"elapsed {clock(elapsed)} | {eta}", file=self.out, flush=True)

@@ -2,9 +2,14 @@
 
 Layout of a store directory::
 
-    records/<key>.json        one record per cell (sweeper.record), replaced atomically
+    records/<key>.json        the cell's result: its best attempt (sweeper.record), replaced atomically
+    attempts/<key>/<t>-<r>.json  every attempt of the cell, written once and never replaced
     runs/<key>/               the cell's trainer run dir (checkpoints), so a rerun resumes
+    claims/<key>.json         the run training the cell now (sweeper.claims)
     .cache/index-v2.parquet   flat rows of all records, keyed by file name + mtime/size/inode
+
+A cell's result is its latest ok or diverged attempt; a failed attempt becomes the result only
+while the cell has no other: a rerun that fails never hides a finished result.
 
 Writers never touch each other's files and never rewrite the store: a record is written to a
 temporary file, fsync'ed and renamed over its final name, so a reader sees either the old record,
@@ -13,7 +18,9 @@ replaced the same way; it is only a cache, losing it (or racing on it) costs one
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 import os
 import uuid
 from pathlib import Path
@@ -27,11 +34,13 @@ if TYPE_CHECKING:
 
 from trainer.config import result_fields
 
-from .record import SCHEMA_VERSION, SchemaError, cell_key, migrate, origin_of
+from .record import (DONE, SCHEMA_VERSION, STATUSES, NewerSchemaError, SchemaError, cell_key,
+                     check_key, config_problems, migrate, origin_of)
 
 PathLike = Union[str, os.PathLike]
 
 RECORDS = "records"
+ATTEMPTS = "attempts"
 RUNS = "runs"
 _INDEX_VERSION = 2  # bump when flat_row's columns or the index layout change
 _INDEX = Path(".cache") / f"index-v{_INDEX_VERSION}.parquet"
@@ -44,7 +53,14 @@ BASE_COLUMNS = [
 
 
 class StoreError(ValueError):
-    """A store that cannot be read as asked: missing record, corrupt file."""
+    """A store that cannot be read as asked: missing record, corrupt file, a path that is no store."""
+
+
+def _key(key: str) -> str:
+    try:
+        return check_key(key)
+    except ValueError as err:
+        raise StoreError(str(err)) from None
 
 
 def records_dir(store_dir: PathLike) -> Path:
@@ -52,12 +68,31 @@ def records_dir(store_dir: PathLike) -> Path:
 
 
 def record_path(store_dir: PathLike, key: str) -> Path:
-    return records_dir(store_dir) / f"{key}.json"
+    return records_dir(store_dir) / f"{_key(key)}.json"
+
+
+def attempts_dir(store_dir: PathLike, key: str) -> Path:
+    return Path(store_dir) / ATTEMPTS / _key(key)
 
 
 def run_dir(store_dir: PathLike, key: str) -> Path:
     """Where the trainer keeps the cell's checkpoints: stable, so a requeued cell resumes."""
-    return Path(store_dir) / RUNS / key
+    return Path(store_dir) / RUNS / _key(key)
+
+
+def check_writable_store(store_dir: PathLike) -> None:
+    """Raises StoreError unless ``store_dir`` is (or can be made) a directory this process can write
+    records into: checked before anything trains, not after."""
+    store_dir = Path(store_dir)
+    if store_dir.exists() and not store_dir.is_dir():
+        raise StoreError(f"store {store_dir} is a file, not a directory: pass a directory as store=")
+    probe = store_dir / f".probe.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise StoreError(f"store {store_dir} is not writable: {err.strerror or err}") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -99,22 +134,109 @@ def _check_writable(record: dict) -> None:
         raise SchemaError(f"record key {record.get('key')!r} does not match its config's cell_key")
 
 
+def _plain_json(value):
+    """Non-finite floats (a diverged run's losses) as null: records are strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_json(v) for v in value]
+    return value
+
+
+def _attempt_name() -> str:
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{now}-{uuid.uuid4().hex[:8]}.json"
+
+
 def write_record(store_dir: PathLike, record: dict) -> Path:
-    """Stores ``record`` (from make_record) atomically as records/<key>.json; returns the path."""
+    """Stores ``record`` (from make_record) as one more attempt of its cell, and as the cell's result
+    (records/<key>.json, replaced atomically) unless it failed and the cell has a finished result.
+    Returns the result's path."""
     _check_writable(record)
+    data = json.dumps(_plain_json(record), indent=1, allow_nan=False).encode()
+    atomic_write_bytes(attempts_dir(store_dir, record["key"]) / _attempt_name(), data)
     path = record_path(store_dir, record["key"])
-    atomic_write_bytes(path, json.dumps(record, indent=1, allow_nan=True).encode())
+    if record["status"] not in DONE:
+        try:
+            if _read_file(path)["status"] in DONE:
+                return path
+        except (OSError, StoreError):  # none, or unreadable: this attempt replaces it
+            pass
+    atomic_write_bytes(path, data)
     return path
 
 
 def _read_file(path: Path) -> dict:
+    """A record file, migrated and checked; StoreError (or SchemaError) names the file and why."""
     try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        raw = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise StoreError(
             f"corrupt record {path}: {err}; delete it and rerun the sweep to redo that cell"
         ) from None
-    return migrate(raw, origin=str(path))
+    try:
+        record = migrate(raw, origin=str(path))
+    except NewerSchemaError:
+        raise
+    except SchemaError as err:  # not a record at all: as corrupt as a torn file
+        raise StoreError(f"corrupt record {path}: {err}") from None
+    problems = config_problems(record["config"])
+    if record.get("status") not in STATUSES:
+        problems.append(f"status={record.get('status')!r} is none of {', '.join(STATUSES)}")
+    if not isinstance(record.get("metrics"), dict) or not isinstance(record.get("curves"), dict):
+        problems.append("its metrics or curves are not mappings")
+    if problems:
+        raise StoreError(f"invalid record {path}: {'; '.join(problems)}")
+    return record
+
+
+def attempts(store_dir: PathLike, key: str) -> list[dict]:
+    """Every attempt of cell ``key``, oldest first; a store written before attempts were kept has
+    only the cell's record. Unreadable attempt files are left out."""
+    folder = attempts_dir(store_dir, key)
+    found = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            found.append(_read_file(path))
+        except (OSError, StoreError, NewerSchemaError):
+            continue
+    if not found:
+        try:
+            found = [read_record(store_dir, key)]
+        except StoreError:
+            pass
+    return found
+
+
+def attempt_names(store_dir: PathLike, key: str) -> set[str]:
+    """File names of the cell's attempts (names sort by time)."""
+    try:
+        return {e.name for e in os.scandir(attempts_dir(store_dir, key))
+                if e.name.endswith(".json") and not e.name.startswith(".")}
+    except FileNotFoundError:
+        return set()
+
+
+def newest_attempt(store_dir: PathLike, key: str, before: set[str]) -> Optional[dict]:
+    """The cell's newest readable attempt whose file is not in ``before``, or None."""
+    for name in sorted(attempt_names(store_dir, key) - before, reverse=True):
+        try:
+            return _read_file(attempts_dir(store_dir, key) / name)
+        except (OSError, StoreError):
+            continue
+    return None
+
+
+def attempt_counts(store_dir: PathLike) -> dict[str, int]:
+    """Cell key -> number of attempts on file, for the cells that have attempt files."""
+    try:
+        folders = list(os.scandir(Path(store_dir) / ATTEMPTS))
+    except FileNotFoundError:
+        return {}
+    return {f.name: sum(1 for e in os.scandir(f.path) if e.name.endswith(".json"))
+            for f in folders if f.is_dir()}
 
 
 def read_record(store_dir: PathLike, key: str) -> dict:
@@ -127,8 +249,8 @@ def read_record(store_dir: PathLike, key: str) -> dict:
 
 
 def record_status(store_dir: PathLike, key: str) -> Optional[str]:
-    """Status of cell ``key``'s record, or None when it has none (or only a corrupt one, which a
-    rerun replaces). A record of a newer schema raises SchemaError."""
+    """Status of cell ``key``'s record, or None when it has none (or only a corrupt or invalid one,
+    which a rerun replaces). A record of a newer schema raises SchemaError."""
     try:
         return _read_file(record_path(store_dir, key))["status"]
     except (FileNotFoundError, StoreError):
@@ -150,15 +272,6 @@ def _record_files(store_dir: PathLike) -> dict[str, tuple[int, int, int]]:
                 continue
             files[entry.name] = (st.st_mtime_ns, st.st_size, st.st_ino)
     return files
-
-
-def iter_records(store_dir: PathLike) -> Iterator[dict]:
-    """Every record in the store, full and migrated, in key order."""
-    for name in sorted(_record_files(store_dir)):
-        try:
-            yield _read_file(records_dir(store_dir) / name)
-        except FileNotFoundError:
-            continue
 
 
 def flat_row(record: dict) -> dict:
@@ -239,12 +352,19 @@ def _write_index(path: Path, table: "pa.Table") -> None:
 
 
 def _flat_rows(folder: Path, files: list[tuple[str, tuple[int, int, int]]]) -> list[dict]:
-    """Index rows of these record files; a file gone since it was listed is left out."""
+    """Index rows of these record files; a file gone since it was listed is left out, and one that
+    cannot be read gives a row with only "_file" and "_skipped" (the reason)."""
     rows = []
     for name, stamp in files:
         try:
-            row = flat_row(_read_file(folder / name))
+            record = _read_file(folder / name)
+            if record["key"] != name.removesuffix(".json"):
+                raise StoreError(f"invalid record {folder / name}: it holds cell {record['key']!r}")
+            row = flat_row(record)
         except FileNotFoundError:
+            continue
+        except (StoreError, SchemaError) as err:
+            rows.append({"_file": name, "_skipped": str(err)})
             continue
         rows.append({**dict(zip(_STAMP, (name, *stamp))), **row})
     return rows
@@ -269,9 +389,11 @@ def _parse(folder: Path, files: list[tuple[str, tuple[int, int, int]]]) -> list[
         return [row for part in pool.map(_flat_rows, [folder] * workers, chunks) for row in part]
 
 
-def load_store(store_dir: PathLike) -> pd.DataFrame:
+def load_store(store_dir: PathLike, strict: bool = False) -> pd.DataFrame:
     """One flat row per record (see flat_row), in key order; an empty store gives an empty frame.
 
+    A record that cannot be read (corrupt, empty, out of range, a newer schema) is left out and
+    listed in ``frame.attrs["skipped"]`` as (path, reason); ``strict`` raises StoreError instead.
     Only records whose file changed since the cached index are parsed again."""
     store_dir = Path(store_dir)
     if not store_dir.is_dir():
@@ -287,7 +409,13 @@ def load_store(store_dir: PathLike) -> pd.DataFrame:
     else:
         kept = pd.DataFrame(columns=_STAMP)
     have = set(kept["_file"])
-    fresh = _parse(records_dir(store_dir), sorted((n, s) for n, s in files.items() if n not in have))
+    parsed = _parse(records_dir(store_dir), sorted((n, s) for n, s in files.items() if n not in have))
+    fresh = [row for row in parsed if "_skipped" not in row]
+    skipped = [(str(records_dir(store_dir) / row["_file"]), row["_skipped"])
+               for row in parsed if "_skipped" in row]
+    if skipped and strict:
+        raise StoreError(f"{len(skipped)} unreadable record(s) in {store_dir}:\n  "
+                         + "\n  ".join(reason for _, reason in skipped))
     frame = kept
     if fresh:
         fresh_frame = pd.DataFrame.from_records(fresh)
@@ -300,4 +428,5 @@ def load_store(store_dir: PathLike) -> pd.DataFrame:
     missing = [c for c in BASE_COLUMNS + result_fields() if c not in frame.columns]
     for column in missing:
         frame[column] = pd.Series(dtype=object)
+    frame.attrs["skipped"] = skipped
     return frame

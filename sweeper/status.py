@@ -1,8 +1,10 @@
 """``python -m sweeper status --store PATH``: counts by status and, per experiment, a size x lr grid.
 
-A status table is built from sources of cell states merged in order: the cells in the scheduler's
-queue (pending / running, from sweeper.queue; a queued retry outranks the failed record it will
-replace), then the store, then the cells an experiment's default grid expects, shown as missing.
+A status table is built from sources of cell states merged in order: the cells being trained now
+(their claims, sweeper.claims) and those in the scheduler's queue (pending / running, from
+sweeper.queue; a queued retry outranks the failed record it will replace), then the store, then the
+cells an experiment's default grid expects, shown as missing. Cells tried more than once are listed
+with their attempts, and records that cannot be read are named.
 """
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ from typing import Iterable, Optional, TextIO
 import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from .claims import live_claims
+from .experiments import compose_sweep, has_experiment
 from .grid import expand
 from .record import result_config
-from .result_store import load_store
+from .result_store import attempt_counts, attempts, load_store
 
 # What a grid shows for a cell, by state; earlier states win when records share a position.
 SYMBOLS = {"failed": "FAIL", "diverged": "div", "ok": "done", "running": "run", "pending": "wait",
@@ -35,12 +39,7 @@ def store_cells(frame: pd.DataFrame) -> pd.DataFrame:
 
 def expected_cells(experiment: str, conf_dir: Path) -> pd.DataFrame:
     """The cells of an experiment's default grid (conf/experiment/NAME.yaml), all 'missing'."""
-    from hydra import compose, initialize_config_dir
-
-    import sweeper.schema  # noqa: F401  registers the sweep app's schema
-
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        cfg = compose("sweep", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    cfg = compose_sweep(experiment, conf_dir)
     base = {k: cfg[k] for k in cfg if k != "hydra"}
     params = cfg.hydra.sweeper.params or {}
     parser = OverridesParser.create()
@@ -61,6 +60,33 @@ def queue_cells(queued: list[dict]) -> pd.DataFrame:
              "experiment": cell["experiment"], "state": cell["state"], "error": None}
             for cell in queued]
     return pd.DataFrame(rows, columns=[*POSITION, "state", "error"])
+
+
+def claimed_cells(store: Path) -> pd.DataFrame:
+    """Cells whose claim is live: running, wherever their job was launched from."""
+    rows = [{**{k: v for k, v in (claim.config or {}).items() if k in POSITION},
+             "experiment": claim.experiment, "state": "running", "error": None}
+            for claim in live_claims(store).values() if claim.config]
+    return pd.DataFrame(rows, columns=[*POSITION, "state", "error"])
+
+
+def render_attempts(store: Path, frame: pd.DataFrame, out: TextIO, limit: int = 20) -> None:
+    """The cells tried more than once, each attempt with its time and outcome."""
+    counts = {k: n for k, n in attempt_counts(store).items() if n > 1}
+    if not counts:
+        return
+    cells = frame[frame["key"].isin(counts)].sort_values("key")
+    print(f"\ncells tried more than once ({len(cells)}; the result is the latest ok or diverged "
+          f"attempt, a failed one only while there is no other):", file=out)
+    for r in cells.head(limit).to_dict("records"):
+        print(f"  {r['key']} width={r['width']} depth={r['depth']} lr={r['lr']:g} "
+              f"{r['param']}/{r['optimizer']}: result {r['status']}", file=out)
+        for attempt in attempts(store, r["key"]):
+            error = attempt.get("error") or {}
+            why = f" ({error.get('type')}: {str(error.get('message')).splitlines()[0][:120]})" if error else ""
+            print(f"    {attempt['timings'].get('finished_at')}  {attempt['status']}{why}", file=out)
+    if len(cells) > limit:
+        print(f"  ... and {len(cells) - limit} more", file=out)
 
 
 def merge(sources: Iterable[pd.DataFrame]) -> pd.DataFrame:
@@ -95,22 +121,25 @@ def render_grid(group: pd.DataFrame, out: TextIO) -> None:
 
 
 def report(store: Path, out: TextIO, conf_dir: Optional[Path] = None,
-           queued: Optional[list[dict]] = None) -> None:
+           queued: Optional[list[dict]] = None, strict: bool = False) -> None:
     """``queued``: the store's cells in the Slurm queue (sweeper.queue.queued_cells); None when
-    there is no queue to ask, which leaves the queue line out."""
-    frame = load_store(store)
+    there is no queue to ask, which leaves the queue line out. ``strict``: an unreadable record is
+    an error (StoreError), not a warning."""
+    frame = load_store(store, strict=strict)
     counts = frame["status"].value_counts()
     print(f"store {store}: {len(frame)} records: "
           + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "diverged", "failed")), file=out)
-    sources = [store_cells(frame)]
+    for path, reason in frame.attrs["skipped"]:
+        print(f"warning: skipped {path}: {reason}", file=out)
+    sources = [claimed_cells(store), store_cells(frame)]
     if queued is not None:
         states = [cell["state"] for cell in queued]
         print(f"queue (squeue): {states.count('running')} running, {states.count('pending')} pending",
               file=out)
-        sources.insert(0, queue_cells(queued))
+        sources.insert(1, queue_cells(queued))
     if conf_dir is not None:
         for name in sorted(frame["experiment"].dropna().unique()):
-            if (conf_dir / "experiment" / f"{name}.yaml").exists():
+            if has_experiment(name, conf_dir):
                 sources.append(expected_cells(name, conf_dir))
     cells = merge(sources)
     print("legend: " + ", ".join(f"{sym}={state}" for state, sym in SYMBOLS.items()), file=out)
@@ -120,6 +149,7 @@ def report(store: Path, out: TextIO, conf_dir: Optional[Path] = None,
             settings = " ".join(f"{k}={v}" for k, v in zip(GROUP_AXES, keys[1:]))
             print(f"\nexperiment {keys[0]}: {settings} {fixed}={value}", file=out)
             render_grid(sub, out)
+    render_attempts(store, frame, out)
     failed = cells[cells["state"] == "failed"]
     if len(failed):
         print("\nfailed cells (last error):", file=out)

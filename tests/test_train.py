@@ -102,7 +102,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, data_dir, sig)
     ("dataset=/nonexistent/corpus", "/nonexistent/corpus"),
 ])
 def test_bad_input_is_one_clear_error(override, message):
-    proc = _train_cli([override, "steps=1"])
+    proc = _train_cli([override, "steps=1", "warmup_steps=0"])
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert message in err

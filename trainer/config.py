@@ -6,8 +6,14 @@ the sweeper leaves them out of a cell's key.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+
+# Files of a run_dir: the checkpoint a restarted run resumes from, and the finished run's Result.
+CHECKPOINT = "checkpoint.pt"
+RESULT = "result.json"
 
 
 def _runtime(default: Any) -> Any:
@@ -97,16 +103,70 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Checks what can be checked without data or a model; raises ValueError with the fix."""
-        for name in ("width", "depth", "base_width", "base_depth", "batch_size", "seq_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
-        if self.steps < 0 or self.warmup_steps < 0:
-            raise ValueError("steps and warmup_steps must be >= 0")
+        problems = setting_problems(self.to_dict())
+        if problems:
+            raise ValueError(problems[0])
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} exceeds steps={self.steps}: "
+                             f"the warmup must end within the run")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision={self.precision!r}: choose auto, fp32 or bf16")
         if self.tokenizer not in ("auto", "byte", "gpt2"):
             raise ValueError(f"tokenizer={self.tokenizer!r}: choose auto, byte or gpt2")
         self.n_head()
+
+
+# Inclusive ranges of the numeric settings. A value outside is a typo (2^70 for a width, a log2 lr of
+# 300) that would only fail later, or be stored and break every reader of the store. The size limits
+# are far beyond any model trained today (the paper's largest: width 4096, depth 256).
+MAX_WIDTH = 2 ** 20
+MAX_DEPTH = 2 ** 14
+_MAX_COUNT = 2 ** 40  # steps, batch and sequence sizes, intervals: 10^12, within every int type used
+BOUNDS: dict[str, tuple[float, float]] = {
+    "width": (1, MAX_WIDTH), "base_width": (1, MAX_WIDTH), "head_dim": (1, MAX_WIDTH),
+    "depth": (1, MAX_DEPTH), "base_depth": (1, MAX_DEPTH),
+    "lr": (-64, 16),  # log2 eta_base: 5e-20 .. 65536
+    "seed": (0, 2 ** 63 - 1), "vocab_size": (0, 2 ** 31 - 1),
+    "batch_size": (1, _MAX_COUNT), "seq_len": (1, _MAX_COUNT), "steps": (0, _MAX_COUNT),
+    "warmup_steps": (0, _MAX_COUNT), "eval_interval": (0, _MAX_COUNT), "eval_batches": (1, _MAX_COUNT),
+    "init_std": (0, 1e6), "weight_decay": (0, 1e6), "adam_eps": (0, 1), "adam_beta1": (0, 1),
+    "adam_beta2": (0, 1), "momentum": (0, 1), "lr_floor": (0, 1e6), "grad_clip": (0, 1e12),
+    "divergence_factor": (1, 1e12),
+    "threads": (0, 2 ** 16), "checkpoint_interval": (0, _MAX_COUNT), "log_interval": (1, _MAX_COUNT),
+}
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def setting_problems(values: dict) -> list[str]:
+    """One line per setting in ``values`` of the wrong type or outside BOUNDS (None: not given).
+
+    Used on configs before a run and on configs read back from a store or a CSV."""
+    hints = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    problems = []
+    for name, value in values.items():
+        if value is None or name not in hints:
+            continue
+        kind = hints[name]
+        if "bool" in str(kind):
+            ok = isinstance(value, bool)
+        elif "int" in str(kind):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif "float" in str(kind):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            problems.append(f"{name}={value!r} must be {str(kind).replace('Optional[', '').rstrip(']')}")
+        elif name in BOUNDS:
+            low, high = BOUNDS[name]
+            if not (isinstance(value, int) or math.isfinite(value)):
+                problems.append(f"{name}={value!r} must be a finite number")
+            elif not low <= value <= high:
+                problems.append(f"{name}={value!r} is outside its range: {_number(low)} to {_number(high)}")
+    return problems
 
 
 def result_fields() -> list[str]:

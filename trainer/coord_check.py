@@ -22,7 +22,7 @@ from .data import DataUnavailable, get_batch, load_tokens
 from .optimizers import build_optimizers
 from .parameterization import build_model, param_groups
 
-D2 = {"lr": -7.0, "batch_size": 8, "grad_clip": 1.0, "steps": 10}
+D2 = {"lr": -7.0, "batch_size": 8, "grad_clip": 1.0, "steps": 10, "warmup_steps": 0}  # D.2: constant lr
 
 
 def rms(x: torch.Tensor) -> float:

@@ -23,13 +23,11 @@ from typing import Optional
 
 import torch
 
-from .config import TrainConfig
+from .config import CHECKPOINT, RESULT, TrainConfig, result_fields
 from .data import DataUnavailable, fixed_batches, get_batch, load_tokens
 from .optimizers import build_optimizers, cpu_has_fast_bf16
 from .parameterization import build_model, param_groups
 
-CHECKPOINT = "checkpoint.pt"
-RESULT = "result.json"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
 
@@ -124,6 +122,27 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def run_settings(cfg: TrainConfig) -> dict:
+    """The settings that make a run what it is: a checkpoint resumes only the run it came from."""
+    return {name: getattr(cfg, name) for name in result_fields()}
+
+
+def check_checkpoint_owner(saved: dict, cfg: TrainConfig, path: Path) -> None:
+    """Raises ValueError when the checkpoint at ``path`` was written by a run with other settings.
+    A setting the checkpoint predates is compared with its default; a checkpoint from before runs
+    were recorded in checkpoints is taken as it is."""
+    if "run" not in saved:
+        print(f"note: {path} does not say which run wrote it (an older mutransfer); resuming it",
+              file=sys.stderr)
+        return
+    defaults, mine = TrainConfig().to_dict(), run_settings(cfg)
+    differ = [f"{k}={saved['run'].get(k, defaults[k])!r} there, {v!r} here"
+              for k, v in mine.items() if saved["run"].get(k, defaults[k]) != v]
+    if differ:
+        raise ValueError(f"{path} belongs to another run ({'; '.join(differ)}): use another "
+                         f"run_dir, or delete the checkpoint to start this run afresh")
+
+
 def evaluate(model, batches, device, autocast) -> float:
     model.eval()
     total = 0.0
@@ -164,6 +183,7 @@ def run(cfg: TrainConfig) -> Result:
     checkpoint = run_dir / CHECKPOINT if run_dir else None
     if checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        check_checkpoint_owner(saved, cfg, checkpoint)
         model.load_state_dict(saved["model"])
         for opt, s in zip(optimizers, saved["optimizers"]):
             opt.load_state_dict(s)
@@ -174,7 +194,8 @@ def run(cfg: TrainConfig) -> Result:
         print(f"resuming from {checkpoint} at step {state['step']}", file=sys.stderr)
 
     def snapshot() -> dict:
-        return {"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+        return {"run": run_settings(cfg), "model": model.state_dict(),
+                "optimizers": [o.state_dict() for o in optimizers],
                 "schedules": [s.state_dict() for s in schedules], "batches": batches.get_state(),
                 "state": state}
 

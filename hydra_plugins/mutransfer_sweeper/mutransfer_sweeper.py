@@ -89,14 +89,20 @@ class MutransferSweeper(Sweeper):
         return [r._return_value if r.status == JobStatus.FAILED else None for r in returns]
 
     def sweep(self, arguments: List[str]) -> Any:
-        from sweeper.driver import SweepSettings, run_sweep
+        from sweeper.driver import SweepError, SweepSettings, run_sweep
+        from sweeper.result_store import StoreError, check_writable_store
 
         cfg = self.config
+        store = (Path(cfg.hydra.runtime.cwd) / Path(str(cfg.store)).expanduser()).resolve()
+        try:
+            check_writable_store(store)  # before the sweep's log dir, which lives in the store
+        except StoreError as err:
+            raise SweepError(str(err)) from None
         sweep_dir = Path(str(cfg.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
         settings = SweepSettings(
-            store=(Path(cfg.hydra.runtime.cwd) / Path(str(cfg.store)).expanduser()).resolve(),
+            store=store,
             force=bool(cfg.force),
             experiment=cfg.hydra.runtime.choices.get("experiment"),
             batch_size=self._batch_size(),

@@ -1,0 +1,32 @@
+"""The sweep app's config as a sweep would compose it: for status, ingest and ``analysis next``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def has_experiment(name: Optional[str], conf_dir: Path = CONF_DIR) -> bool:
+    return isinstance(name, str) and (conf_dir / "experiment" / f"{name}.yaml").is_file()
+
+
+def compose_sweep(experiment: Optional[str], conf_dir: Path = CONF_DIR) -> DictConfig:
+    """conf/sweep.yaml with ``experiment=NAME`` (when given), with its hydra node; raises Hydra's
+    errors as they are."""
+    from hydra import compose, initialize_config_dir
+
+    import sweeper.schema  # noqa: F401  registers the sweep app's schema
+
+    overrides = [f"experiment={experiment}"] if experiment else []
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
+        return compose("sweep", overrides=overrides, return_hydra_config=True)
+
+
+def sweep_settings(cfg: DictConfig) -> dict:
+    """A composed sweep config's trainer settings (without the hydra node)."""
+    from .schema import trainer_values
+
+    return trainer_values({k: cfg[k] for k in cfg if k != "hydra"})
