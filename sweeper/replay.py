@@ -13,8 +13,8 @@ from typing import Optional
 
 import numpy as np
 
-from .search import Ask, SearchError, SearchTable, TableResult, cell_cost, run_search
-from .transfer import BUDGET, DIVERGED, TREND_PARAMS, Line
+from .search import Ask, SearchError, SearchTable, TableResult, run_search, table_line
+from .transfer import BUDGET, DIVERGED
 
 _MAX_LISTED = 6
 
@@ -42,11 +42,7 @@ def _search_table(grid) -> SearchTable:
         more = f" and {len(holes) - _MAX_LISTED} more" if len(holes) > _MAX_LISTED else ""
         raise SearchError(f"the oracle store has holes: table '{grid.name}' lacks {len(holes)} of "
                           f"{grid.runs.size} cells ({shown}{more}); replay needs a complete grid")
-    fixed = grid.title.get("depth" if grid.axis == "width" else "width")
-    costs = tuple(cell_cost(s, fixed) if grid.axis == "width" else cell_cost(fixed, s) for s in grid.sizes)
-    line = Line(grid.axis, tuple(float(s) for s in grid.sizes), tuple(float(x) for x in grid.lrs), costs,
-                trend=grid.title.get("param") in TREND_PARAMS)
-    return SearchTable(grid.name, line, tuple(f"{grid.name} {grid.axis}={s:g}" for s in grid.sizes))
+    return SearchTable(grid.name, table_line(grid), tuple(f"{grid.name} {grid.axis}={s:g}" for s in grid.sizes))
 
 
 def replay(store: Path, budget: float = BUDGET) -> dict:
