@@ -177,8 +177,22 @@ def _rows(table: Table, optima: list[RowOptimum], verdict: Verdict, bold) -> lis
     return rows
 
 
+def _sparse_note(table: Table, optima: list[RowOptimum]) -> str | None:
+    """Which rows of a sparse table (a transfer search's) are bracketed, and by how many cells."""
+    cells = (table.runs > 0).sum(axis=1)
+    if (cells == len(table.lrs)).all():
+        return None
+    rows = [f"{table.axis} {value_text(opt.size)} " + (
+        f"bracketed by {n} cells" if opt.lr is not None and opt.edge is None else f"not bracketed ({n} cells)")
+        for opt, n in zip(optima, cells)]
+    return "sparse rows: " + ", ".join(rows)
+
+
 def notes(table: Table, optima: list[RowOptimum], verdict: Verdict) -> list[str]:
     lines = [f"verdict: {verdict.summary}"]
+    sparse = _sparse_note(table, optima)
+    if sparse:
+        lines.append(sparse)
     for opt in optima:
         if opt.edge:
             lines.append(f"{table.axis} {value_text(opt.size)}: {opt.edge_note()}")

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.optima import row_optimum
+from analysis.report import analyse
+from analysis.tables import notes
 from sweeper.result_store import load_store, records_dir
 from sweeper.search import Ask, SearchTable, run_search
 from sweeper.transfer import DIVERGED, Line
@@ -129,6 +131,10 @@ def test_a_killed_transfer_sweep_resumes_from_the_store_and_brackets_every_row(t
         diverged = (row["status"] == "diverged").reindex(lrs, fill_value=False).to_numpy()
         assert row_optimum(width, lrs, loss, diverged).edge is None, f"width {width} not bracketed"
     assert all(f"{w}: bracketed by" in again.stdout for w in (32, 64, 128))
+    [analysed] = analyse(frame)  # the report says it too
+    cells = [int((frame["width"] == w).sum()) for w in (32, 64, 128)]
+    assert ("sparse rows: " + ", ".join(f"width {w} bracketed by {n} cells" for w, n in zip((32, 64, 128), cells))
+            in notes(analysed.table, analysed.optima, analysed.verdict))
 
 
 def test_a_bad_search_or_a_line_without_lrs_stops_before_anything_runs(tmp_path):
