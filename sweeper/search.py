@@ -10,6 +10,7 @@ filesystem, so a killed search that is run again answers every cell it already h
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +116,7 @@ def run_search(tables: list[SearchTable], oracle: Oracle, *, storage=None, budge
     studies = _Studies(storage)
     states = [TableState(t.line) for t in tables]
     known = [[None] * len(t.line.sizes) for t in tables]
-    for n in range(1, 10_000):
+    for n in itertools.count(1):  # each round answers new cells of a finite line
         asks = []
         for i, (table, state) in enumerate(zip(tables, states)):
             asks += _next_asks(i, table, state, studies, known[i], budget)
