@@ -31,9 +31,12 @@ class SweepAppConfig(TrainConfig):
     # search=transfer settles a row without its third cell only where bracketing it would take the
     # search past this fraction of the full grid's compute
     search_budget: float = BUDGET
+    # search=transfer: a bracketed row also gets the half step between its best cell and the better
+    # neighbour, where the budget allows; otherwise the search stays on the line's lrs
+    search_refine: bool = False
 
 
-APP_FIELDS = ("store", "force", "keep_checkpoints", "search", "search_budget")
+APP_FIELDS = ("store", "force", "keep_checkpoints", "search", "search_budget", "search_refine")
 
 ConfigStore.instance().store(name="sweep_schema", node=SweepAppConfig)
 

@@ -108,9 +108,9 @@ class _Studies:
 
 
 def run_search(tables: list[SearchTable], oracle: Oracle, *, storage=None, budget: float = BUDGET,
-               out: Optional[TextIO] = None) -> list[TableResult]:
+               refine: bool = False, out: Optional[TextIO] = None) -> list[TableResult]:
     """Runs the strategy on every table to the end; ``storage`` is an optuna storage (None: in
-    memory). Progress lines go to ``out`` (None: silent)."""
+    memory); ``refine`` as in sweeper.transfer.step. Progress lines go to ``out`` (None: silent)."""
     if not 0 < budget <= 1:
         raise SearchError(f"search_budget={budget}: give a fraction of the grid's compute in (0, 1]")
     studies = _Studies(storage)
@@ -119,7 +119,7 @@ def run_search(tables: list[SearchTable], oracle: Oracle, *, storage=None, budge
     for n in itertools.count(1):  # each round answers new cells of a finite line
         asks = []
         for i, (table, state) in enumerate(zip(tables, states)):
-            asks += _next_asks(i, table, state, studies, known[i], budget)
+            asks += _next_asks(i, table, state, studies, known[i], budget, refine)
         if not asks:
             break
         if out is not None:
@@ -134,10 +134,10 @@ def run_search(tables: list[SearchTable], oracle: Oracle, *, storage=None, budge
 
 
 def _next_asks(i: int, table: SearchTable, state: TableState, studies: _Studies, known: list,
-               budget: float) -> list[Ask]:
+               budget: float, refine: bool) -> list[Ask]:
     """The table's next cells that its studies cannot answer (those they can are filled in)."""
     while True:
-        lrs = step(state, budget)
+        lrs = step(state, budget, refine)
         if not lrs:
             return []
         r = state.row

@@ -13,7 +13,7 @@ from typing import Callable, TextIO
 from omegaconf import DictConfig
 
 from .driver import Launch, SweepError, SweepSettings, run_sweep, sweep_cells
-from .grid import GridError
+from .grid import Cell, GridError
 from .plan import PlannedCell, plan
 from .record import SchemaError, cell_key
 from .result_store import read_record
@@ -33,9 +33,21 @@ class SweepOracle:
         self.settings, self.compose, self.launch, self.out = settings, compose, launch, out
 
     def answer(self, asks: list[Ask]) -> list[float]:
-        planned = [self.cells[a.table][a.row, a.lr] for a in asks]
+        planned = [self._cell(a) for a in asks]
         run_sweep([], self.settings, self.compose, self.launch, self.out, cells=[p.cell for p in planned])
         return [_outcome(read_record(self.settings.store, p.key)) for p in planned]
+
+    def _cell(self, ask: Ask) -> PlannedCell:
+        """The grid's cell, or for a refining half step off the line its row's cell at that lr."""
+        cells = self.cells[ask.table]
+        if (ask.row, ask.lr) not in cells:
+            row = next(p.cell for (r, _), p in cells.items() if r == ask.row)
+            value = repr(ask.lr)
+            cell = Cell(tuple(f"{LR}={value}" if o.startswith(f"{LR}=") else o for o in row.overrides),
+                        tuple((k, value if k == LR else v) for k, v in row.axes))
+            todo, skipped = plan([cell], self.compose, self.settings.store, self.settings.force)
+            cells[ask.row, ask.lr] = (todo + skipped)[0]
+        return cells[ask.row, ask.lr]
 
 
 def _outcome(record: dict) -> float:
@@ -77,7 +89,7 @@ def _tables(planned: list[PlannedCell]) -> tuple[list[SearchTable], list[dict]]:
 
 def run_transfer_sweep(overrides: list[str], settings: SweepSettings,
                        compose: Callable[[list[str]], DictConfig], launch: Launch, *, budget: float,
-                       out: TextIO = sys.stdout) -> list:
+                       refine: bool = False, out: TextIO = sys.stdout) -> list:
     """Runs the transfer search over the grid line; returns its per-table results. Raises SweepError
     before anything runs for a bad line, and after a round with failed cells."""
     try:
@@ -86,11 +98,12 @@ def run_transfer_sweep(overrides: list[str], settings: SweepSettings,
     except (GridError, SchemaError, SearchError) as err:
         raise SweepError(str(err)) from None
     print(f"[search] transfer search over {len(tables)} table(s) of {len(todo) + len(skipped)} grid cells, "
-          f"budget {budget:g} of the grid's compute; studies in {settings.store / 'search'}",
+          f"budget {budget:g} of the grid's compute{', refining' if refine else ''}; studies in {settings.store / 'search'}",
           file=out, flush=True)
     try:
         results = run_search(tables, SweepOracle(cells, settings, compose, launch, out),
-                             storage=journal_storage(settings.store), budget=budget, out=out)
+                             storage=journal_storage(settings.store), budget=budget, refine=refine,
+                             out=out)
     except SearchError as err:
         raise SweepError(str(err)) from None
     print(summary(results), file=out, flush=True)

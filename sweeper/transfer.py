@@ -22,6 +22,9 @@ What it does, size by size from the cheapest:
   transfer picked the right cell; the vertex itself would be finer but trusts the borrowed
   curvature, which is off where a neighbour is near divergence. The largest sizes are where
   settling saves compute: a cell there costs more than all smaller sizes' cells together.
+- Told to refine, a bracketed row also gets the half step between its best cell and the better
+  neighbour, where that keeps the search within its budget; its eta* is then the fit over its
+  cells, half step included. Otherwise the search stays on the line's lrs.
 - Diverged cells are worse than any finished one; a failed cell is asked again by the caller.
 """
 from __future__ import annotations
@@ -88,6 +91,7 @@ class TableState:
 
 
 def _arrays(line: Line, outcomes: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The row on the line's lrs (a refining half step is not on it): NaN where not run."""
     lrs = np.array(line.lrs, float)
     loss = np.array([outcomes.get(lr, math.nan) for lr in line.lrs], float)
     diverged = np.isinf(loss)
@@ -158,20 +162,42 @@ def _over_budget(state: TableState, r: int, budget: float) -> bool:
     return projected > budget * state.line.grid_cost
 
 
-def step(state: TableState, budget: float = BUDGET) -> list[float]:
+def step(state: TableState, budget: float = BUDGET, refine: bool = False) -> list[float]:
     """The lrs to run next in the current row, settling rows (into ``state.settled``) until one
-    needs cells; [] when the table is done."""
+    needs cells; [] when the table is done. ``refine``: a bracketed row also gets the half step
+    between its best cell and the better neighbour, where the budget allows it."""
     while (r := state.row) is not None:
         outcomes = state.outcomes[r]
         if not outcomes:
             return _start(state)
-        wanted = _next_cells(state, r, outcomes, budget)
+        wanted = _next_cells(state, r, outcomes, budget, refine)
         if wanted:
             return wanted
     return []
 
 
-def _next_cells(state: TableState, r: int, outcomes: dict, budget: float) -> list[float]:
+def _half_step(state: TableState, r: int, outcomes: dict, best: int, budget: float) -> Optional[float]:
+    """The lr halfway from the best cell to its better finite neighbour, when not yet run and cheap."""
+    lrs = state.line.lrs
+    if any(lr not in lrs for lr in outcomes) or _over_budget(state, r, budget):
+        return None  # refined already, or too dear
+    finite = [j for j in (best - 1, best + 1) if 0 <= j < len(lrs) and not math.isinf(outcomes[lrs[j]])]
+    if not finite:
+        return None
+    better = min(finite, key=lambda j: outcomes[lrs[j]])
+    return (lrs[best] + lrs[better]) / 2
+
+
+def _refined_estimate(size: float, outcomes: dict) -> Optional[float]:
+    """analysis.optima's fit over the row's run cells, half steps included, as neighbours in order."""
+    lrs = np.array(sorted(outcomes), float)
+    loss = np.array([outcomes[lr] for lr in sorted(outcomes)], float)
+    diverged = np.isinf(loss)
+    loss[diverged] = math.nan
+    return row_optimum(size, lrs, loss, diverged).estimate
+
+
+def _next_cells(state: TableState, r: int, outcomes: dict, budget: float, refine: bool) -> list[float]:
     """The row's next lrs; [] after settling the row."""
     line, lrs = state.line, state.line.lrs
     size = line.sizes[r]
@@ -186,8 +212,14 @@ def _next_cells(state: TableState, r: int, outcomes: dict, budget: float) -> lis
     best = lrs.index(opt.lr)
     missing = [j for j in (best - 1, best + 1) if 0 <= j < len(lrs) and lrs[j] not in outcomes]
     if not missing:
-        at_end = best in (0, len(lrs) - 1)
-        state.settled.append(RowResult(size, opt.estimate, len(outcomes), "edge" if at_end else "bracketed",
+        if best in (0, len(lrs) - 1):
+            state.settled.append(RowResult(size, opt.estimate, len(outcomes), "edge"))
+            return []
+        half = _half_step(state, r, outcomes, best, budget) if refine else None
+        if half is not None:
+            return [half]
+        estimate = _refined_estimate(size, outcomes) if refine else opt.estimate
+        state.settled.append(RowResult(size, estimate, len(outcomes), "bracketed",
                                        _curvature(line, outcomes, best)))
         return []
     if len(missing) == 1 and _over_budget(state, r, budget):

@@ -101,11 +101,11 @@ def test_the_search_follows_a_drifting_optimum_and_diverged_cells_bound_it():
 
 def test_a_killed_transfer_sweep_resumes_from_the_store_and_brackets_every_row(tmp_path):
     store = tmp_path / "store"
-    args = [str(ROOT / "sweep.py"), "-m", "experiment=smoke", "width=32,...,128", "lr=-10:-6",
-            "search=transfer", "search_budget=1", f"store={store}"]
+    args = [str(ROOT / "sweep.py"), "-m", "experiment=smoke", "width=16,...,64", "lr=-10:-6", "steps=8",
+            "search=transfer", "search_budget=1", "search_refine=true", f"store={store}"]
     proc = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    try:  # killed in its second round: the first (3 cells at width 32) is in the store
+    try:  # killed after its second round (3 cells at width 16, then a half step)
         deadline = time.monotonic() + 180
         while len(list(records_dir(store).glob("*.json"))) < 4:
             assert proc.poll() is None and time.monotonic() < deadline, "the search ended before the kill"
@@ -125,15 +125,17 @@ def test_a_killed_transfer_sweep_resumes_from_the_store_and_brackets_every_row(t
     frame = load_store(store)
     lrs = np.arange(-10.0, -5.0)
     assert len(frame) < 15  # rows are sparse: not the whole 3 x 5 grid
-    for width in (32, 64, 128):
+    for width in (16, 32, 64):
         row = frame[frame["width"] == width].set_index("lr")
         loss = row["val_loss"].reindex(lrs).to_numpy(float)
         diverged = (row["status"] == "diverged").reindex(lrs, fill_value=False).to_numpy()
         assert row_optimum(width, lrs, loss, diverged).edge is None, f"width {width} not bracketed"
-    assert all(f"{w}: bracketed by" in again.stdout for w in (32, 64, 128))
+        [half] = [lr for lr in row.index if lr not in lrs]  # refined: one half step next to the best
+        assert abs(half - lrs[np.nanargmin(loss)]) == 0.5
+    assert all(f"{w}: bracketed by" in again.stdout for w in (16, 32, 64))
     [analysed] = analyse(frame)  # the report says it too
-    cells = [int((frame["width"] == w).sum()) for w in (32, 64, 128)]
-    assert ("sparse rows: " + ", ".join(f"width {w} bracketed by {n} cells" for w, n in zip((32, 64, 128), cells))
+    cells = [int((frame["width"] == w).sum()) for w in (16, 32, 64)]
+    assert ("sparse rows: " + ", ".join(f"width {w} bracketed by {n} cells" for w, n in zip((16, 32, 64), cells))
             in notes(analysed.table, analysed.optima, analysed.verdict))
 
 

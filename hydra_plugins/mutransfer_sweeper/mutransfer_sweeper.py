@@ -108,5 +108,5 @@ class MutransferSweeper(Sweeper):
             from sweeper.search_sweep import run_transfer_sweep
 
             return run_transfer_sweep(overrides, settings, self._compose, self._launch,
-                                      budget=float(cfg.search_budget))
+                                      budget=float(cfg.search_budget), refine=bool(cfg.search_refine))
         return run_sweep(overrides, settings, self._compose, self._launch)
