@@ -165,6 +165,9 @@ def plan_row(table: Table, r: int, opt: RowOptimum, records: pd.DataFrame, settl
         plan.note = "waits for the optimum of the row above, which predicts where this one lies"
         return plan
     plan.suggested = wanted
+    if records.empty:  # only failed runs at this size: no finished cell to take its settings from
+        plan.note = "its cells failed: rerun the sweep that made them (it retries failed cells)"
+        return plan
     plan.argv = command(records, table, wanted, options.store, options.conf_dir, defaults_of)
     if set(records["source"]) == {"ingest"}:
         plan.note = ("ingested numbers carry no training setup: the new cells train with the settings "
