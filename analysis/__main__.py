@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from . import AnalysisError
-from .next_cells import CONF_DIR, PER_ROW, RESOLUTION
+from sweeper.transfer import BUDGET
+
+from .next_cells import CONF_DIR
 from .optima import MAX_DRIFT_LOG2, MAX_REGRET_FRACTION
 
 DESCRIPTION = """Turns a result store into the paper's tables, optimal learning rates, transfer verdicts
@@ -81,18 +83,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="report directory: writes figures/curves_KEY.{png,pdf} there")
 
     nxt = commands.add_parser(
-        "next", help="which cells to run next: sweep commands per table row",
-        description="For every table row (as in the report) with at least 2 finished cells, an optuna "
-        "TPE study over log2 eta proposes new values near the row's optimum, one grid step beyond it "
-        "when it sits on the grid's edge, never a cell already run; prints a `python sweep.py -m ...` "
-        "line per row (the output runs as a shell script). Diverged cells count as worse than any "
-        "finished one.")
+        "next", help="which cells to run next: the transfer search's next round, as sweep commands",
+        description="The transfer search of `sweep.py ... search=transfer` (sweeper.transfer) on every "
+        "table of the report: how each row settled (bracketed by worse or diverged cells, on the line's "
+        "edge, or by transfer), and for the first row that is not settled the learning rates the search "
+        "would run next, as a `python sweep.py -m ...` line (the output runs as a shell script).")
     nxt.add_argument("--store", type=Path, required=True, metavar="DIR", help="the result store directory")
-    nxt.add_argument("--per-row", type=int, default=PER_ROW, metavar="N",
-                     help="new log2 eta values per row (default %(default)s)")
     nxt.add_argument("--experiment", metavar="NAME", help="only the records of this experiment")
-    nxt.add_argument("--resolution", type=float, default=RESOLUTION, metavar="LOG2",
-                     help="round proposals to multiples of this step in log2 eta (default %(default)s)")
+    nxt.add_argument("--budget", type=float, default=BUDGET, metavar="FRACTION",
+                     help="the search's compute budget, as search_budget (default %(default)s)")
     nxt.add_argument("--conf", type=Path, default=CONF_DIR, metavar="DIR",
                      help="the sweep's config dir, for the experiments' settings (default: %(default)s)")
     nxt.add_argument("--json", action="store_true", help="print the rows' plans as JSON")
@@ -120,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "next":
             from .next_cells import NextOptions, plan_next, to_json, to_text
 
-            options = NextOptions(args.store, args.per_row, args.experiment, args.resolution, args.conf,
-                                  args.strict)
+            options = NextOptions(args.store, args.experiment, args.conf, args.budget, args.strict)
             plans = plan_next(options)
             print(json.dumps(to_json(plans), indent=1) if args.json else to_text(plans, options))
         else:

@@ -1,19 +1,12 @@
-"""Which cells to run next: per table row, new log2 eta values from an optuna sampler, as sweep commands.
+"""Which cells to run next: the transfer search's next round on the store's tables, as sweep commands.
 
-Each row of the report's tables (same groups, rows and optima, from analysis.report.analyse) becomes
-one small optuna study over log2 eta: its finished cells are added as trials, and a TPE sampler
-proposes ``per_row`` new values, rounded to ``resolution`` and never a cell the row already ran.
-
-- Range: the row's finished lrs; where the optimum sits on an edge (RowOptimum.edge) it extends one
-  grid step (the distance from the best cell to its nearest finished neighbour) past it, so the
-  sampler may look beyond.
-- Diverged cells are PRUNED trials: TPE ranks pruned trials below every completed one, so the
-  region counts as bad without inventing a penalty loss (whose size would be arbitrary).
-- TPE, not GPSampler: optuna's GP sampler needs torch, which analysis never imports. Otherwise
-  TPE's defaults, but no random start-up trials: the row's cells are the start-up.
-- A proposal that rounds onto a cell already run is no proposal: it is told FAIL (TPE ignores
-  failed trials) and asked again. A kept one stays RUNNING: TPE's constant liar counts pending
-  trials as bad, so the next proposal lands elsewhere.
+The same strategy as ``python sweep.py -m ... search=transfer`` (sweeper.transfer), seeing each of
+the report's tables (same groups, rows and optima, from analysis.report.analyse) as the search
+would on resuming from this store: rows settle size by size -- bracketed by worse or diverged
+cells, on the line's edge, or by transfer where the budget says so -- and the first row that is not
+settled yet gets the cells the search would run next, on the table's own lrs. Rows after it wait
+for its optimum, which predicts where theirs lies. A row whose optimum sits on the line's edge is
+settled as far as the line goes; its note says which way to extend the line.
 
 The command of a row repeats every result setting of its cells that the sweep would not pick by
 itself: those differing from the composed sweep config (conf/sweep.yaml plus the records'
@@ -25,7 +18,6 @@ from __future__ import annotations
 import math
 import re
 import shlex
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,16 +26,13 @@ import pandas as pd
 
 from sweeper.experiments import CONF_DIR, compose_sweep, has_experiment, sweep_settings
 from sweeper.record import result_config
+from sweeper.search import table_state
+from sweeper.transfer import BUDGET, RowResult, step
 
 from . import AnalysisError
 from .optima import RowOptimum
 from .tables import LR, SIZE_AXES, Table, group_columns, value_text
 
-RESOLUTION = 0.25  # log2 eta: a quarter of the usual one-per-factor-2 grid step
-PER_ROW = 2
-SEED_SAMPLER = 0
-MIN_FINISHED = 2
-_ASKS_PER_VALUE = 100  # TPE's best guess often rounds onto the best cell: ask again (~ms each)
 
 
 @dataclass
@@ -56,9 +45,9 @@ class RowPlan:
     best_loss: float | None
     edge: str | None
     finished: list[float]  # lrs of the row's finished (ok or diverged) cells
-    search: list[float] | None  # [low, high] of the study's log2 eta
+    settled: str | None  # how the search settled the row (sweeper.transfer.RowResult.how); None: not yet
     suggested: list[float]
-    argv: list[str] | None  # the sweep command, None when the row needs its grid first
+    argv: list[str] | None  # the sweep command, None when the row has nothing to run now
     note: str | None
 
     @property
@@ -69,55 +58,10 @@ class RowPlan:
 @dataclass(frozen=True)
 class NextOptions:
     store: Path
-    per_row: int = PER_ROW
     experiment: str | None = None
-    resolution: float = RESOLUTION
     conf_dir: Path = CONF_DIR
+    budget: float = BUDGET
     strict: bool = False  # an unreadable record is an error, not a warning
-
-
-# ---- the sampler --------------------------------------------------------------------------------
-
-def search_range(lrs: np.ndarray, opt: RowOptimum) -> tuple[float, float]:
-    """The finished lrs' span, one grid step further on the side where the optimum is on the edge."""
-    low, high = float(lrs.min()), float(lrs.max())
-    step = float(np.abs(lrs[lrs != opt.lr] - opt.lr).min())
-    if opt.edge == "below":
-        low = min(low, opt.lr - step)
-    elif opt.edge == "above":
-        high = max(high, opt.lr + step)
-    return low, high
-
-
-def suggest(lrs: np.ndarray, loss: np.ndarray, diverged: np.ndarray, low: float, high: float,
-            count: int, resolution: float) -> list[float]:
-    """Up to ``count`` new log2 eta in [low, high] on the ``resolution`` grid, none within half a
-    resolution step of a finished cell; ``loss`` is NaN where ``diverged``."""
-    import optuna
-    from optuna.distributions import FloatDistribution
-    from optuna.trial import TrialState, create_trial
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = {LR: FloatDistribution(low, high)}
-    with warnings.catch_warnings():  # constant_liar is marked experimental in some optuna versions
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=SEED_SAMPLER, n_startup_trials=0, constant_liar=True)
-    study = optuna.create_study(direction="minimize", sampler=sampler)
-    for lr, value, bad in zip(lrs, loss, diverged):
-        params = {LR: float(lr)}
-        study.add_trial(create_trial(params=params, distributions=space, state=TrialState.PRUNED) if bad
-                        else create_trial(params=params, distributions=space, value=float(value)))
-    chosen: list[float] = []
-    for _ in range(count * _ASKS_PER_VALUE):
-        if len(chosen) == count:
-            break
-        trial = study.ask(space)
-        value = round(round(trial.params[LR] / resolution) * resolution, 10)
-        if value in chosen or np.any(np.abs(lrs - value) < resolution / 2):
-            study.tell(trial, state=TrialState.FAIL)
-        else:
-            chosen.append(value)
-    return sorted(chosen)
 
 
 # ---- the command line ---------------------------------------------------------------------------
@@ -199,23 +143,26 @@ def _native(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def plan_row(table: Table, r: int, opt: RowOptimum, records: pd.DataFrame, options: NextOptions,
-             defaults_of) -> RowPlan:
+def plan_row(table: Table, r: int, opt: RowOptimum, records: pd.DataFrame, settled: RowResult | None,
+             wanted: list[float], options: NextOptions, defaults_of) -> RowPlan:
+    """A row the search ``settled``, or one it wants cells for (``wanted``), or one that waits."""
     done = table.runs[r] > 0
-    lrs, loss, diverged = table.lrs[done], table.loss[r][done], table.diverged[r][done]
     plan = RowPlan(table.name, {k: _native(v) for k, v in table.title.items()}, table.axis, float(table.sizes[r]),
-                   opt.lr, opt.loss, opt.edge, [float(x) for x in lrs], None, [], None, None)
-    if len(lrs) < MIN_FINISHED or opt.lr is None:
-        plan.note = (f"run the grid first: {len(lrs)} finished cell(s), {int(np.isfinite(loss).sum())} "
-                     f"with a finite loss (need {MIN_FINISHED}, one finite)")
+                   opt.lr, opt.loss, opt.edge, [float(x) for x in table.lrs[done]], None, [], None, None)
+    if settled is not None:
+        plan.settled = settled.how
+        plan.note = f"settled: {settled.how} by {settled.cells} cells"
+        if settled.how == "edge":
+            plan.note += f"; the optimum may lie {opt.edge} {opt.lr:g}: extend the line's lrs to look"
         return plan
-    low, high = search_range(lrs, opt)
-    plan.search = [low, high]
-    plan.suggested = suggest(lrs, loss, diverged, low, high, options.per_row, options.resolution)
-    if not plan.suggested:
-        plan.note = f"no new value at resolution {options.resolution:g} in [{low:g}, {high:g}]"
+    if not wanted:
+        plan.note = "waits for the optimum of the row above, which predicts where this one lies"
         return plan
-    plan.argv = command(records, table, plan.suggested, options.store, options.conf_dir, defaults_of)
+    plan.suggested = wanted
+    if records.empty:  # only failed runs at this size: no finished cell to take its settings from
+        plan.note = "its cells failed: rerun the sweep that made them (it retries failed cells)"
+        return plan
+    plan.argv = command(records, table, wanted, options.store, options.conf_dir, defaults_of)
     if set(records["source"]) == {"ingest"}:
         plan.note = ("ingested numbers carry no training setup: the new cells train with the settings "
                      "shown (add e.g. preset=paper) and form their own table")
@@ -223,10 +170,8 @@ def plan_row(table: Table, r: int, opt: RowOptimum, records: pd.DataFrame, optio
 
 
 def plan_next(options: NextOptions) -> list[RowPlan]:
-    if options.per_row < 1:
-        raise AnalysisError(f"--per-row {options.per_row}: ask for at least 1 new value per row")
-    if not options.resolution > 0:
-        raise AnalysisError(f"--resolution {options.resolution}: must be a positive step in log2 eta")
+    if not 0 < options.budget <= 1:
+        raise AnalysisError(f"--budget {options.budget:g}: give a fraction of the grid's compute in (0, 1]")
     from .report import analyse, load  # here: report loads matplotlib, which `--help` and ingest need not
 
     if not (options.conf_dir / "sweep.yaml").is_file():
@@ -249,32 +194,34 @@ def plan_next(options: NextOptions) -> list[RowPlan]:
     plans = []
     for analysed in analyse(frame):
         table = analysed.table
+        state = table_state(table)
+        wanted = step(state, options.budget)  # settles rows up to the one that needs cells
         for r, opt in enumerate(analysed.optima):
             records = row_records(frame, groups, table, table.sizes[r])
-            plans.append(plan_row(table, r, opt, records, options, defaults_of))
+            settled = state.settled[r] if r < len(state.settled) else None
+            plans.append(plan_row(table, r, opt, records, settled, wanted if r == state.row else [],
+                                  options, defaults_of))
     return plans
 
 
 # ---- output -------------------------------------------------------------------------------------
 
 def to_text(plans: list[RowPlan], options: NextOptions) -> str:
-    """Per table, a comment line per row and its command: the output runs as a shell script."""
-    lines = [f"# next cells: {options.per_row} per row from optuna's TPE over log2 eta (resolution "
-             f"{options.resolution:g}); diverged cells count as worse than any finished one"]
+    """Per table, a comment line per row and the command of the row the search is at: the output
+    runs as a shell script."""
+    lines = [f"# next cells: the transfer search's next round per table (budget {options.budget:g} of the "
+             f"grid's compute), as `search=transfer` would run them on this store"]
     table = note = None
     for plan in plans:
         if plan.table != table:
             table, note = plan.table, None
             lines += ["", f"## {table}"]
         size = f"{plan.axis} {value_text(plan.size)}"
-        if plan.search is None:
-            lines.append(f"# {size}: {plan.note}")
-            continue
-        edge = f", edge: may lie {plan.edge}" if plan.edge else ""
-        lines.append(f"# {size}: best {value_text(plan.best_lr)} (loss {plan.best_loss:.3f}{edge}); "
-                     f"searched [{plan.search[0]:g}, {plan.search[1]:g}]")
-        if plan.note and plan.note != note:  # a table's rows often share it: say it once
-            lines.append(f"# {plan.note}")
+        best = "" if plan.best_lr is None else f"best {value_text(plan.best_lr)} (loss {plan.best_loss:.3f}); "
+        if plan.note and (plan.settled or not plan.argv or plan.note != note):  # say a shared note once
+            lines.append(f"# {size}: {best}{plan.note}")
+        elif plan.argv:
+            lines.append(f"# {size}: {best}next lr {', '.join(value_text(v) for v in plan.suggested)}")
         note = plan.note
         if plan.command:
             lines.append(plan.command)

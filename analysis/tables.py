@@ -22,7 +22,7 @@ import pandas as pd
 
 from sweeper.result_store import BASE_COLUMNS
 
-from .optima import RowOptimum, Verdict
+from .optima import RowOptimum, Verdict, row_optimum
 
 SIZE_AXES = ("width", "depth")
 LR, SEED = "lr", "seed"
@@ -181,8 +181,27 @@ def _rows(table: Table, optima: list[RowOptimum], verdict: Verdict, bold) -> lis
     return rows
 
 
+def _sparse_note(table: Table) -> str | None:
+    """Which rows of a sparse table (a transfer search's) are bracketed -- the best cell has worse or
+    diverged cells on both sides among the row's own cells -- and by how many cells."""
+    done = table.runs > 0
+    if done.all():
+        return None
+    rows = []
+    for r, size in enumerate(table.sizes):
+        n, d = int(done[r].sum()), done[r]
+        opt = row_optimum(size, table.lrs[d], table.loss[r][d], table.diverged[r][d])
+        bracketed = opt.lr is not None and opt.edge is None
+        rows.append(f"{table.axis} {value_text(size)} " + (f"bracketed by {n} cells" if bracketed
+                                                          else f"not bracketed ({n} cells)"))
+    return "sparse rows: " + ", ".join(rows)
+
+
 def notes(table: Table, optima: list[RowOptimum], verdict: Verdict) -> list[str]:
     lines = [f"verdict: {verdict.summary}"]
+    sparse = _sparse_note(table)
+    if sparse:
+        lines.append(sparse)
     for opt in optima:
         if opt.edge:
             lines.append(f"{table.axis} {value_text(opt.size)}: {opt.edge_note()}")

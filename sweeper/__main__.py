@@ -1,4 +1,4 @@
-"""python -m sweeper status --store PATH"""
+"""python -m sweeper status --store PATH | replay --oracle STORE [--json]"""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +18,17 @@ def main(argv: list[str]) -> int:
                         help="config dir whose experiments give the expected grids (default: %(default)s)")
     status.add_argument("--strict", action="store_true",
                         help="an unreadable record is an error (default: named, and the rest shown)")
+    replay = commands.add_parser(
+        "replay", help="run the transfer search against a complete grid in a store, answering each "
+                       "cell from it: eta* and compute per row and table")
+    replay.add_argument("--oracle", required=True, type=Path, metavar="STORE",
+                        help="a store holding a complete grid (e.g. one made by `analysis ingest`)")
+    replay.add_argument("--json", action="store_true", help="the figures as JSON")
+    replay.add_argument("--budget", type=float, default=None,
+                        help="the search's compute budget, a fraction of the grid's (default: search_budget's)")
     args = parser.parse_args(argv)
+    if args.command == "replay":
+        return _replay(args)
 
     from .leftovers import clean
     from .queue import QueueError, queued_cells, squeue_available
@@ -45,6 +55,21 @@ def main(argv: list[str]) -> int:
         report(args.store, sys.stdout, conf_dir=args.conf if args.conf.is_dir() else None,
                queued=queued, strict=args.strict)
     except (StoreError, SchemaError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _replay(args) -> int:
+    from .record import SchemaError
+    from .replay import main as replay
+    from .result_store import StoreError
+    from .search import SearchError
+    from .transfer import BUDGET
+
+    try:
+        print(replay(args.oracle, args.json, BUDGET if args.budget is None else args.budget))
+    except (SearchError, StoreError, SchemaError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

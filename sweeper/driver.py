@@ -18,8 +18,8 @@ from typing import Callable, Optional, Sequence, TextIO
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
-from .claims import live_claims, read_claim, is_live
-from .grid import GridError, expand
+from .claims import is_live, live_claims, read_claim
+from .grid import Cell, GridError, expand
 from .job import JobLostError, describe, failed_record
 from .leftovers import clean
 from .plan import DONE, PlannedCell, plan
@@ -107,13 +107,19 @@ def _queued_jobs(store: Path, out: TextIO) -> dict[str, str]:
         return {}
 
 
+def sweep_cells(overrides: list[str], settings: SweepSettings) -> list[Cell]:
+    """The grid's cells, each with the store's absolute path."""
+    return expand([*overrides, f"store={hydra_quote(str(settings.store))}"])
+
+
 def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[list[str]], DictConfig],
-              launch: Launch, out: TextIO = sys.stdout) -> list[dict]:
-    """Runs the sweep; returns the records of the cells it ran. Raises SweepError before launching
-    anything for a bad grid, and after the last batch if any cell failed."""
+              launch: Launch, out: TextIO = sys.stdout, cells: Optional[list[Cell]] = None) -> list[dict]:
+    """Runs the sweep (``cells`` of it, when given: a search's round); returns the records of the
+    cells it ran. Raises SweepError before launching anything for a bad grid, and after the last
+    batch if any cell failed."""
     store = settings.store
     try:
-        cells = expand([*overrides, f"store={hydra_quote(str(store))}"])
+        cells = sweep_cells(overrides, settings) if cells is None else cells
         # The queue before the store: a job that ends in between has its record seen by plan.
         queued = _queued_jobs(store, out)
         todo, skipped = plan(cells, compose, store, settings.force)

@@ -6,10 +6,18 @@ composition, as it does for the trainer's own CLI.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from hydra.core.config_store import ConfigStore
 
 from trainer.config import TrainConfig
+
+from .transfer import BUDGET
+
+
+class Search(Enum):
+    grid = "grid"  # every cell of the grid
+    transfer = "transfer"  # size by size, only the lrs where each size's optimum can be (sweeper.transfer)
 
 
 @dataclass
@@ -19,9 +27,16 @@ class SweepAppConfig(TrainConfig):
     # A finished cell's checkpoint (weights and optimizer state, GBs per cell at paper scale) is
     # only needed to resume it: deleted once its record is written, unless kept.
     keep_checkpoints: bool = False
+    search: Search = Search.grid
+    # search=transfer settles a row without its third cell only where bracketing it would take the
+    # search past this fraction of the full grid's compute
+    search_budget: float = BUDGET
+    # search=transfer: a bracketed row also gets the half step between its best cell and the better
+    # neighbour, where the budget allows; otherwise the search stays on the line's lrs
+    search_refine: bool = False
 
 
-APP_FIELDS = ("store", "force", "keep_checkpoints")
+APP_FIELDS = ("store", "force", "keep_checkpoints", "search", "search_budget", "search_refine")
 
 ConfigStore.instance().store(name="sweep_schema", node=SweepAppConfig)
 

@@ -1,4 +1,4 @@
-"""`python -m analysis next`: per table row, new log2 eta cells from optuna, as sweep commands that
+"""`python -m analysis next`: the transfer search's next round per table, as sweep commands that
 the sweeper's own grid parser and Hydra's composition read back into the row's cells."""
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import shlex
 
 import numpy as np
-import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -46,50 +45,43 @@ def paper(tmp_path_factory):
     return store
 
 
-def test_next_proposes_new_cells_near_each_rows_optimum_without_importing_torch(paper):
+def test_a_complete_grid_is_settled_and_edges_say_which_way_to_extend_without_importing_torch(paper):
     run = analysis("next", "--store", paper, "--json", python_flags=("-X", "importtime"))
     assert run.returncode == 0, run.stderr
     plans = json.loads(run.stdout)
     analysed = analyse(load_store(paper))
     optima = {(a.table.name, o.size): o for a in analysed for o in a.optima}
     assert {(p["table"], p["size"]) for p in plans} == set(optima)  # the report's rows, each once
-    edges = 0
-    for plan in plans:
-        best, finished = optima[plan["table"], plan["size"]], np.array(plan["finished"])
-        suggested = plan["suggested"]
-        assert len(suggested) == len(set(suggested)) == 2, plan
-        assert all(np.abs(finished - s).min() >= 0.25 for s in suggested), plan  # never a cell run
-        assert all(abs(s - best.lr) <= 1.0 for s in suggested), plan  # within a grid step of the best
-        if best.edge == "above":
-            edges += 1
-            assert max(suggested) > finished.max(), plan  # looks beyond the grid's edge
-    assert edges == 4  # muP depths 32..256 of Table 13
+    assert all(p["settled"] and not p["suggested"] and p["command"] is None for p in plans)
+    edges = [p for p in plans if p["settled"] == "edge"]
+    assert len(edges) == 4 and all("extend the line" in p["note"] for p in edges)  # muP depths 32..256, Table 13
     modules = imported_modules(run.stderr)
-    assert "optuna" in modules  # the check sees imports at all
+    assert "sweeper.transfer" in modules  # the check sees imports at all
     assert not {m for m in modules if m == "torch" or m.startswith("torch.")}
 
 
-def test_printed_commands_parse_back_into_the_rows_cells(paper, capsys):
-    assert main(["next", "--store", str(paper), "--per-row", "3"]) == 0
-    commands = [line for line in capsys.readouterr().out.splitlines() if line and not line.startswith("#")]
-    plans = plan_next(NextOptions(paper, per_row=3))
-    assert len(commands) == len(plans) == 26
-    for command, plan in zip(commands, plans):
-        cells = sweep_cells(command)
-        assert sorted(float(c["lr"]) for c in cells) == plan.suggested
-        assert {float(c[plan.axis]) for c in cells} == {plan.size}
-    # A cell of Table 13 (layernorm=false is not the default) and one of Table 8 compose to the
-    # settings of the records they extend, apart from lr.
-    records = load_store(paper).to_dict("records")
-    for command in (commands[0], commands[-1]):
-        cell = sweep_cells(command)[0]
-        settings = composed([f"{k}={v}" for k, v in cell.items() if k != "store"])
-        same = [r for r in records if all(str(r[k]).lower() == cell[k].lower() for k in ("width", "depth", "param", "layernorm"))]
-        known = {k: same[0][k] for k in settings if not pd.isna(same[0][k])}  # ingested: unknown
-        assert settings == {**result_config(known), "lr": float(cell["lr"])}
+def test_a_partial_table_gets_the_searchs_next_cells_as_a_command_that_parses_back(tmp_path, capsys):
+    lines = (FIXTURES / "paper_tables_8_9.csv").read_text().splitlines()
+    # Table 9 (muP) up to width 1024, and one cell of width 2048 at the optimum of the sizes below
+    rows = [l for l in lines[1:] if l.split(",")[-1] == "9" and int(l.split(",")[0]) <= 1024]
+    rows += [l for l in lines if l.startswith("2048,4,-7,mup")]
+    csv = tmp_path / "part.csv"
+    csv.write_text("\n".join([lines[0], *rows]) + "\n")
+    store = tmp_path / "store"
+    ingest(csv, store)
+    plans = plan_next(NextOptions(store))
+    assert [p.settled for p in plans] == ["bracketed"] * 4 + [None]
+    last = plans[-1]
+    assert last.size == 2048 and last.suggested and -7.0 not in last.suggested
+    assert all(abs(lr + 7) == 1 for lr in last.suggested)  # a neighbour of the cell that muP predicts
+    assert main(["next", "--store", str(store)]) == 0
+    [command] = [line for line in capsys.readouterr().out.splitlines() if line and not line.startswith("#")]
+    cells = sweep_cells(command)
+    assert sorted(float(c["lr"]) for c in cells) == last.suggested
+    assert {float(c["width"]) for c in cells} == {2048.0}
 
 
-def test_command_repeats_what_the_experiment_would_not_set_and_rows_need_two_cells(tmp_path):
+def test_command_repeats_what_the_experiment_would_not_set(tmp_path):
     # A sweep of experiment=smoke with steps=200 (the trainer default, which smoke sets to 20) and two
     # seeds, as records of the trainer: width 32 and 64 at three lrs, width 128 at one.
     store, base = tmp_path / "store", ["experiment=smoke", "steps=200"]
@@ -103,22 +95,22 @@ def test_command_repeats_what_the_experiment_would_not_set_and_rows_need_two_cel
                 write_record(store, make_record(config, "diverged" if diverged else "ok", experiment="smoke",
                                                 metrics={"val_loss": None if diverged else loss}))
     plans = {p.size: p for p in plan_next(NextOptions(store))}
-    assert plans[128].argv is None and plans[128].note.startswith("run the grid first: 1 finished cell")
-    for width in (32, 64):
-        argv = plans[width].argv
-        assert argv[:4] == [*SWEEP, f"store={store}"] and "experiment=smoke" in argv
-        assert {"steps=200", "seed=0,1", "depth=2"} <= set(argv)
-        cells = sweep_cells(shlex.join(argv))
-        assert sorted({float(c["lr"]) for c in cells}) == plans[width].suggested
-        assert sorted(int(c["seed"]) for c in cells) == [0, 0, 1, 1]
-        cell = cells[-1]
-        assert composed([f"{k}={v}" for k, v in cell.items() if k != "store"]) == result_config(
-            {**swept, "width": width, "lr": float(cell["lr"]), "seed": int(cell["seed"])})
+    assert plans[32].settled == plans[64].settled == "bracketed"  # 64: bounded by its diverged -8
+    assert plans[128].settled is None and plans[128].suggested
+    argv = plans[128].argv
+    assert argv[:4] == [*SWEEP, f"store={store}"] and "experiment=smoke" in argv
+    assert {"steps=200", "seed=0,1", "depth=2", "width=128"} <= set(argv)
+    cells = sweep_cells(shlex.join(argv))
+    assert sorted({float(c["lr"]) for c in cells}) == plans[128].suggested
+    assert sorted(int(c["seed"]) for c in cells) == sorted([0, 1] * len(plans[128].suggested))
+    cell = cells[-1]
+    assert composed([f"{k}={v}" for k, v in cell.items() if k != "store"]) == result_config(
+        {**swept, "width": 128, "lr": float(cell["lr"]), "seed": int(cell["seed"])})
 
 
 @pytest.mark.parametrize("args, expected", [
     (("--experiment", "nope"), "no records of experiment 'nope' in {store}; its experiments: paper_tables_12_13"),
-    (("--per-row", "0"), "--per-row 0: ask for at least 1 new value per row"),
+    (("--budget", "0"), "--budget 0: give a fraction of the grid's compute in (0, 1]"),
     (("--conf", "{store}"), "{store} holds no sweep.yaml: pass the sweep's config dir with --conf"),
 ], ids=["unknown experiment", "no values", "no sweep config"])
 def test_bad_options_are_one_clear_line(paper, capsys, args, expected):

@@ -1,4 +1,5 @@
-"""Hydra sweeper ``hydra/sweeper=mutransfer``: the grid syntax, store-aware resume and progress.
+"""Hydra sweeper ``hydra/sweeper=mutransfer``: the grid syntax, store-aware resume and progress,
+and ``search=transfer`` (sweeper.search_sweep).
 
 Thin on purpose: it adapts Hydra's config loader and launcher to sweeper.driver.run_sweep.
 """
@@ -109,4 +110,9 @@ class MutransferSweeper(Sweeper):
         )
         self._launched = 0
         overrides = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        if cfg.search.name == "transfer":  # rounds of cells through the same launcher
+            from sweeper.search_sweep import run_transfer_sweep
+
+            return run_transfer_sweep(overrides, settings, self._compose, self._launch,
+                                      budget=float(cfg.search_budget), refine=bool(cfg.search_refine))
         return run_sweep(overrides, settings, self._compose, self._launch)

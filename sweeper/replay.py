@@ -1,0 +1,110 @@
+"""Replay: the transfer search against a store that holds a complete grid, each cell answered from
+the store instead of trained. ``python -m sweeper replay --oracle STORE [--json]``.
+
+The store's tables are analysis.tables' own (the report's), and the full grid's eta* per row is
+analysis.optima's fit of the whole row, the same fit the search uses on its bracketed rows.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .search import Ask, SearchError, SearchTable, TableResult, run_search, table_line
+from .transfer import BUDGET, DIVERGED
+
+_MAX_LISTED = 6
+
+
+class ReplayOracle:
+    """Answers a cell from a table of the store (analysis.tables.Table)."""
+
+    def __init__(self, grids: list) -> None:
+        self.grids = grids
+
+    def answer(self, asks: list[Ask]) -> list[float]:
+        out = []
+        for ask in asks:
+            grid = self.grids[ask.table]
+            c = int(np.flatnonzero(grid.lrs == ask.lr)[0])
+            out.append(DIVERGED if grid.diverged[ask.row, c] else float(grid.loss[ask.row, c]))
+        return out
+
+
+def _search_table(grid) -> SearchTable:
+    """A store table as a search line; raises SearchError naming the holes of an incomplete one."""
+    holes = [(s, lr) for r, s in enumerate(grid.sizes) for c, lr in enumerate(grid.lrs) if grid.runs[r, c] == 0]
+    if holes:
+        shown = ", ".join(f"{grid.axis}={s:g} lr={lr:g}" for s, lr in holes[:_MAX_LISTED])
+        more = f" and {len(holes) - _MAX_LISTED} more" if len(holes) > _MAX_LISTED else ""
+        raise SearchError(f"the oracle store has holes: table '{grid.name}' lacks {len(holes)} of "
+                          f"{grid.runs.size} cells ({shown}{more}); replay needs a complete grid")
+    return SearchTable(grid.name, table_line(grid), tuple(f"{grid.name} {grid.axis}={s:g}" for s in grid.sizes))
+
+
+def replay(store: Path, budget: float = BUDGET) -> dict:
+    """The replay's figures: the shape of ``--json``, each row also saying how it ``settled``."""
+    from analysis.optima import row_optimum
+    from analysis.tables import build_tables
+
+    from .result_store import load_store
+
+    if not store.is_dir():
+        raise SearchError(f"{store}: no such store directory")
+    frame = load_store(store)
+    if frame.empty:
+        raise SearchError(f"{store} holds no records to replay")
+    grids = [g for g in build_tables(frame) if len(g.lrs) >= 2]
+    if not grids:
+        raise SearchError(f"{store} holds no table with two or more learning rates")
+    tables = [_search_table(g) for g in grids]
+    results = run_search(tables, ReplayOracle(grids), budget=budget)
+    return {"tables": [_table(g, result, row_optimum) for g, result in zip(grids, results)]}
+
+
+def _table(grid, result: TableResult, row_optimum) -> dict:
+    rows, errors = [], []
+    for r, found in enumerate(result.rows):
+        full = row_optimum(grid.sizes[r], grid.lrs, grid.loss[r], grid.diverged[r])
+        if found.eta_star is not None and full.estimate is not None and full.edge is None:
+            errors.append(abs(found.eta_star - full.estimate))  # the target: rows with an interior optimum
+        rows.append({"size": _number(found.size), "eta_star": found.eta_star,
+                     "eta_star_grid": full.estimate, "cells": found.cells,
+                     "compute_fraction": found.cells / len(grid.lrs), "settled": found.how})
+    return {"name": grid.name, "compute_fraction": result.compute_fraction,
+            "max_error": max(errors) if errors else None, "rows": rows}
+
+
+def _number(value: float):
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _f(value: Optional[float], spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def to_text(figures: dict) -> str:
+    lines = []
+    for table in figures["tables"]:
+        lines += [f"## {table['name']}",
+                  f"{'size':>8} {'eta*':>7} {'grid eta*':>9} {'cells':>5} {'compute':>7}  settled"]
+        for row in table["rows"]:
+            lines.append(f"{row['size']:>8} {_f(row['eta_star'], '.2f'):>7} {_f(row['eta_star_grid'], '.2f'):>9} "
+                         f"{row['cells']:>5} {100 * row['compute_fraction']:>6.0f}%  {row['settled']}")
+        lines += [f"compute {100 * table['compute_fraction']:.1f}% of the grid; largest eta* error "
+                  f"{_f(table['max_error'], '.2f')} log2 (rows whose grid optimum is interior)", ""]
+    return "\n".join(lines).rstrip()
+
+
+def to_json(figures: dict) -> str:
+    """The issue's shape: per row size, eta_star, eta_star_grid, cells, compute_fraction."""
+    return json.dumps({"tables": [{**t, "rows": [{k: v for k, v in row.items() if k != "settled"}
+                                                 for row in t["rows"]]} for t in figures["tables"]]}, indent=2)
+
+
+def main(store: Path, as_json: bool, budget: float) -> str:
+    figures = replay(store, budget)
+    return to_json(figures) if as_json else to_text(figures)

@@ -1,0 +1,110 @@
+"""``search=transfer``: the grid line's cells, run round by round as the transfer search asks.
+
+Every cell of the line is checked up front as a grid sweep checks it; then each round's cells go
+through sweeper.driver.run_sweep as one batch of jobs on the sweep's own launcher (basic,
+submitit_local, Slurm), so they land in the same store, with the same progress, resume and
+failure handling. A cell the store already holds is answered from it, never trained again.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, TextIO
+
+from omegaconf import DictConfig
+
+from .driver import Launch, SweepError, SweepSettings, run_sweep, sweep_cells
+from .grid import Cell, GridError
+from .plan import PlannedCell, plan
+from .record import SchemaError, cell_key
+from .result_store import read_record
+from .search import Ask, SearchError, SearchTable, cell_cost, journal_storage, run_search, summary
+from .transfer import DIVERGED, TREND_PARAMS, Line
+
+LR = "lr"
+SIZE_AXES = ("width", "depth")
+
+
+class SweepOracle:
+    """Answers a round by training its cells (those the store lacks) as one batch of jobs."""
+
+    def __init__(self, cells: list[dict], settings: SweepSettings,
+                 compose: Callable[[list[str]], DictConfig], launch: Launch, out: TextIO) -> None:
+        self.cells = cells  # per table: (row, lr) -> PlannedCell
+        self.settings, self.compose, self.launch, self.out = settings, compose, launch, out
+
+    def answer(self, asks: list[Ask]) -> list[float]:
+        planned = [self._cell(a) for a in asks]
+        run_sweep([], self.settings, self.compose, self.launch, self.out, cells=[p.cell for p in planned])
+        return [_outcome(read_record(self.settings.store, p.key)) for p in planned]
+
+    def _cell(self, ask: Ask) -> PlannedCell:
+        """The grid's cell, or for a refining half step off the line its row's cell at that lr."""
+        cells = self.cells[ask.table]
+        if (ask.row, ask.lr) not in cells:
+            row = next(p.cell for (r, _), p in cells.items() if r == ask.row)
+            value = repr(ask.lr)
+            cell = Cell(tuple(f"{LR}={value}" if o.startswith(f"{LR}=") else o for o in row.overrides),
+                        tuple((k, value if k == LR else v) for k, v in row.axes))
+            todo, skipped = plan([cell], self.compose, self.settings.store, self.settings.force)
+            cells[ask.row, ask.lr] = (todo + skipped)[0]
+        return cells[ask.row, ask.lr]
+
+
+def _outcome(record: dict) -> float:
+    loss = record["metrics"].get("val_loss")
+    if record["status"] == "diverged" or (record["status"] == "ok" and loss is None):
+        return DIVERGED
+    if record["status"] != "ok":  # run_sweep raises on failed cells; a record raced in since
+        raise SearchError(f"cell {record['key']} is {record['status']}: rerun the sweep to retry it")
+    return float(loss)
+
+
+def _tables(planned: list[PlannedCell]) -> tuple[list[SearchTable], list[dict]]:
+    """The grid's tables: one per value of every swept setting but the size axis and lr."""
+    swept = {key for p in planned for key, _ in p.cell.axes}
+    if LR not in swept:
+        raise SearchError("search=transfer searches the learning rate: sweep lr over the line's values, "
+                          "e.g. lr=-10:-5")
+    axis = next((a for a in SIZE_AXES if a in swept), "width")
+    groups: dict[tuple, list[PlannedCell]] = {}
+    for p in planned:
+        groups.setdefault(tuple((k, v) for k, v in p.cell.axes if k not in (axis, LR)), []).append(p)
+    tables, cells = [], []
+    for title, members in groups.items():
+        configs = [p.config for p in members]
+        sizes = sorted({float(getattr(c, axis)) for c in configs})
+        lrs = sorted({float(c.lr) for c in configs})
+        by_cell = {(sizes.index(float(getattr(p.config, axis))), float(p.config.lr)): p for p in members}
+        first = {sizes.index(float(getattr(p.config, axis))): p.config for p in members}
+        costs = tuple(cell_cost(c.width, c.depth, c.steps * c.batch_size * c.seq_len)
+                      for _, c in sorted(first.items()))
+        line = Line(axis, tuple(sizes), tuple(lrs), costs, trend=configs[0].param in TREND_PARAMS)
+        # a row's study: the row's settings, every lr alike
+        row_ids = tuple("row-" + cell_key({**c.to_dict(), LR: 0.0}) for _, c in sorted(first.items()))
+        name = ", ".join(f"{k}={v}" for k, v in title) or "the line"
+        tables.append(SearchTable(name, line, row_ids))
+        cells.append(by_cell)
+    return tables, cells
+
+
+def run_transfer_sweep(overrides: list[str], settings: SweepSettings,
+                       compose: Callable[[list[str]], DictConfig], launch: Launch, *, budget: float,
+                       refine: bool = False, out: TextIO = sys.stdout) -> list:
+    """Runs the transfer search over the grid line; returns its per-table results. Raises SweepError
+    before anything runs for a bad line, and after a round with failed cells."""
+    try:
+        todo, skipped = plan(sweep_cells(overrides, settings), compose, settings.store, settings.force)
+        tables, cells = _tables(todo + skipped)
+    except (GridError, SchemaError, SearchError) as err:
+        raise SweepError(str(err)) from None
+    print(f"[search] transfer search over {len(tables)} table(s) of {len(todo) + len(skipped)} grid cells, "
+          f"budget {budget:g} of the grid's compute{', refining' if refine else ''}; studies in {settings.store / 'search'}",
+          file=out, flush=True)
+    try:
+        results = run_search(tables, SweepOracle(cells, settings, compose, launch, out),
+                             storage=journal_storage(settings.store), budget=budget, refine=refine,
+                             out=out)
+    except SearchError as err:
+        raise SweepError(str(err)) from None
+    print(summary(results), file=out, flush=True)
+    return results
