@@ -15,7 +15,7 @@ from sweeper.job import run_cell
 from sweeper.result_store import load_store, read_record
 from trainer.callbacks import Callback
 from trainer.config import TrainConfig
-from trainer.train import main as train_main
+from trainer.train import main as train_main, run
 
 ROOT = Path(__file__).resolve().parent.parent
 # Two cells of 6 steps: train points at steps 1, 2, 4, 6, val at 3 and 6.
@@ -56,6 +56,34 @@ def test_a_tensorboard_sweep_writes_the_records_curves_under_store_tb_key(tmp_pa
             assert all(v > 0 for _, v in scalars(events, tag))
         config = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
         assert f"| run_name | {key} |" in config and "| width | " in config
+
+
+class DiesAtStep(Callback):
+    """A job killed mid-run, past its last checkpoint."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_log(self, step, metrics):
+        if step == self.step:
+            raise SystemExit(143)
+
+
+def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = TrainConfig(width=32, depth=2, batch_size=4, seq_len=32, steps=6, log_interval=1,
+                         eval_interval=2, eval_batches=1, threads=1, checkpoint_interval=3,
+                         data_dir=str(tmp_path / "data"), run_dir=str(tmp_path / "run"),
+                         logger="tensorboard", tb_dir=str(tmp_path / "tb"), run_name="cell")
+    with pytest.raises(SystemExit):  # steps 4 and 5 logged, the checkpoint is at 3
+        run(config, [DiesAtStep(6)])
+    curves = run(config).curves  # the requeued job: resumes at step 3
+    events = EventAccumulator(str(tmp_path / "tb" / "cell"))
+    events.Reload()
+    for tag, curve in (("train/loss", curves["train"]), ("val/loss", curves["val"])):
+        assert scalars(events, tag) == [[s, pytest.approx(v, rel=1e-6)] for s, v in curve]
+    assert [s for s, _ in curves["train"]] == [1, 2, 3, 4, 5, 6]
 
 
 def wandb_records(path: Path):
@@ -100,6 +128,7 @@ def test_a_wandb_offline_cell_logs_its_history_config_and_key(tmp_path):
     # The key names and identifies the run (a requeued job resumes it); experiment and store
     # name its group and project.
     assert (run.run_id, run.display_name, run.run_group, run.project) == (key, key, "smoke", "store")
+    assert run.resume
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
     assert config["run_name"] == key
     assert {name: config[name] for name in record["config"]} == record["config"]

@@ -53,9 +53,9 @@ class TensorBoard(Callback):
     def on_start(self, config: dict, step: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        # Readers drop what an earlier attempt logged from purge_step on: a resumed run logs
-        # those steps again, a run started afresh (force=true) replaces the old curves.
-        self.writer = SummaryWriter(str(self.log_dir), purge_step=step)
+        # Readers drop what an earlier attempt logged from purge_step on: a resumed run logs the
+        # steps after its checkpoint again, a run started afresh (force=true) replaces them all.
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=step + 1)
         self.writer.add_text("config", config_table(config), step)
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
