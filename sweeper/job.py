@@ -10,10 +10,11 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainer.callbacks import Callback
 from trainer.config import CHECKPOINT, TrainConfig
 
 from .claims import try_claim
@@ -95,11 +96,20 @@ def describe(record: dict) -> str:
     return f"{head}: {record['status']}" + (f" val_loss={loss:.4f}" if loss is not None else "") + took
 
 
+def tracker_names(config: TrainConfig, store: Path, key: str, experiment: Optional[str]) -> dict:
+    """How a cell shows in TensorBoard or W&B (trainer.tracking): its key names the run, so a
+    requeued job resumes the same one; its experiment and store name the group and project (unless
+    set), so the cells of one table sit together; event files go under STORE/tb/<key>."""
+    return {"run_name": key, "run_group": config.run_group or experiment,
+            "project": config.project or store.name, "tb_dir": config.tb_dir or str(store / "tb")}
+
+
 def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = None,
              slurm: Optional[dict] = None, keep_checkpoint: bool = False,
-             force: bool = False) -> Optional[dict]:
+             force: bool = False, callbacks: Sequence[Callback] = ()) -> Optional[dict]:
     """Trains one cell and writes its record (``failed`` when training raises); returns the record,
     or None when another run is training the cell (its claim, sweeper.claims, is live).
+    ``callbacks`` watch its training (trainer.callbacks), beside the tracker its config names.
 
     The run dir is ``STORE/runs/<key>``, so a rerun or a requeued job resumes from its checkpoint.
     A cell whose record turned ok or diverged since the sweep planned it (another sweep trained it)
@@ -127,7 +137,8 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
         if slurm is not None:
             write_entry(store, key, job_id=slurm["job_id"], experiment=experiment,
                         config=config.to_dict(), written_by="job")
-        config = dataclasses.replace(config, run_dir=str(run_dir(store, key)))
+        config = dataclasses.replace(config, run_dir=str(run_dir(store, key)),
+                                     **tracker_names(config, store, key, experiment))
         if keep_checkpoint:
             Path(config.run_dir).mkdir(parents=True, exist_ok=True)
             (Path(config.run_dir) / KEEP).touch()
@@ -135,7 +146,8 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
         try:
             from trainer.train import run  # torch: imported only where a cell really trains
 
-            record = record_from_result(run(config).to_dict(), experiment=experiment, slurm=slurm)
+            record = record_from_result(run(config, callbacks).to_dict(), experiment=experiment,
+                                        slurm=slurm)
         except Exception as err:  # any failure of the cell is recorded; the sweep goes on
             record = failed_record(config.to_dict(), err, experiment=experiment, slurm=slurm,
                                    wall_time_s=time.perf_counter() - started)
@@ -172,6 +184,9 @@ def hydra_job(cfg: DictConfig) -> dict:
     hydra = HydraConfig.get()
     values = OmegaConf.to_container(cfg, resolve=True)
     store = Path(hydra.runtime.cwd) / Path(values["store"]).expanduser()
+    if values["tb_dir"]:
+        values["tb_dir"] = str(Path(hydra.runtime.cwd) / Path(values["tb_dir"]).expanduser())
+    values["project"] = values["project"] or os.environ.get("WANDB_PROJECT")
     config = TrainConfig.from_mapping(trainer_values(values))
     record = run_cell(
         config,

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .tracking import LOGGERS, check_installed
+
 
 # Files of a run_dir: the checkpoint a restarted run resumes from, and the finished run's Result.
 CHECKPOINT = "checkpoint.pt"
@@ -68,6 +70,14 @@ class TrainConfig:
     run_dir: Optional[str] = _runtime(None)  # checkpoints and result.json; None: no checkpoints
     checkpoint_interval: int = _runtime(100)
     log_interval: int = _runtime(10)
+    # Live view of a run (trainer.tracking); the record stays the source of truth. A sweep names
+    # each cell's run by its key, the group by its experiment, the project by WANDB_PROJECT or
+    # the store's folder name, and puts TensorBoard files under STORE/tb unless tb_dir is set.
+    logger: str = _runtime("none")  # none | tensorboard | wandb
+    tb_dir: Optional[str] = _runtime(None)  # a run writes tb_dir/run_name; None: ./runs
+    run_name: Optional[str] = _runtime(None)
+    run_group: Optional[str] = _runtime(None)
+    project: Optional[str] = _runtime(None)
 
     @classmethod
     def from_mapping(cls, values: dict) -> "TrainConfig":
@@ -113,6 +123,9 @@ class TrainConfig:
             raise ValueError(f"precision={self.precision!r}: choose auto, fp32 or bf16")
         if self.tokenizer not in ("auto", "byte", "gpt2"):
             raise ValueError(f"tokenizer={self.tokenizer!r}: choose auto, byte or gpt2")
+        if self.logger not in LOGGERS:
+            raise ValueError(f"logger={self.logger!r}: choose {', '.join(LOGGERS)}")
+        check_installed(self.logger)
         self.n_head()
 
 

@@ -19,14 +19,16 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
+from .callbacks import Callback, Callbacks
 from .config import CHECKPOINT, RESULT, TrainConfig, result_fields
 from .data import DataUnavailable, fixed_batches, get_batch, load_tokens
 from .optimizers import build_optimizers, cpu_has_fast_bf16
 from .parameterization import build_model, param_groups
+from .tracking import trackers
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
@@ -157,8 +159,20 @@ def is_diverged(loss: float, first_loss: Optional[float], cfg: TrainConfig) -> b
     return not math.isfinite(loss) or (first_loss is not None and loss > cfg.divergence_factor * first_loss)
 
 
-def run(cfg: TrainConfig) -> Result:
+def run(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> Result:
+    """Trains one cell. The callbacks, and the tracker that ``cfg.logger`` names, watch the loop
+    (trainer.callbacks); however the run ends, they are told."""
     cfg.validate()
+    hooks = Callbacks([*callbacks, *trackers(cfg)])
+    result = None
+    try:
+        result = _train(cfg, hooks)
+        return result
+    finally:
+        hooks.on_end(result)
+
+
+def _train(cfg: TrainConfig, hooks: Callback) -> Result:
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
@@ -192,6 +206,7 @@ def run(cfg: TrainConfig) -> Result:
         batches.set_state(saved["batches"])
         state = saved["state"]
         print(f"resuming from {checkpoint} at step {state['step']}", file=sys.stderr)
+    hooks.on_start(cfg.to_dict(), state["step"])
 
     def snapshot() -> dict:
         return {"run": run_settings(cfg), "model": model.state_dict(),
@@ -230,11 +245,14 @@ def run(cfg: TrainConfig) -> Result:
                 rate = tokens_per_step * state["step"] / max(state["train_time_s"], 1e-9)
                 print(f"step {step + 1}/{cfg.steps} loss {train_loss:.4f} "
                       f"lr {cfg.eta_base * lr_factor(step, cfg):.3g} {rate:,.0f} tok/s", file=sys.stderr)
+                hooks.on_log(step + 1, {"train/loss": train_loss, "train/tokens_per_s": rate,
+                                        "train/lr_factor": lr_factor(step, cfg)})
             if is_diverged(train_loss, state["first_loss"], cfg):
                 status = "diverged"
                 break
             if cfg.eval_interval and (step + 1) % cfg.eval_interval == 0 and step + 1 < cfg.steps:
                 state["curves"]["val"].append([step + 1, evaluate(model, val_batches, device, autocast)])
+                hooks.on_eval(step + 1, {"val/loss": state["curves"]["val"][-1][1]})
             state["wall_time_s"] = time.perf_counter() - started
             if checkpoint is not None and (stop.signum is not None or (
                     cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0)):
@@ -247,6 +265,7 @@ def run(cfg: TrainConfig) -> Result:
     if status == "ok":
         val_loss = evaluate(model, val_batches, device, autocast)
         state["curves"]["val"].append([state["step"], val_loss])
+        hooks.on_eval(state["step"], {"val/loss": val_loss})
         if not math.isfinite(val_loss):
             status, val_loss = "diverged", None
     if status == "diverged":
