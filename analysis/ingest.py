@@ -1,7 +1,9 @@
 """External results (e.g. a paper's tables) -> store records, to set published numbers beside one's runs.
 
 The CSV needs the columns width, depth, lr, param, optimizer, layernorm, val_loss (``nan`` for a
-diverged run); any other column is kept in the record's ``extra``. Every row is checked before
+diverged run). Optional: seed (one row per seed of a cell; default 0) and val_loss_se (the standard
+error of val_loss, kept in ``extra`` as the trainer keeps its own; empty: unknown). Any other column
+is kept in the record's ``extra``. Every row is checked before
 anything is written, so a bad file leaves the store untouched.
 
 Records are written with source "ingest" and their experiment, which the store mixes into their
@@ -20,6 +22,7 @@ from sweeper.result_store import write_record
 from . import AnalysisError
 
 REQUIRED = ("width", "depth", "lr", "param", "optimizer", "layernorm", "val_loss")
+OPTIONAL = ("seed", "val_loss_se")
 # The trainer's choices (trainer.config's contract); analysis may not import the trainer.
 PARAMS = ("sp", "mup", "mup_k1")
 OPTIMIZERS = ("muon_kimi", "muon", "adamw", "sgd", "lion")
@@ -66,6 +69,22 @@ def _boolean(text: str) -> bool:
     return BOOLEANS[text.lower()]
 
 
+def _seed(text: str) -> int:
+    value = float(text)
+    if not value.is_integer() or value < 0:
+        raise ValueError("must be an integer >= 0")
+    return int(value)
+
+
+def _standard_error(text: str) -> float | None:
+    value = float(text)
+    if math.isnan(value):
+        return None
+    if not 0 <= value < math.inf:
+        raise ValueError("must be a finite number >= 0, or empty when unknown")
+    return value
+
+
 def _loss(text: str) -> float | None:
     value = float(text)  # "nan", "inf" parse: both are a diverged run
     if not math.isfinite(value):
@@ -78,6 +97,7 @@ def _loss(text: str) -> float | None:
 PARSERS = {
     "width": _positive_int, "depth": _positive_int, "lr": _finite, "param": _choice(PARAMS),
     "optimizer": _choice(OPTIMIZERS), "layernorm": _boolean, "val_loss": _loss,
+    "seed": _seed, "val_loss_se": _standard_error,
 }
 
 
@@ -94,8 +114,10 @@ def _extra_value(text: str):
 
 def _parse_row(line: int, values: dict) -> tuple[Row | None, list[str]]:
     parsed, problems = {}, []
-    for name in REQUIRED:
+    for name in (*REQUIRED, *OPTIONAL):
         text = (values.get(name) or "").strip()
+        if not text and name in OPTIONAL:
+            continue
         if not text:
             problems.append(f"line {line}: {name} is empty" + (" (write nan for a diverged run)" if name == "val_loss" else ""))
             continue
@@ -106,7 +128,9 @@ def _parse_row(line: int, values: dict) -> tuple[Row | None, list[str]]:
             problems.append(f"line {line}: {name}={text!r} {reason}")
     if problems:
         return None, problems
-    extra = {k: _extra_value((v or "").strip()) for k, v in values.items() if k not in REQUIRED}
+    extra = {k: _extra_value((v or "").strip()) for k, v in values.items() if k not in (*REQUIRED, *OPTIONAL)}
+    if "val_loss_se" in values:
+        extra["val_loss_se"] = parsed.pop("val_loss_se", None)
     loss = parsed.pop("val_loss")
     return Row(line, parsed, loss, extra), []
 
@@ -137,7 +161,7 @@ def read_rows(path: Path) -> list[Row]:
             cell = tuple(sorted(row.config.items()))
             if cell in seen:
                 problems.append(f"line {row.line}: the same cell as line {seen[cell]} "
-                                f"(one row per width, depth, lr, param, optimizer, layernorm)")
+                                f"(one row per width, depth, lr, param, optimizer, layernorm, seed)")
                 continue
             seen[cell] = row.line
             rows.append(row)
