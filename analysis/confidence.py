@@ -103,10 +103,11 @@ def method_note(table: Table, optima: list[RowOptimum], noise: TableNoise) -> st
     """Which rows' eta* intervals come from where, in one line; None when no row has one."""
     by_method: dict[str, list[str]] = {}
     for opt, interval in zip(optima, noise.eta):
+        if opt.lr is None:
+            continue
         if interval is None:
-            key = "none (an edge optimum)" if opt.edge else "none (no seeds or recorded standard errors)"
-            if opt.lr is None:
-                continue
+            key = ("none (an edge optimum)" if opt.edge
+                   else "none (fewer than two seeds with an inner optimum, and no recorded standard errors)")
         elif interval.method == SEEDS:
             key = f"from {interval.runs} seeds (t interval of the per-seed fits)"
         else:
