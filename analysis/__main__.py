@@ -18,12 +18,16 @@ and figures, and brings external results (e.g. published tables) into a store.""
 
 REPORT_EPILOG = f"""Tables: one per experiment group (every config setting that varies across the store, except
 width/depth, lr and seed) and sweep line; rows are sizes, columns log2 eta_base, cells the final
-validation loss averaged over seeds (NaN: diverged, blank: not run, bold: the row's best).
-eta* grid is the row's argmin, eta* fit the vertex of a parabola through it and its neighbours;
+validation loss averaged over seeds, '± sd' over them where a cell has several, the seed count in
+brackets where cells differ in it (NaN: diverged, blank: not run, bold: the row's best).
+eta* grid is the row's argmin, eta* fit the vertex of a parabola through it and its neighbours,
+eta* 90% its interval: from the seeds (a t interval of the per-seed fits) where at least two
+seeds fit the row, else a bootstrap over the runs' recorded standard errors (the notes say which);
 '<= x' / '>= x' marks an optimum on the grid's edge; regret is the loss at the smallest size's
-eta* grid minus the row's best. The verdict says 'transfers' when the fitted
-eta* drifts by at most --max-drift (log2) across sizes and the smallest size's eta* costs every
-size at most --max-regret of its best loss.
+eta* grid minus the row's best. The verdict says 'transfers' when the interval of the fitted eta*'s
+drift across sizes lies within --max-drift (log2) and that of the worst regret within --max-regret
+of the best loss, 'does not transfer' when either lies beyond, else 'undecided', with the sweep
+line (more seeds at the sizes that decide it) to run next. summary.csv holds every bound.
 Coordinate checks: files from `python -m trainer.coord_check --out FILE`, given with
 --coord-check or named coord_check*.json inside the store directory.
 
@@ -59,13 +63,17 @@ def _parser() -> argparse.ArgumentParser:
                              "(default %(default)s)")
     report.add_argument("--strict", action="store_true",
                         help="an unreadable record is an error (default: named on stderr and left out)")
+    report.add_argument("--conf", type=Path, default=CONF_DIR, metavar="DIR",
+                        help="the sweep's config dir, for the sweep line that decides an undecided verdict "
+                             "(default: %(default)s)")
 
     ingest = commands.add_parser(
         "ingest", help="bring external results (a CSV) into a store",
         description="Checks every row of CSV, then writes one record per row into the store (source "
         "'ingest'). Columns: width, depth, lr (log2 eta_base), param (sp|mup|mup_k1), optimizer "
-        "(muon_kimi|muon|adamw|sgd|lion), layernorm (true|false), val_loss (nan: diverged); a column named "
-        "like another trainer setting (steps, batch_size, seed, ...) gives it; other columns are kept as "
+        "(muon_kimi|muon|adamw|sgd|lion), layernorm (true|false), val_loss (nan: diverged); optional: "
+        "val_loss_se (its standard error, for the intervals), and a column named like another trainer "
+        "setting (seed: one row per seed, steps, batch_size, ...) gives it; other columns are kept as "
         "extra fields. Settings no column gives come from --experiment's config, else are unknown. A bad row stops it before anything is written. The records' "
         "keys include source and experiment, so they never replace a trained cell.")
     ingest.add_argument("csv", type=Path, metavar="CSV", help="the CSV file")
@@ -108,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             from .report import ReportOptions, report
 
             print(report(ReportOptions(args.store, args.out, args.coord_check, args.curves, args.figures,
-                                       args.jobs, args.max_drift, args.max_regret, args.strict)))
+                                       args.jobs, args.max_drift, args.max_regret, strict=args.strict,
+                                       conf_dir=args.conf)))
         elif args.command == "ingest":
             from .ingest import ingest
 

@@ -1,7 +1,8 @@
 """Figures (PNG and PDF) through matplotlib's object API: no pyplot, so no global backend state.
 
-Transfer curves and eta* against size follow the paper's Figures 1-2; coordinate checks plot the
-last block's output RMS against size per step, SP beside muP; training curves show one cell's run.
+Transfer curves and eta* against size follow the paper's Figures 1-2, with the spread over seeds
+(a band of +- one standard deviation) and eta*'s interval (bars); coordinate checks plot the last
+block's output RMS against size per step, SP beside muP; training curves show one cell's run.
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from .optima import RowOptimum
+from .optima import LEVEL, RowOptimum
 from .tables import Table, value_text
 
 CMAP = colormaps["viridis"]
+LEGEND_WIDTH = 40  # characters per legend line, wrapped at spaces
+LEGEND_CHAR_PT, LEGEND_HANDLE_PT = 4.4, 34  # a 7 pt character's width (at most, nearly), the line sample's
 LR_LABEL = "log₂ η_base"  # unicode, not mathtext, which is slow to lay out
 
 
@@ -63,10 +66,21 @@ def _figure(panels: int = 1) -> Figure:
 
 
 def _legend(ax, **kwargs) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, **kwargs)
-    else:
+    """The legend right of the axes; the figure widens (the axes keep their size) where its longest
+    line would run past the edge, estimated from its length in characters: no layout pass."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
         ax.text(0.5, 0.5, "no finite values to plot", ha="center", transform=ax.transAxes)
+        return
+    fig, params = ax.figure, ax.figure.subplotpars
+    lines = [line for text in [*labels, kwargs.get("title", "")] for line in text.split("\n")]
+    need = (max(map(len, lines)) * LEGEND_CHAR_PT + LEGEND_HANDLE_PT) / 72  # inches right of the axes
+    width = fig.get_figwidth()
+    if need > width * (1 - params.right):
+        wider = width * params.right + need
+        fig.set_figwidth(wider)
+        fig.subplots_adjust(left=params.left * width / wider, right=params.right * width / wider)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, **kwargs)
 
 
 def _colors(n: int) -> list:
@@ -87,8 +101,9 @@ def y_range(table: Table) -> tuple[float, float]:
 
 
 def transfer_curves(table: Table, optima: list[RowOptimum]) -> Figure:
-    """Val loss against log2 eta, one line per size; star: each row's optimum; x on the top edge:
-    diverged; triangle on the top edge: a finite loss above the clipped y-range."""
+    """Val loss against log2 eta, one line per size, a band of +- one standard deviation over the
+    seeds where a cell has several; star: each row's optimum; x on the top edge: diverged; triangle
+    on the top edge: a finite loss above the clipped y-range."""
     fig = _figure()
     ax = fig.add_subplot()
     has_data = np.isfinite(table.loss).any()
@@ -99,6 +114,10 @@ def transfer_curves(table: Table, optima: list[RowOptimum]) -> Figure:
         if finite.any():
             ax.plot(table.lrs[finite], table.loss[r, finite], "-o", color=color, ms=3.5,
                     label=f"{table.axis} {value_text(table.sizes[r])}")
+            spread = np.nan_to_num(table.spread[r, finite])
+            if spread.any():
+                loss = table.loss[r, finite]
+                ax.fill_between(table.lrs[finite], loss - spread, loss + spread, color=color, alpha=0.2, lw=0)
     # One scatter per marker kind, not per row: each artist costs layout time on every save.
     rows, cols = np.nonzero(np.isfinite(table.loss) & (table.loss > top))
     ax.scatter(table.lrs[cols], np.full(len(cols), top), marker="^", c=colors[rows], clip_on=False, zorder=3)
@@ -113,28 +132,36 @@ def transfer_curves(table: Table, optima: list[RowOptimum]) -> Figure:
     ax.set_ylabel("final validation loss")
     ax.set_title(_wrap(table.name), fontsize=9)
     ax.grid(alpha=0.3)
-    _legend(ax, title="★ optimum\n× diverged\n▲ off the top", title_fontsize=7)
+    band = "\nband: ± sd over seeds" if np.isfinite(table.spread).any() else ""
+    _legend(ax, title=f"★ optimum\n× diverged\n▲ off the top{band}", title_fontsize=7)
     return fig
 
 
-def eta_star(axis: str, tables: list[Table], optima: list[list[RowOptimum]]) -> Figure:
-    """Refined log2 eta* against size, one line per table; hollow markers: edge optima (unknown)."""
+def eta_star(axis: str, tables: list[Table], optima: list[list[RowOptimum]],
+             intervals: list[list[tuple[float, float]]]) -> Figure:
+    """Refined log2 eta* against size, one line per table, with each row's interval as a bar (NaN
+    bounds: none); hollow markers: edge optima (unknown)."""
     fig = _figure()
     ax = fig.add_subplot()
-    for table, opts, color in zip(tables, optima, _colors(len(tables))):
-        points = [(o.size, o.estimate, o.edge) for o in opts if o.lr is not None]
+    for table, opts, bounds, color in zip(tables, optima, intervals, _colors(len(tables))):
+        points = [(o.size, o.estimate, o.edge, *b) for o, b in zip(opts, bounds) if o.lr is not None]
         if not points:
             continue
-        sizes, etas, edges = zip(*points)
-        ax.plot(sizes, etas, "-", color=color, label=_short(table, tables))
-        edge = np.array([e is not None for e in edges])
-        ax.scatter(np.array(sizes)[~edge], np.array(etas)[~edge], color=color, zorder=3)
-        ax.scatter(np.array(sizes)[edge], np.array(etas)[edge], facecolors="white", edgecolors=color, zorder=3)
+        sizes, etas, edges, lows, highs = map(np.array, zip(*points))
+        ax.plot(sizes, etas, "-", color=color, label=_wrap(_short(table, tables), LEGEND_WIDTH))
+        known = np.isfinite(lows)
+        if known.any():
+            ax.errorbar(sizes[known], etas[known], yerr=[etas[known] - lows[known], highs[known] - etas[known]],
+                        fmt="none", ecolor=color, elinewidth=1, capsize=3, zorder=2)
+        edge = edges != None  # noqa: E711 -- elementwise over an object array
+        ax.scatter(sizes[~edge], etas[~edge], color=color, zorder=3)
+        ax.scatter(sizes[edge], etas[edge], facecolors="white", edgecolors=color, zorder=3)
     ax.set_xscale("log", base=2)
     ax.set_xlabel(axis)
     ax.set_ylabel("log₂ η* (fit; hollow: on the grid's edge)")
     ax.grid(alpha=0.3)
-    _legend(ax)
+    has_bars = any(np.isfinite(low) for bounds in intervals for low, _ in bounds)
+    _legend(ax, **({"title": f"bars: {LEVEL:.0%} interval", "title_fontsize": 7} if has_bars else {}))
     return fig
 
 

@@ -1,11 +1,12 @@
 """External results (e.g. a paper's tables) -> store records, to set published numbers beside one's runs.
 
 The CSV needs the columns width, depth, lr, param, optimizer, layernorm, val_loss (``nan`` for a
-diverged run). A column named like another trainer setting (steps, batch_size, seed, ...) gives that
-setting; any other column is kept in the record's ``extra``. A setting no column gives comes from
-the experiment's composed config when ``--experiment`` names one of conf/experiment/, else it is
-recorded as unknown (null): never invented. Every row is checked before anything is written, so a
-bad file leaves the store untouched.
+diverged run). A column named like another trainer setting (seed: one row per seed of a cell,
+steps, batch_size, ...) gives that setting, and val_loss_se the standard error of val_loss (kept in
+``extra`` as the trainer keeps its own; empty: unknown); any other column is kept in the record's
+``extra``. A setting no column gives comes from the experiment's composed config when
+``--experiment`` names one of conf/experiment/, else it is recorded as unknown (null): never
+invented. Every row is checked before anything is written, so a bad file leaves the store untouched.
 
 Records are written with source "ingest" and their experiment, which the store mixes into their
 keys: published numbers never overwrite a trained cell or another ingested experiment.
@@ -25,6 +26,7 @@ from sweeper.result_store import StoreError, check_writable_store, write_record
 from . import AnalysisError
 
 REQUIRED = ("width", "depth", "lr", "param", "optimizer", "layernorm", "val_loss")
+OPTIONAL = ("val_loss_se",)  # besides the settings: a column that is no setting, yet no extra
 # The trainer's choices (trainer.config's contract); analysis may not import the trainer.
 PARAMS = ("sp", "mup", "mup_k1")
 OPTIMIZERS = ("muon_kimi", "muon", "adamw", "sgd", "lion")
@@ -84,6 +86,22 @@ def _boolean(text: str) -> bool:
     return BOOLEANS[text.lower()]
 
 
+def _seed(text: str) -> int:
+    value = float(text)
+    if not value.is_integer() or value < 0:
+        raise ValueError("must be an integer >= 0")
+    return int(value)
+
+
+def _standard_error(text: str) -> float | None:
+    value = float(text)
+    if math.isnan(value):
+        return None
+    if not 0 <= value < math.inf:
+        raise ValueError("must be a finite number >= 0, or empty when unknown")
+    return value
+
+
 def _loss(text: str) -> float | None:
     value = float(text)  # "nan", "inf" parse: both are a diverged run
     if not math.isfinite(value):
@@ -96,6 +114,7 @@ def _loss(text: str) -> float | None:
 PARSERS = {
     "width": _positive_int, "depth": _positive_int, "lr": _finite, "param": _choice(PARAMS),
     "optimizer": _choice(OPTIMIZERS), "layernorm": _boolean, "val_loss": _loss,
+    "seed": _seed, "val_loss_se": _standard_error,
 }
 _BY_TYPE: dict[str, Callable[[str], object]] = {"int": _integer, "float": _finite, "bool": _boolean,
                                                  "str": str}
@@ -119,7 +138,7 @@ def _extra_value(text: str):
 
 def _parse_row(line: int, values: dict, parsers: dict) -> tuple[Row | None, list[str]]:
     parsed, problems = {}, []
-    for name in [*REQUIRED, *(k for k in values if k in parsers and k not in REQUIRED)]:
+    for name in [*REQUIRED, *(k for k in values if (k in parsers or k in OPTIONAL) and k not in REQUIRED)]:
         text = (values.get(name) or "").strip()
         if not text:
             if name in REQUIRED:
@@ -134,7 +153,9 @@ def _parse_row(line: int, values: dict, parsers: dict) -> tuple[Row | None, list
     if problems:
         return None, problems
     extra = {k: _extra_value((v or "").strip()) for k, v in values.items()
-             if k not in REQUIRED and k not in parsers}
+             if k not in REQUIRED and k not in OPTIONAL and k not in parsers}
+    if "val_loss_se" in values:
+        extra["val_loss_se"] = parsed.pop("val_loss_se", None)
     loss = parsed.pop("val_loss")
     return Row(line, parsed, loss, extra), []
 

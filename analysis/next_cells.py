@@ -31,7 +31,7 @@ from sweeper.transfer import BUDGET, RowResult, step
 
 from . import AnalysisError
 from .optima import RowOptimum
-from .tables import LR, SIZE_AXES, Table, group_columns, value_text
+from .tables import LR, SEED, SIZE_AXES, Table, group_columns, value_text
 
 
 
@@ -116,8 +116,9 @@ def row_records(frame: pd.DataFrame, groups: list[str], table: Table, size: floa
 
 
 def command(records: pd.DataFrame, table: Table, lrs: list[float], store: Path, conf_dir: Path,
-            defaults_of) -> list[str]:
-    """``python sweep.py -m ...`` running ``lrs`` with the row's settings, into ``store``."""
+            defaults_of, seeds: list[int] | None = None) -> list[str]:
+    """``python sweep.py -m ...`` running ``lrs`` with the rows' settings (and ``seeds`` instead of
+    theirs, when given), into ``store``."""
     experiment = known_experiment(records["experiment"].iloc[0], conf_dir)
     defaults, swept = defaults_of(experiment)
     configs = [result_config({k: v for k, v in row.items() if k in defaults and not _missing(v)})
@@ -125,9 +126,9 @@ def command(records: pd.DataFrame, table: Table, lrs: list[float], store: Path, 
     always = {*SIZE_AXES, *table.title, *swept} - {LR}
     settings = []
     for key in defaults:
-        values = sorted({c[key] for c in configs})
+        values = seeds if key == SEED and seeds else sorted({c[key] for c in configs})
         if key != LR and (key in always or len(values) > 1 or values[0] != defaults[key]):
-            settings.append(f"{key}={','.join(override_value(v) for v in values)}")  # >1 only for seed
+            settings.append(f"{key}={','.join(override_value(v) for v in values)}")  # >1: sizes, seeds
     head = ["python", "sweep.py", "-m", f"store={override_value(str(store))}"]
     head += [f"experiment={experiment}"] if experiment else []
     return head + settings + [f"{LR}=" + ",".join(value_text(v) for v in lrs)]

@@ -4,7 +4,9 @@ Layout of ``out``::
 
     report.md                 every table with its notes and verdict (also printed)
     tables.tex                every table, booktabs
-    summary.csv               one row per table row: optimum (grid, fit, edge), regret, verdict
+    summary.csv               one row per table row: seeds, optimum (grid, fit, interval, edge),
+                              regret (and interval), drift (and interval), verdict, the sweep line
+                              that would decide an undecided one
     tables/<slug>.{md,tex,csv}
     figures/transfer_<slug>.{png,pdf}, figures/eta_star_<axis>.{png,pdf},
     figures/coord_check_<...>.{png,pdf}, figures/curves_<key>.{png,pdf}
@@ -13,8 +15,10 @@ It reads the store only.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +28,11 @@ import pandas as pd
 from sweeper.result_store import load_store, read_record
 
 from . import AnalysisError, figures
+from .confidence import TableNoise
+from .next_cells import CONF_DIR, command, row_records, sweep_defaults
 from .optima import MAX_DRIFT_LOG2, MAX_REGRET_FRACTION, RowOptimum, Verdict, row_optimum, verdict
-from .tables import Table, value_text, build_tables, to_frame, to_latex, to_markdown
+from .tables import (LR, Table, build_tables, group_columns, interval_bounds, to_frame, to_latex, to_markdown,
+                     value_text)
 
 COORD_CHECK_GLOB = "coord_check*.json"
 COORD_CHECK_COLUMNS = {"param", "optimizer", "width", "depth", "seed", "step", "block", "rms"}
@@ -42,6 +49,7 @@ class ReportOptions:
     max_drift: float = MAX_DRIFT_LOG2
     max_regret: float = MAX_REGRET_FRACTION
     strict: bool = False  # an unreadable record stops the report instead of being named and left out
+    conf_dir: Path = CONF_DIR  # the sweep's configs, for the sweep line that decides an undecided verdict
 
 
 @dataclass
@@ -49,6 +57,7 @@ class Analysed:
     table: Table
     optima: list[RowOptimum]
     verdict: Verdict
+    noise: TableNoise
 
 
 def load(store: Path, strict: bool = False) -> pd.DataFrame:
@@ -71,21 +80,57 @@ def analyse(frame: pd.DataFrame, max_drift: float = MAX_DRIFT_LOG2,
     out = []
     for table in build_tables(frame):
         optima = [row_optimum(s, table.lrs, table.loss[r], table.diverged[r]) for r, s in enumerate(table.sizes)]
+        noise = TableNoise(table, optima)
         out.append(Analysed(table, optima, verdict(table.axis, table.lrs, table.loss, table.diverged, optima,
-                                                    max_drift, max_regret)))
+                                                    max_drift, max_regret, noise), noise))
+    return out
+
+
+def decide_commands(analysed: list[Analysed], frame: pd.DataFrame, store: Path, conf_dir: Path) -> list[Analysed]:
+    """Each undecided verdict with its suggestion as a sweep line: the rows' settings and lrs with new
+    seeds (after the table's highest), or the one lr whose regret is unknown with the rows' seeds."""
+    groups = group_columns(frame[frame[LR].notna()])  # as build_tables groups them
+    cache: dict = {}
+
+    def defaults_of(experiment):
+        if experiment not in cache:
+            cache[experiment] = sweep_defaults(experiment, conf_dir)
+        return cache[experiment]
+
+    out = []
+    for a in analysed:
+        decide = a.verdict.decide
+        if decide is not None:
+            table = a.table
+            rows = [int((table.sizes == size).nonzero()[0][0]) for size in decide.sizes]
+            records = pd.concat([row_records(frame, groups, table, size) for size in decide.sizes])
+            if decide.lr is not None:
+                lrs, seeds = [decide.lr], None
+            else:
+                lrs = table.lrs[(table.runs[rows] > 0).any(axis=0)].tolist()
+                first = int(table.seeds.max()) + 1
+                seeds = list(range(first, first + decide.more_seeds))
+            argv = command(records, table, lrs, store, conf_dir, defaults_of, seeds)
+            a = dataclasses.replace(a, verdict=dataclasses.replace(a.verdict, command=shlex.join(argv)))
+        out.append(a)
     return out
 
 
 def summary_frame(analysed: list[Analysed]) -> pd.DataFrame:
     rows = []
     for a in analysed:
-        for opt in a.optima:
-            regret = a.verdict.regrets.get(opt.size, math.nan)
+        judged, drift_bounds = a.verdict, a.verdict.drift_bounds or (math.nan, math.nan)
+        for r, (opt, (low, high)) in enumerate(zip(a.optima, interval_bounds(a.noise))):
+            interval = a.noise.eta[r]
+            regret_low, regret_high = judged.regret_bounds.get(opt.size, (math.nan, math.nan))
             rows.append({
                 "table": a.table.name, **{k: value_text(v) for k, v in a.table.title.items()},
-                "axis": a.table.axis, "size": value_text(opt.size), "lr_star_grid": opt.lr,
-                "lr_star_fit": opt.lr_refined, "edge": opt.edge or "", "best_loss": opt.loss,
-                "regret": regret, "drift": a.verdict.drift, "transfers": a.verdict.transfers,
+                "axis": a.table.axis, "size": value_text(opt.size), "seeds": a.noise.seeds[r],
+                "lr_star_grid": opt.lr, "lr_star_fit": opt.lr_refined, "lr_star_low": low, "lr_star_high": high,
+                "lr_star_interval": interval.method if interval else "", "edge": opt.edge or "",
+                "best_loss": opt.loss, "regret": judged.regrets.get(opt.size, math.nan), "regret_low": regret_low,
+                "regret_high": regret_high, "drift": judged.drift, "drift_low": drift_bounds[0],
+                "drift_high": drift_bounds[1], "verdict": judged.outcome or "", "decide": judged.command or "",
             })
     return pd.DataFrame(rows)
 
@@ -95,11 +140,11 @@ def write_tables(analysed: list[Analysed], out: Path) -> str:
     (out / "tables").mkdir(parents=True, exist_ok=True)
     markdown, latex = [], []
     for a in analysed:
-        md, tex = to_markdown(a.table, a.optima, a.verdict), to_latex(a.table, a.optima, a.verdict)
+        md, tex = to_markdown(a.table, a.optima, a.verdict, a.noise), to_latex(a.table, a.optima, a.verdict, a.noise)
         stem = out / "tables" / a.table.slug
         Path(f"{stem}.md").write_text(md)
         Path(f"{stem}.tex").write_text(tex)
-        to_frame(a.table, a.optima, a.verdict).to_csv(f"{stem}.csv", index=False)
+        to_frame(a.table, a.optima, a.verdict, a.noise).to_csv(f"{stem}.csv", index=False)
         markdown.append(md)
         latex.append(tex)
     (out / "tables.tex").write_text("% needs \\usepackage{booktabs}\n" + "\n".join(latex))
@@ -113,7 +158,8 @@ def figure_jobs(analysed: list[Analysed], out: Path) -> list[figures.Job]:
     for axis in ("width", "depth"):
         swept = [a for a in analysed if a.table.axis == axis and len(a.table.sizes) > 1]
         if swept:
-            jobs.append((figures.eta_star, (axis, [a.table for a in swept], [a.optima for a in swept]),
+            jobs.append((figures.eta_star, (axis, [a.table for a in swept], [a.optima for a in swept],
+                                            [interval_bounds(a.noise) for a in swept]),
                          out / "figures" / f"eta_star_{axis}"))
     return jobs
 
@@ -157,7 +203,8 @@ def curves_job(store: Path, key: str, out: Path) -> figures.Job:
 def report(options: ReportOptions) -> str:
     """Writes the report into options.out; returns the text to print."""
     frame = load(options.store, options.strict)
-    analysed = analyse(frame, options.max_drift, options.max_regret)
+    analysed = decide_commands(analyse(frame, options.max_drift, options.max_regret), frame, options.store,
+                               options.conf_dir)
     jobs = []
     if options.figures:  # read every input before writing anything
         jobs = figure_jobs(analysed, options.out)

@@ -6,15 +6,18 @@ one's own runs instead of mixing with them). Within a group each sweep line -- t
 depth, or the depths at one width -- is one table.
 
 Seeds are averaged: a cell is the mean final validation loss over its seeds, as the paper reports one
-number per cell; the mean is the less noisy argmin. A cell where any seed diverged counts as diverged
-(an LR that sometimes explodes is not one to pick), and failed runs are left out (blank if nothing
-else ran there).
+number per cell; the mean is the less noisy argmin. The table keeps each seed's loss too, their
+spread (sample standard deviation) and the standard error of the mean from the runs' recorded
+evaluation standard errors, for analysis.confidence. A cell where any seed diverged counts as
+diverged (an LR that sometimes explodes is not one to pick), and failed runs are left out (blank if
+nothing else ran there).
 """
 from __future__ import annotations
 
 import hashlib
 import math
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,10 +25,14 @@ import pandas as pd
 
 from sweeper.result_store import BASE_COLUMNS
 
-from .optima import RowOptimum, Verdict, row_optimum
+from .confidence import TableNoise, method_note
+from .optima import LEVEL, RowOptimum, Verdict, row_optimum
 
 SIZE_AXES = ("width", "depth")
 LR, SEED = "lr", "seed"
+# The final eval's standard error: a trainer record keeps it in extra (the store's column
+# extra_val_loss_se); a store whose records carry it as a metric has the column val_loss_se.
+LOSS_SE_COLUMNS = ("val_loss_se", "extra_val_loss_se")
 TITLE_FIRST = ("experiment", "source", "param", "optimizer", "layernorm")
 
 
@@ -37,8 +44,13 @@ class Table:
     lrs: np.ndarray
     loss: np.ndarray  # mean final val loss over seeds; NaN where missing or diverged
     diverged: np.ndarray  # bool, same shape
-    runs: np.ndarray  # runs per cell (ok + diverged); 0 where missing
-    failed: int = 0  # failed runs left out
+    runs: np.ndarray  # runs (seeds) per cell (ok + diverged); 0 where missing
+    failed: int  # failed runs left out
+    spread: np.ndarray  # standard deviation over the seeds; NaN below two finite ones
+    se: np.ndarray  # standard error of the mean from the runs' recorded ones; NaN: unknown
+    seeds: np.ndarray  # the seed values of the table
+    seed_loss: np.ndarray  # (seeds, sizes, lrs): each seed's loss; NaN: missing or diverged
+    seed_diverged: np.ndarray  # (seeds, sizes, lrs), bool
 
     @property
     def name(self) -> str:
@@ -80,16 +92,24 @@ def group_columns(frame: pd.DataFrame) -> list[str]:
         c in ("experiment", "source") and frame[c].nunique(dropna=False) > 1)]
 
 
-def cell_frame(frame: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
-    """One row per (group, width, depth, lr): mean loss of the ok runs, counts of ok/diverged/failed."""
+def loss_se(frame: pd.DataFrame) -> pd.Series:
+    """Each record's recorded standard error of its final val loss; NaN where it has none."""
+    se = pd.Series(np.nan, index=frame.index)
+    for column in LOSS_SE_COLUMNS:
+        if column in frame.columns:
+            se = se.fillna(pd.to_numeric(frame[column], errors="coerce"))
+    return se
+
+
+def run_frame(frame: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
+    """One row per run: its group, size, lr, seed, loss (NaN unless ok), standard error and status."""
     status, loss = frame["status"], frame["val_loss"].astype(float)
     ok = (status == "ok") & loss.notna()
     diverged = (status == "diverged") | ((status == "ok") & loss.isna())
-    runs = frame[[*groups, *SIZE_AXES, LR]].assign(
-        loss=loss.where(ok), ok=ok, diverged=diverged, failed=~(ok | diverged))
-    return runs.groupby([*groups, *SIZE_AXES, LR], dropna=False, sort=False).agg(
-        loss=("loss", "mean"), ok=("ok", "sum"), diverged=("diverged", "sum"), failed=("failed", "sum"),
-    ).reset_index()
+    seed = frame[SEED].fillna(0).astype(int) if SEED in frame.columns else 0
+    return frame[[*groups, *SIZE_AXES, LR]].assign(
+        seed=seed, loss=loss.where(ok), se=loss_se(frame).where(ok), ok=ok, diverged=diverged,
+        failed=~(ok | diverged))
 
 
 def build_tables(frame: pd.DataFrame) -> list[Table]:
@@ -101,9 +121,9 @@ def build_tables(frame: pd.DataFrame) -> list[Table]:
     groups = group_columns(frame)
     constant = {c: frame[c].iloc[0] for c in TITLE_FIRST if c in frame.columns and c not in groups
                 and c not in ("experiment", "source") and not _missing(frame[c].iloc[0])}
-    cells = cell_frame(frame, groups)
+    runs = run_frame(frame, groups)
     tables = []
-    parts = cells.groupby(groups, dropna=False, sort=False) if groups else [((), cells)]
+    parts = runs.groupby(groups, dropna=False, sort=False) if groups else [((), runs)]
     for _, part in parts:
         first = part.iloc[0]
         title = {**constant, **{c: first[c] for c in groups if not _missing(first[c])}}
@@ -133,26 +153,46 @@ def _sweep_lines(part: pd.DataFrame):
 
 
 def _grid(line: pd.DataFrame, axis: str, title: dict) -> Table:
-    size_of, lr_of = line[axis].to_numpy(float), line[LR].to_numpy(float)
-    sizes, lrs = np.unique(size_of), np.unique(lr_of)
-    at = (np.searchsorted(sizes, size_of), np.searchsorted(lrs, lr_of))
-    shape = (len(sizes), len(lrs))
-    loss, runs, diverged = np.full(shape, np.nan), np.zeros(shape, int), np.zeros(shape, bool)
-    loss[at] = line["loss"].to_numpy(float)
-    runs[at] = (line["ok"] + line["diverged"]).to_numpy(int)
-    diverged[at] = line["diverged"].to_numpy() > 0
-    loss[diverged] = np.nan
-    return Table(title, axis, sizes, lrs, loss, diverged, runs, int(line["failed"].sum()))
+    """The table of one sweep line's runs: per seed, then over the seeds."""
+    sizes, lrs = np.unique(line[axis].to_numpy(float)), np.unique(line[LR].to_numpy(float))  # failed: blank
+    failed = int(line["failed"].sum())
+    line = line[~line["failed"]]
+    size_of, lr_of, seed_of = line[axis].to_numpy(float), line[LR].to_numpy(float), line[SEED].to_numpy(int)
+    seeds = np.unique(seed_of)
+    at = (np.searchsorted(seeds, seed_of), np.searchsorted(sizes, size_of), np.searchsorted(lrs, lr_of))
+    shape = (len(seeds), len(sizes), len(lrs))
+    seed_loss, seed_se = np.full(shape, np.nan), np.full(shape, np.nan)
+    seed_diverged, ran = np.zeros(shape, bool), np.zeros(shape, bool)
+    seed_loss[at], seed_se[at] = line["loss"].to_numpy(float), line["se"].to_numpy(float)
+    seed_diverged[at], ran[at] = line["diverged"].to_numpy(bool), True
+    diverged = seed_diverged.any(axis=0)
+    finite = np.isfinite(seed_loss).sum(axis=0)
+    with warnings.catch_warnings():  # all-NaN cells (missing, diverged) stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        loss = np.nanmean(seed_loss, axis=0)
+        spread = np.where(finite >= 2, np.nanstd(seed_loss, axis=0, ddof=1), np.nan)
+    # The mean's standard error from the runs' own: unknown where any finite run lacks one.
+    se_known = ~(np.isfinite(seed_loss) & np.isnan(seed_se)).any(axis=0)
+    se = np.where(se_known & (finite > 0), np.sqrt(np.nansum(seed_se**2, axis=0)) / np.maximum(finite, 1), np.nan)
+    loss[diverged] = spread[diverged] = se[diverged] = np.nan
+    return Table(title, axis, sizes, lrs, loss, diverged, ran.sum(axis=0), failed, spread, se, seeds,
+                 seed_loss, seed_diverged)
 
 
 # ---- formats -----------------------------------------------------------------------------------
 
-def _cell(table: Table, r: int, c: int) -> str:
-    if table.diverged[r, c]:
-        return "NaN"
+def _counts_vary(table: Table) -> bool:
+    """Whether cells hold different numbers of seeds: then each cell says how many."""
+    return len(np.unique(table.runs[table.runs > 0])) > 1
+
+
+def _cell(table: Table, r: int, c: int, counts: bool) -> str:
     if table.runs[r, c] == 0:
         return ""
-    return f"{table.loss[r, c]:.3f}"
+    text = "NaN" if table.diverged[r, c] else f"{table.loss[r, c]:.3f}"
+    if np.isfinite(table.spread[r, c]):
+        text += f" ± {table.spread[r, c]:.3f}"
+    return text + (f" ({table.runs[r, c]})" if counts else "")
 
 
 def _fit(opt: RowOptimum) -> str:
@@ -163,21 +203,33 @@ def _fit(opt: RowOptimum) -> str:
     return f"{opt.lr_refined:.2f}"
 
 
+def _interval(interval) -> str:
+    return "" if interval is None else "[{:.2f}, {:.2f}]".format(*interval.bounds())
+
+
 def _regret(verdict: Verdict, size: float) -> str:
     regret = verdict.regrets.get(size, math.nan)
     return "diverged" if math.isinf(regret) else "" if math.isnan(regret) else f"{regret:.3f}"
 
 
-def _rows(table: Table, optima: list[RowOptimum], verdict: Verdict, bold) -> list[list[str]]:
-    """Size, the cells (the row's best in bold), eta* grid, eta* fit, regret at the smallest size's eta*."""
-    rows = []
+def _has_intervals(noise: TableNoise) -> bool:
+    return any(interval is not None for interval in noise.eta)
+
+
+def _rows(table: Table, optima: list[RowOptimum], verdict: Verdict, noise: TableNoise, bold,
+          escape=lambda text: text) -> list[list[str]]:
+    """Size, the cells (the row's best in bold), eta* grid, eta* fit (and its interval), regret at the
+    smallest size's eta*; every cell through ``escape``."""
+    rows, counts = [], _counts_vary(table)
     for r, opt in enumerate(optima):
         cells = []
         for c, lr in enumerate(table.lrs):
-            text = _cell(table, r, c)
+            text = escape(_cell(table, r, c, counts))
             cells.append(bold(text) if opt.lr == lr and text else text)
         grid = "" if opt.lr is None else f"{opt.lr:g}"
-        rows.append([value_text(table.sizes[r]), *cells, grid, _fit(opt), _regret(verdict, opt.size)])
+        interval = [_interval(noise.eta[r])] if _has_intervals(noise) else []
+        rows.append([value_text(table.sizes[r]), *cells,
+                     *map(escape, [grid, _fit(opt), *interval, _regret(verdict, opt.size)])])
     return rows
 
 
@@ -197,34 +249,57 @@ def _sparse_note(table: Table) -> str | None:
     return "sparse rows: " + ", ".join(rows)
 
 
-def notes(table: Table, optima: list[RowOptimum], verdict: Verdict) -> list[str]:
+def _header(noise: TableNoise, grid: str, fit: str, interval: str) -> list[str]:
+    return [grid, fit, *([interval] if _has_intervals(noise) else []), "regret"]
+
+
+def seeds_note(table: Table) -> str:
+    held = table.runs[table.runs > 0]
+    if not held.size:
+        return "no runs"
+    low, high = int(held.min()), int(held.max())
+    if high == 1:
+        return "1 seed per cell"
+    spread = "cells: mean ± standard deviation over the seeds (a cell with any diverged seed is NaN)"
+    if low == high:
+        return f"{high} seeds per cell; {spread}"
+    return f"{low} to {high} seeds per cell (in brackets); {spread}"
+
+
+def notes(table: Table, optima: list[RowOptimum], verdict: Verdict, noise: TableNoise,
+          command=lambda c: c) -> list[str]:
+    """The table's notes; ``command`` formats a suggested sweep line (None: leave it out)."""
     lines = [f"verdict: {verdict.summary}"]
+    if verdict.command and command:
+        lines.append(f"to decide, run: {command(verdict.command)}")
     sparse = _sparse_note(table)
     if sparse:
         lines.append(sparse)
     for opt in optima:
         if opt.edge:
             lines.append(f"{table.axis} {value_text(opt.size)}: {opt.edge_note()}")
-    most = int(table.runs.max()) if table.runs.size else 0
-    if most > 1:
-        lines.append(f"cells are means over up to {most} runs (seeds); a cell with any diverged run is NaN")
+    lines.append(seeds_note(table))
+    method = method_note(table, optima, noise)
+    if method:
+        lines.append(method)
     if table.failed:
         lines.append(f"{table.failed} failed run(s) left out")
     return lines
 
 
-def to_markdown(table: Table, optima: list[RowOptimum], verdict: Verdict) -> str:
-    header = [f"{table.axis} \\ log2 eta", *[f"{lr:g}" for lr in table.lrs], "eta* grid", "eta* fit", "regret"]
-    rows = [header, *_rows(table, optima, verdict, lambda s: f"**{s}**")]
+def to_markdown(table: Table, optima: list[RowOptimum], verdict: Verdict, noise: TableNoise) -> str:
+    header = [f"{table.axis} \\ log2 eta", *[f"{lr:g}" for lr in table.lrs], *_header(noise, "eta* grid", "eta* fit", f"eta* {LEVEL:.0%}")]
+    rows = [header, *_rows(table, optima, verdict, noise, lambda s: f"**{s}**")]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["| " + " | ".join(cell.rjust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
     body = "\n".join(lines)
-    return f"### {table.name}\n\n{body}\n\n" + "".join(f"- {n}\n" for n in notes(table, optima, verdict))
+    text = notes(table, optima, verdict, noise, command=lambda c: f"`{c}`")
+    return f"### {table.name}\n\n{body}\n\n" + "".join(f"- {n}\n" for n in text)
 
 
 LATEX = {"\\": "\\textbackslash{}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}", "<": "$<$", ">": "$>$",
-         **{c: "\\" + c for c in "_%&#${}"}}
+         "±": "$\\pm$", **{c: "\\" + c for c in "_%&#${}"}}
 
 
 def _latex_escape(text: str) -> str:
@@ -232,30 +307,35 @@ def _latex_escape(text: str) -> str:
     return text.replace("$<$=", "$\\le$").replace("$>$=", "$\\ge$").replace("eta*", "$\\eta^*$")
 
 
-def to_latex(table: Table, optima: list[RowOptimum], verdict: Verdict) -> str:
+def to_latex(table: Table, optima: list[RowOptimum], verdict: Verdict, noise: TableNoise) -> str:
     symbol = {"width": "n", "depth": "L"}[table.axis]
     header = [f"${symbol}$ / $\\log_2\\eta_{{\\mathrm{{base}}}}$", *[f"${lr:g}$" for lr in table.lrs],
-              "$\\log_2\\eta^*$ grid", "fit", "regret"]
-    rows = _rows(table, optima, verdict, lambda s: f"\\textbf{{{s}}}")
-    rows = [[_latex_escape(cell) if not cell.startswith("\\textbf") else cell for cell in row] for row in rows]
-    caption = _latex_escape(table.name + ". " + "; ".join(notes(table, optima, verdict)) + ".")
+              *_header(noise, "$\\log_2\\eta^*$ grid", "fit", f"{100 * LEVEL:.0f}\\% interval")]
+    rows = _rows(table, optima, verdict, noise, lambda s: f"\\textbf{{{s}}}", _latex_escape)
+    caption = _latex_escape(table.name + ". " + "; ".join(notes(table, optima, verdict, noise, command=None)) + ".")
     lines = [
         "\\begin{table}[ht]", "\\centering", f"\\caption{{{caption}}}", f"\\label{{tab:{table.slug}}}",
-        f"\\begin{{tabular}}{{l{'r' * len(table.lrs)}rrr}}", "\\toprule", " & ".join(header) + " \\\\",
+        f"\\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}", "\\toprule", " & ".join(header) + " \\\\",
         "\\midrule", *[" & ".join(row) + " \\\\" for row in rows], "\\bottomrule", "\\end{tabular}",
         "\\end{table}",
     ]
     return "\n".join(lines) + "\n"
 
 
-def to_frame(table: Table, optima: list[RowOptimum], verdict: Verdict) -> pd.DataFrame:
-    """The grid as numbers (nan: diverged, empty: missing) with each row's optimum and regret
-    (inf: the smallest size's eta* diverges there), for CSV."""
+def to_frame(table: Table, optima: list[RowOptimum], verdict: Verdict, noise: TableNoise) -> pd.DataFrame:
+    """The grid as numbers (nan: diverged, empty: missing) with each row's optimum, its interval and
+    regret (inf: the smallest size's eta* diverges there), for CSV."""
     values = np.where(table.diverged, "nan", np.where(table.runs > 0, table.loss.astype(str), ""))
     grid = pd.DataFrame(values, columns=[f"{lr:g}" for lr in table.lrs])
     grid.insert(0, table.axis, [int(s) if float(s).is_integer() else s for s in table.sizes])
     grid["lr_star_grid"] = [opt.lr for opt in optima]
     grid["lr_star_fit"] = [opt.lr_refined for opt in optima]
+    grid["lr_star_low"], grid["lr_star_high"] = zip(*interval_bounds(noise)) if len(optima) else ([], [])
     grid["edge"] = [opt.edge or "" for opt in optima]
     grid["regret"] = [verdict.regrets.get(opt.size) for opt in optima]
     return grid
+
+
+def interval_bounds(noise: TableNoise) -> list[tuple[float, float]]:
+    """Each row's eta* interval at LEVEL; NaN where it has none."""
+    return [(math.nan, math.nan) if interval is None else interval.bounds() for interval in noise.eta]

@@ -55,6 +55,8 @@ def record_from_result(result: dict, *, experiment: Optional[str], slurm: Option
         timings={"wall_time_s": result.get("wall_time_s"), "tokens_per_s": result.get("tokens_per_s")},
         runtime={"device": result.get("device"), "precision": result.get("precision"),
                  "versions": result.get("versions") or {}, "slurm": slurm},
+        # Not (yet) one of the record schema's metrics, so in extra: the store's column extra_val_loss_se.
+        extra={"val_loss_se": result.get("val_loss_se")},
     )
 
 

@@ -87,3 +87,21 @@ def test_accepted_params_and_optimizers_are_the_trainers():
 
     assert set(ingest_module.PARAMS) == set(PARAMS)
     assert set(ingest_module.OPTIMIZERS) == set(OPTIMIZERS)
+
+
+def test_seed_and_standard_error_columns_make_one_record_per_seed(tmp_path):
+    header = "width,depth,lr,param,optimizer,layernorm,seed,val_loss,val_loss_se\n"
+    csv = write_csv(tmp_path / "seeds.csv", "128,4,-8,mup,adamw,true,0,4.1,0.01\n"
+                    "128,4,-8,mup,adamw,true,1,4.2,\n", header=header)
+    ingest(csv, tmp_path / "store")
+    frame = load_store(tmp_path / "store").set_index("seed")
+    assert frame["val_loss"].to_dict() == {0: 4.1, 1: 4.2}
+    assert frame.loc[0, "extra_val_loss_se"] == 0.01 and math.isnan(frame.loc[1, "extra_val_loss_se"])
+    bad = write_csv(tmp_path / "bad.csv", "128,4,-8,mup,adamw,true,-1,4.1,0.01\n"
+                    "128,4,-8,mup,adamw,true,2,4.1,-0.5\n128,4,-8,mup,adamw,true,3,4.1,\n"
+                    "128,4,-8,mup,adamw,true,3,4.2,\n", header=header)
+    with pytest.raises(IngestError) as err:
+        ingest(bad, tmp_path / "store")
+    for expected in ("line 2: seed='-1' must be an integer >= 0", "line 3: val_loss_se='-0.5' must be a finite "
+                     "number >= 0", "line 5: the same cell as line 4"):
+        assert expected in str(err.value)

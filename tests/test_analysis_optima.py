@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis.optima import parabola_vertex, row_optimum, verdict
+from analysis.optima import parabola_vertex, refit, row_optimum, verdict
 
 LRS = np.array([-10.0, -9.0, -8.0, -7.0, -6.0])
 NONE = np.zeros(5, bool)
@@ -61,13 +61,13 @@ def _verdict(rows: list[np.ndarray], diverged=None, **kwargs):
 
 def test_stable_optimum_transfers_and_drifting_one_does_not():
     good = _verdict([bowl(-7.6), bowl(-7.5), bowl(-7.4, floor=2.5)])
-    assert good.transfers and good.drift == pytest.approx(0.2)
+    assert good.outcome == "transfers" and good.drift == pytest.approx(0.2)
     assert good.summary.startswith("transfers: eta* drift 0.20 (log2)")
     # Width 128's grid eta* is -8; width 512's best is at -7: 0.1 * (0.6^2 - 0.4^2) = 0.02 (0.8%).
     assert good.regrets == {128.0: 0.0, 256.0: 0.0, 512.0: pytest.approx(0.02)}
 
     bad = _verdict([bowl(-6.0), bowl(-7.0), bowl(-8.6)])
-    assert not bad.transfers and bad.drift == pytest.approx(2.6)
+    assert bad.outcome == "does not transfer" and bad.drift == pytest.approx(2.6)
     # Using width 128's eta* (-6) at width 512 costs 0.1 * (2.6^2 - 0.4^2) over its best (at -9).
     assert bad.regrets[512.0] == pytest.approx(0.1 * (2.6**2 - 0.4**2))
     assert bad.summary.startswith("does not transfer: eta* drift 2.60 (log2), max regret 0.660")
@@ -75,9 +75,9 @@ def test_stable_optimum_transfers_and_drifting_one_does_not():
 
 def test_thresholds_are_the_verdicts():
     rows = [bowl(-7.0), bowl(-8.0)]
-    assert not _verdict(rows, max_drift=0.5).transfers
-    assert _verdict(rows, max_drift=1.0, max_regret=0.05).transfers
-    assert not _verdict(rows, max_drift=1.0, max_regret=0.01).transfers  # regret 0.1 / 3.0 = 3.3%
+    assert _verdict(rows, max_drift=0.5).outcome == "does not transfer"
+    assert _verdict(rows, max_drift=1.0, max_regret=0.05).outcome == "transfers"
+    assert _verdict(rows, max_drift=1.0, max_regret=0.01).outcome == "does not transfer"  # regret 0.1 / 3.0 = 3.3%
 
 
 def test_reference_lr_that_diverges_at_a_larger_size_is_infinite_regret():
@@ -86,16 +86,32 @@ def test_reference_lr_that_diverges_at_a_larger_size_is_infinite_regret():
     diverged[1, 3] = True
     rows[1][3] = np.nan
     result = _verdict(rows, diverged)
-    assert math.isinf(result.regrets[256.0]) and not result.transfers
+    assert math.isinf(result.regrets[256.0]) and result.outcome == "does not transfer"
     assert "(log2 -7) diverges at width 256" in result.summary
 
 
 def test_transfer_from_some_size_up_is_reported():
     # Like the paper's Table 13: the small sizes want another LR, the large ones agree.
     result = _verdict([bowl(-9.0), bowl(-7.0), bowl(-7.1), bowl(-7.05)])
-    assert not result.transfers
+    assert result.outcome == "does not transfer"
     assert "transfers for width >= 256" in result.summary
 
 
 def test_single_size_has_no_verdict():
-    assert _verdict([bowl(-7.0)]).transfers is None
+    assert _verdict([bowl(-7.0)]).outcome is None
+
+
+def test_refit_of_many_rows_at_once_is_row_optimum_of_each():
+    rng = np.random.default_rng(0)
+    rows = np.array([bowl(c) for c in rng.uniform(-11, -5, 200)]) + rng.normal(0, 0.05, (200, 5))
+    rows[rng.random((200, 5)) < 0.15] = np.nan  # missing cells: edges and missing neighbours
+    expected = [row_optimum(1, LRS, row, NONE).estimate for row in rows]
+    assert np.allclose(refit(LRS, rows), np.array(expected, dtype=float), equal_nan=True)
+
+
+def test_a_regret_never_run_is_undecided_and_says_which_cell_decides():
+    rows = [bowl(-7.0), bowl(-7.2)]
+    rows[1][3] = np.nan  # width 256 never ran width 128's eta* (-7)
+    result = _verdict(rows)
+    assert result.outcome == "undecided" and result.decide.lr == -7.0 and result.decide.sizes == [256.0]
+    assert "to decide: run log2 eta -7 at width 256" in result.summary

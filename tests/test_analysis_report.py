@@ -17,6 +17,7 @@ import pytest
 from analysis import figures
 from analysis.ingest import ingest
 from analysis.report import ReportOptions, analyse, report
+from analysis.tables import interval_bounds
 from sweeper.record import make_record
 from sweeper.result_store import load_store, write_record
 
@@ -81,8 +82,8 @@ def test_sp_optimum_drifts_with_width_and_mup_does_not(paper):
     out, text = paper
     summary = pd.read_csv(out / "summary.csv")
     width = summary[summary["experiment"] == "paper_tables_8_9"].groupby("param").first()
-    assert width.loc["sp", "drift"] > 3 and not width.loc["sp", "transfers"]  # Table 8: -6 -> -9
-    assert width.loc["mup", "drift"] < 1.5 and width.loc["mup", "transfers"]  # Table 9: ~-7 throughout
+    assert width.loc["sp", "drift"] > 3 and width.loc["sp", "verdict"] == "does not transfer"  # Table 8: -6 -> -9
+    assert width.loc["mup", "drift"] < 1.5 and width.loc["mup", "verdict"] == "transfers"  # Table 9: ~-7 throughout
     fitted = summary[(summary["experiment"] == "paper_tables_8_9") & (summary["param"] == "sp")]
     assert fitted["lr_star_fit"].is_monotonic_decreasing  # SP: wider wants a smaller LR
     verdicts = [line for line in text.splitlines() if line.startswith("- verdict:")]
@@ -143,16 +144,18 @@ def own(tmp_path_factory):
 def test_marks_of_diverged_missing_failed_edge_and_seed_cells(own, tmp_path):
     text = report(ReportOptions(own, tmp_path, figures=False))
     cells = read_markdown(table_file(tmp_path, "depth=2"))
-    assert cells[64] == {-10: "**3.000**", -9: "NaN", -8: "3.500", -7: "3.900", -6: ""}
-    assert cells[128] == {-10: "3.200", -9: "**2.800**", -8: "", -7: "3.100", -6: ""}
-    assert cells[256] == {-10: "3.000", -9: "2.600", -8: "**2.400**", -7: "NaN", -6: ""}
+    # Cells hold 1 or 2 seeds, so each says how many; two finite seeds show their spread.
+    assert cells[64] == {-10: "**3.000 (1)**", -9: "NaN (2)", -8: "3.500 (1)", -7: "3.900 (1)", -6: ""}
+    assert cells[128] == {-10: "3.200 (1)", -9: f"**2.800 ± {0.2 / math.sqrt(2):.3f} (2)**", -8: "",
+                          -7: "3.100 (1)", -6: ""}
+    assert cells[256] == {-10: "3.000 (1)", -9: "2.600 (1)", -8: "**2.400 (1)**", -7: "NaN (1)", -6: ""}
     assert "width 64: edge: the optimum may lie below -10" in text
     assert "width 128: edge: the optimum may lie above -9" in text
     assert "width 256: edge" not in text  # -7 diverged: the optimum lies below it
     assert "1 failed run(s) left out" in text
     summary = pd.read_csv(tmp_path / "summary.csv")  # regret of width 64's eta* (-10) at each width
     assert summary["regret"].tolist() == pytest.approx([0.0, 3.2 - 2.8, 3.0 - 2.4])
-    assert "means over up to 2 runs" in text
+    assert "1 to 2 seeds per cell (in brackets); cells: mean ± standard deviation over the seeds" in text
 
 
 def test_figures_show_the_data(own, paper, tmp_path):
@@ -195,7 +198,7 @@ def test_y_range_keeps_exploding_losses_from_flattening_the_curves(paper):
     low, high = ax.get_ylim()
     assert 5.2 < high < 20  # 345.85, 246.45, 131.43 ... are off the top; every row's best is in
     assert low < 3.724
-    lines = figures.eta_star("depth", [table13.table], [table13.optima]).axes[0].get_lines()
+    lines = figures.eta_star("depth", [table13.table], [table13.optima], [interval_bounds(table13.noise)]).axes[0].get_lines()
     assert len(lines) == 1 and lines[0].get_xdata().tolist() == [4, 8, 16, 32, 64, 128, 256]
 
 

@@ -136,7 +136,7 @@ def test_a_killed_transfer_sweep_resumes_from_the_store_and_brackets_every_row(t
     [analysed] = analyse(frame)  # the report says it too
     cells = [int((frame["width"] == w).sum()) for w in (16, 32, 64)]
     assert ("sparse rows: " + ", ".join(f"width {w} bracketed by {n} cells" for w, n in zip((16, 32, 64), cells))
-            in notes(analysed.table, analysed.optima, analysed.verdict))
+            in notes(analysed.table, analysed.optima, analysed.verdict, analysed.noise))
 
 
 def test_a_bad_search_or_a_line_without_lrs_stops_before_anything_runs(tmp_path):

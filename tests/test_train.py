@@ -5,6 +5,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import torch
 
 from trainer.config import TrainConfig
 from trainer.model import GPT, ModelShape, Multipliers
-from trainer.train import run
+from trainer.train import run, standard_error
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(width=64, depth=2, batch_size=4, seq_len=32, eval_batches=2, threads=1, log_interval=1)
@@ -37,6 +38,7 @@ def test_run_learns_and_reports_everything_a_record_needs(data_dir):
     assert record["curves"]["train"][-1][1] < record["curves"]["train"][0][1] - 0.5
     assert [s for s, _ in record["curves"]["val"]] == [10, 20, 30]
     assert record["val_loss"] == record["curves"]["val"][-1][1]
+    assert 0 < record["val_loss_se"] < 0.1 * record["val_loss"]  # 2 eval batches: their spread, not 0
     assert record["tokens"] == 30 * 4 * 32 and record["steps_done"] == 30
     assert record["precision"] == "fp32" and record["device"] == "cpu"
     assert record["tokens_per_s"] > 0 and record["wall_time_s"] > 0
@@ -47,8 +49,14 @@ def test_run_learns_and_reports_everything_a_record_needs(data_dir):
 def test_divergence_stops_early_with_nan_val_loss(data_dir):
     result = run(tiny(data_dir, steps=40, warmup_steps=0, lr=4, param="sp", optimizer="sgd"))
     assert result.status == "diverged"
-    assert result.val_loss is None
+    assert result.val_loss is None and result.val_loss_se is None
     assert result.steps_done < 40
+
+
+def test_standard_error_is_that_of_the_mean_of_the_batch_losses():
+    losses = [3.1, 2.9, 3.4, 3.0]
+    assert standard_error(losses) == pytest.approx(statistics.stdev(losses) / math.sqrt(len(losses)))
+    assert standard_error([3.0]) is None and standard_error([3.0, math.inf]) is None
 
 
 def _train_cli(args: list[str], **popen) -> subprocess.Popen:

@@ -47,6 +47,7 @@ class Result:
     precision: str
     versions: dict
     curves: dict = field(default_factory=lambda: {"train": [], "val": []})
+    val_loss_se: Optional[float] = None  # standard error of val_loss over the eval batches
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,14 +146,26 @@ def check_checkpoint_owner(saved: dict, cfg: TrainConfig, path: Path) -> None:
                          f"run_dir, or delete the checkpoint to start this run afresh")
 
 
-def evaluate(model, batches, device, autocast) -> float:
+def batch_losses(model, batches, device, autocast) -> list[float]:
     model.eval()
-    total = 0.0
     with torch.no_grad(), autocast():
-        for x, y in batches:
-            total += model.loss(x.to(device), y.to(device)).item()
+        losses = [model.loss(x.to(device), y.to(device)).item() for x, y in batches]
     model.train()
-    return total / len(batches)
+    return losses
+
+
+def evaluate(model, batches, device, autocast) -> float:
+    losses = batch_losses(model, batches, device, autocast)
+    return sum(losses) / len(losses)
+
+
+def standard_error(values: list[float]) -> Optional[float]:
+    """Of the mean: the noise of one run's final loss (None from a single batch, or a non-finite one)."""
+    n = len(values)
+    if n < 2 or not all(math.isfinite(v) for v in values):
+        return None
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
 def is_diverged(loss: float, first_loss: Optional[float], cfg: TrainConfig) -> bool:
@@ -261,9 +274,10 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
                 print(f"signal {stop.signum}: checkpoint saved at step {step + 1}", file=sys.stderr)
                 stop.hand_over()
 
-    val_loss = None
+    val_loss = val_loss_se = None
     if status == "ok":
-        val_loss = evaluate(model, val_batches, device, autocast)
+        losses = batch_losses(model, val_batches, device, autocast)
+        val_loss, val_loss_se = sum(losses) / len(losses), standard_error(losses)
         state["curves"]["val"].append([state["step"], val_loss])
         hooks.on_eval(state["step"], {"val/loss": val_loss})
         if not math.isfinite(val_loss):
@@ -276,6 +290,7 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
         steps_done=state["step"], tokens=state["step"] * tokens_per_step, wall_time_s=wall,
         tokens_per_s=state["step"] * tokens_per_step / max(state["train_time_s"], 1e-9),
         device=str(device), precision=precision, versions=library_versions(), curves=state["curves"],
+        val_loss_se=val_loss_se if status == "ok" else None,
     )
     if run_dir is not None:
         (run_dir / RESULT).write_text(json.dumps(result.to_dict(), indent=1))
