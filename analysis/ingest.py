@@ -22,7 +22,7 @@ from . import AnalysisError
 REQUIRED = ("width", "depth", "lr", "param", "optimizer", "layernorm", "val_loss")
 # The trainer's choices (trainer.config's contract); analysis may not import the trainer.
 PARAMS = ("sp", "mup", "mup_k1")
-OPTIMIZERS = ("muon_kimi", "muon", "adamw", "sgd", "lion")
+OPTIMIZERS = ("muon_kimi", "muon", "adamw", "sgd", "lion", "shampoo", "soap", "sophia", "sso")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 

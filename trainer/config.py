@@ -34,7 +34,13 @@ class TrainConfig:
     adam_eps: float = 1e-16  # eps_base (5.1)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
-    momentum: float = 0.95  # Muon's Nesterov momentum (5.1)
+    momentum: float = 0.95  # Muon's Nesterov momentum (5.1); SSO's too
+    # Optimizer-specific settings (trainer.parameterization.OPTIMIZER_SETTINGS says whose); their
+    # defaults mean "not given": another optimizer refuses them.
+    matrix_io: bool = False  # the matrix optimizer also updates the input and output weights (Tables 1-3, 6)
+    precondition_frequency: Optional[int] = None  # shampoo, soap: steps between preconditioner updates
+    hessian_interval: Optional[int] = None  # sophia: k, steps between Hessian estimates (C.9)
+    sophia_rho: Optional[float] = None  # sophia: gamma of C.9's max(gamma h, eps)
 
     # Data: "embedded" (stdlib sources, bytes), "openwebtext" (GPT-2 BPE), or a folder of text files.
     dataset: str = "embedded"
@@ -104,6 +110,9 @@ class TrainConfig:
             raise ValueError("steps and warmup_steps must be >= 0")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision={self.precision!r}: choose auto, fp32 or bf16")
+        for name in ("precondition_frequency", "hessian_interval", "sophia_rho"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
         if self.tokenizer not in ("auto", "byte", "gpt2"):
             raise ValueError(f"tokenizer={self.tokenizer!r}: choose auto, byte or gpt2")
         self.n_head()
