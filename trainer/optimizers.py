@@ -8,14 +8,14 @@ momentum: Table 4 is derived for the plain step -eta(grad + lambda W) (C.3.1) an
 gradient descent (F.2); momentum would only rescale the effective lr by a constant 1/(1 - beta), but
 would change what eta_base means. Lion keeps its authors' betas (0.9, 0.99).
 
-Shampoo, SOAP and Sophia come from pytorch_optimizer, checked against C.5, C.6 and C.9: Shampoo
-accumulates L += G G^T, R += G^T G and steps L^-1/4 G R^-1/4 (Eq. 32-33), without momentum, with
-decoupled weight decay; SOAP runs Adam (cfg.adam_beta1/2, eps) in the eigenbasis of EMAs of G G^T
-and G^T G, refreshed every precondition_frequency steps (10, Vyas et al.'s default); Sophia is
+SOAP and Sophia come from pytorch_optimizer, checked against C.6 and C.9: SOAP runs Adam
+(cfg.adam_beta1/2, eps) in the eigenbasis of EMAs of G G^T and G^T G, refreshed every
+precondition_frequency steps (10, Vyas et al.'s default), with decoupled weight decay; Sophia is
 SophiaH fed this module's Gauss-Newton-Bartlett Hessian estimate (Liu et al.'s SophiaG estimator)
 every hessian_interval = k steps (10), scaled by gamma = sophia_rho (0.04) and clipped at 1, so that
 its step is C.9's clip(m / max(gamma h, eps), 1) with per-group eps, betas (0.965, 0.99) as Liu et al.
-SSO is trainer.sso. Muon's and SSO's Newton-Schulz iteration is trainer.spectral's.
+Shampoo (trainer.shampoo) and SSO (trainer.sso) are written here; Muon's and SSO's Newton-Schulz
+iteration is trainer.spectral's.
 """
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ from typing import Callable
 
 import torch
 from lion_pytorch import Lion
-from pytorch_optimizer import SOAP, Shampoo, SophiaH
+from pytorch_optimizer import SOAP, SophiaH
 
 from .config import TrainConfig
 from .parameterization import OPTIMIZERS, ParamGroup, check_names
 from .spectral import newton_schulz
+from .shampoo import Shampoo
 from .sso import SSO
 
 __all__ = ["OPTIMIZERS", "build_optimizers", "StepInputs", "step_optimizers"]
@@ -37,7 +38,11 @@ __all__ = ["OPTIMIZERS", "build_optimizers", "StepInputs", "step_optimizers"]
 MUON_LR_ADJUST = {"muon_kimi": "match_rms_adamw", "muon": "original"}
 LION_BETAS = (0.9, 0.99)
 SOPHIA_BETAS = (0.965, 0.99)
-DEFAULTS = {"precondition_frequency": {"shampoo": 1, "soap": 10}, "hessian_interval": 10, "sophia_rho": 0.04}
+# What an optimizer-specific setting left at None means: Shampoo's roots every step, as Eq. 32
+# (stale roots amplify new gradient directions: rarer roots made training unstable here); SOAP's
+# authors' 10 (Vyas et al.); Sophia's authors' k = 10 and gamma = 0.04 (Liu et al.).
+DEFAULTS = {("shampoo", "precondition_frequency"): 1, ("soap", "precondition_frequency"): 10,
+            ("sophia", "hessian_interval"): 10, ("sophia", "sophia_rho"): 0.04}
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -164,9 +169,7 @@ def build_optimizers(groups: list[ParamGroup], cfg: TrainConfig) -> list[torch.o
 
 
 def _setting(cfg: TrainConfig, name: str):
-    value = getattr(cfg, name)
-    default = DEFAULTS[name]
-    return value if value is not None else default.get(cfg.optimizer) if isinstance(default, dict) else default
+    return DEFAULTS[cfg.optimizer, name] if getattr(cfg, name) is None else getattr(cfg, name)
 
 
 def _optimizer(update: str, torch_groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -182,8 +185,8 @@ def _optimizer(update: str, torch_groups: list[dict], cfg: TrainConfig) -> torch
     if update == "lion":
         return Lion(torch_groups, betas=LION_BETAS, weight_decay=cfg.weight_decay)
     if update == "shampoo":
-        return Shampoo(torch_groups, momentum=0.0, weight_decay=cfg.weight_decay, weight_decouple=True,
-                       preconditioning_compute_steps=_setting(cfg, "precondition_frequency"))
+        return Shampoo(torch_groups, lr=cfg.eta_base, weight_decay=cfg.weight_decay,
+                       precondition_frequency=_setting(cfg, "precondition_frequency"))
     if update == "soap":
         return SOAP(torch_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
                     weight_decay=cfg.weight_decay, precondition_frequency=_setting(cfg, "precondition_frequency"))
