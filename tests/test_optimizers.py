@@ -89,3 +89,20 @@ def test_a_setting_given_to_another_optimizer_names_its_optimizers(setting, opti
     cfg = TrainConfig(optimizer=optimizer, **{name: eval(value)})
     with pytest.raises(ValueError, match=f"{name}=.* of {takers} only, not of optimizer={optimizer}"):
         check_names(cfg)
+
+
+@pytest.mark.parametrize("transposed, radius", [(False, 2.0), (True, 0.5)])  # R = sqrt(n_out / n_in)
+def test_sso_keeps_each_matrix_on_its_spectral_sphere(transposed, radius):
+    from trainer.sso import SSO
+
+    gen = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(128, 32, generator=gen) * 0.02)  # stored as W (or W^T: n_out = 32)
+    opt = SSO([p], lr=0.02, momentum=0.95, weight_decay=0.0, ns_dtype=torch.float32, transposed=transposed)
+    for _ in range(5):
+        before = p.detach().clone()
+        p.grad = torch.randn(128, 32, generator=gen)
+        opt.step()
+        # retracted to R (from 0.34 at the start), then a step of size lr*R tangent to the top
+        # singular pair; power iteration's estimate and the next singular values allow a few %
+        assert abs(torch.linalg.matrix_norm(p.detach(), 2).item() - radius) < 0.1 * radius
+        assert (p.detach() - before * radius / torch.linalg.matrix_norm(before, 2)).abs().max() > 1e-3

@@ -7,7 +7,8 @@
 Per step and matrix (Xie et al.'s Algorithm 1): Nesterov momentum M as Muon's; the top singular
 pair (sigma, u, v) of W by power iteration; W retracted onto the sphere, W <- (R / sigma) W; with
 Theta = u v^T, the tangent condition <Theta, Phi> = 0 makes Phi = msign(M + mu Theta) for the root
-mu of f(mu) = <Theta, msign(M + mu Theta)>, found by bracketing and bisection (f rises from -1 to 1).
+mu of f(mu) = <Theta, msign(M + mu Theta)>, found by bracketing and false position (f rises from -1
+to 1).
 msign is the project's Newton-Schulz iteration (trainer.spectral), in the dtype Muon uses.
 
 No maintained library matches C.7: pytorch_optimizer's SpectralSphere solves the same tangent
@@ -23,8 +24,8 @@ from .spectral import newton_schulz, top_singular
 
 POWER_STEPS = 10  # per step, warm-started from the last step's v
 BRACKET_DOUBLINGS = 10  # f(+-mu) is searched for a sign change out to |mu| = 2^10 ||M||_F
-BISECTIONS = 12
-TOLERANCE = 1e-4  # |f(mu)| below this ends the search
+ROOT_STEPS = 8
+TOLERANCE = 1e-3  # |f(mu)| below this ends the search: Phi is then tangent to within 0.1%
 
 
 class SSO(torch.optim.Optimizer):
@@ -60,15 +61,21 @@ class SSO(torch.optim.Optimizer):
             low, step = (step, value, phi), 2 * step
         else:
             return low[2]  # no sign change: the closest direction found
-        a, b = sorted((low[0], step))
+        (a, fa), (b, fb) = sorted([(low[0], low[1]), (step, value)])  # f(a) < 0 < f(b)
         best = min(((low[1], low[2]), (value, phi)), key=lambda t: abs(t[0]))
-        for _ in range(BISECTIONS):
+        side = 0
+        for _ in range(ROOT_STEPS):  # false position, Illinois variant: f is smooth and monotone
             if abs(best[0]) < TOLERANCE:
                 break
-            mid = (a + b) / 2
+            mid = (a * fb - b * fa) / (fb - fa)
             value, phi = f(mid)
             best = min(best, (value, phi), key=lambda t: abs(t[0]))
-            a, b = (mid, b) if value < 0 else (a, mid)
+            if value < 0:
+                a, fa, fb = mid, value, fb / 2 if side < 0 else fb
+                side = -1
+            else:
+                b, fb, fa = mid, value, fa / 2 if side > 0 else fa
+                side = 1
         return best[1]
 
     @torch.no_grad()
