@@ -29,7 +29,7 @@ REQUIRED = ("width", "depth", "lr", "param", "optimizer", "layernorm", "val_loss
 OPTIONAL = ("val_loss_se",)  # besides the settings: a column that is no setting, yet no extra
 # The trainer's choices (trainer.config's contract); analysis may not import the trainer.
 PARAMS = ("sp", "mup", "mup_k1")
-OPTIMIZERS = ("muon_kimi", "muon", "adamw", "sgd", "lion")
+OPTIMIZERS = ("muon_kimi", "muon", "adamw", "sgd", "lion", "shampoo", "soap", "sophia", "sso")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 

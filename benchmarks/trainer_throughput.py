@@ -1,13 +1,15 @@
 """Throughput of the trainer against a plain reference GPT-2 of the same shape, in one process.
 
-    python benchmarks/trainer_throughput.py [--steps 10] [--repeats 3] [--threads 2]
+    python benchmarks/trainer_throughput.py [--steps 10] [--repeats 3] [--threads 2] [--optimizers all]
 
 For each vocab (256, 50304) and precision (fp32, bf16) it times training steps of
   * trainer: trainer.train.run with param=mup (multipliers, per-group rules) and the given optimizers,
   * reference: a plain nanoGPT-style GPT-2 (fused QKV, no multipliers) with plain AdamW,
 on the same shape (width 256, depth 4, seq 256, batch 16) and data, and prints tokens/s, MFU against
-this CPU's measured matmul peak, and the ratio trainer / reference (target >= 1.0 at equal precision),
-the median over --repeats rounds.
+this CPU's measured matmul peak, the ratio trainer / reference (target >= 1.0 at equal precision),
+the median over --repeats rounds, and the optimizer step's share of a training step (forward,
+backward, clipping and step timed apart in the trainer's own model and optimizers).
+--optimizers takes a comma list or "all" (every optimizer the trainer has).
 A step at vocab 50304 costs ~8x one at vocab 256 here, so it times fewer steps (--steps / 4, at least 2).
 bf16 matmul on a CPU without AMX ran ~70x slower than fp32 here (see the measured peaks), so a bf16
 step would take minutes: there bf16 is not timed, and the line says what a step would cost.
@@ -25,7 +27,8 @@ import torch.nn.functional as F
 
 from trainer.config import TrainConfig
 from trainer.data import get_batch, load_tokens
-from trainer.optimizers import cpu_has_fast_bf16
+from trainer.optimizers import OPTIMIZERS, StepInputs, build_optimizers, cpu_has_fast_bf16, step_optimizers
+from trainer.parameterization import build_model, param_groups
 from trainer.train import run
 
 SHAPE = dict(width=256, depth=4, seq_len=256, batch_size=16)
@@ -91,6 +94,31 @@ def trainer_tokens_per_s(vocab: int, optimizer: str, precision: str, steps: int)
     return run(cfg).tokens_per_s
 
 
+def optimizer_step_share(vocab: int, optimizer: str, precision: str, steps: int, tokens) -> float:
+    """Seconds in step_optimizers over seconds in the whole step, over ``steps`` steps after one warm-up."""
+    cfg = TrainConfig(**SHAPE, param="mup", optimizer=optimizer, lr=-8, precision=precision, vocab_size=vocab)
+    model = build_model(cfg, vocab, torch.Generator().manual_seed(0))
+    optimizers = build_optimizers(param_groups(model, cfg), cfg)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    gen = torch.Generator().manual_seed(1)
+    in_step = total = 0.0
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        x, y = get_batch(tokens, SHAPE["batch_size"], SHAPE["seq_len"], gen)
+        with autocast():
+            loss = model.loss(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        t1 = time.perf_counter()
+        step_optimizers(optimizers, StepInputs(model, x, autocast))
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        t2 = time.perf_counter()
+        if i:  # the first step allocates optimizer state
+            in_step, total = in_step + t2 - t1, total + t2 - t0
+    return in_step / total
+
+
 def matmul_peak_flops(dtype: torch.dtype, n: int = 1024, reps: int = 3) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
@@ -114,13 +142,18 @@ def main() -> None:
     parser.add_argument("--optimizers", default="adamw,muon_kimi")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of reference and trainer runs")
     args = parser.parse_args()
+    if args.optimizers == "all":
+        args.optimizers = ",".join(OPTIMIZERS)
+    unknown = sorted(set(args.optimizers.split(",")) - set(OPTIMIZERS))
+    if unknown:
+        parser.error(f"unknown optimizer(s) {', '.join(unknown)}: choose from {', '.join(OPTIMIZERS)} or all")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"threads {torch.get_num_threads()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
     peaks = {p: matmul_peak_flops(d) for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     for p, peak in peaks.items():
         print(f"measured matmul peak {p}: {peak / 1e9:.1f} GFLOP/s (1024x1024 @ 1024x1024)")
-    print(f"{'vocab':>6} {'prec':>5} {'model':>22} {'tok/s':>9} {'MFU':>6} {'ratio':>6}")
+    print(f"{'vocab':>6} {'prec':>5} {'model':>22} {'tok/s':>9} {'MFU':>6} {'ratio':>6} {'opt step':>8}")
     # Byte tokens for both vocabularies (no network for the GPT-2 BPE here): the cost of a step
     # depends on the vocab size of the embedding and output layer, not on which ids occur.
     tokens = load_tokens("embedded", "byte").train
@@ -148,9 +181,10 @@ def main() -> None:
             for optimizer in args.optimizers.split(","):
                 tps = statistics.median(r[optimizer] for r in rounds)
                 ratios = [r[optimizer] / r["reference"] for r in rounds]
+                share = optimizer_step_share(vocab, optimizer, precision, steps, tokens)
                 print(f"{vocab:>6} {precision:>5} {'trainer mup ' + optimizer:>22} {tps:>9,.0f} "
-                      f"{mfu(tps):>6.1%} {statistics.median(ratios):>6.2f}  (rounds: "
-                      + " ".join(f"{x:.2f}" for x in ratios) + ")")
+                      f"{mfu(tps):>6.1%} {statistics.median(ratios):>6.2f} {share:>8.0%}  (rounds: "
+                      + " ".join(f"{x:.2f}" for x in ratios) + ")", flush=True)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,10 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
 
 def setting_kinds() -> dict[str, str]:
     """Each result setting's type as a word: int, float, bool or str."""
-    return {name: kind.__name__ for name, kind in _field_types().items() if name in result_fields()}
+    def word(kind) -> str:  # Optional[int] -> int
+        return next(k for k in (*typing.get_args(kind), kind) if k is not type(None)).__name__
+
+    return {name: word(kind) for name, kind in _field_types().items() if name in result_fields()}
 
 
 def config_problems(config: dict) -> list[str]:

@@ -70,3 +70,11 @@ def test_a_misspelt_setting_exits_2_with_one_line_and_no_traceback():
     done = run_explain("widht=1024", "--json")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == ["error: unknown setting 'widht': did you mean 'width'?"]
+
+
+def test_soap_with_matrix_io_cites_table_3_and_shows_its_eps(capsys):
+    assert main(["width=1024", "depth=16", "optimizer=soap", "matrix_io=true", "--json"]) == 0
+    by_name = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    out = by_name["lm_head.weight"]  # Table 3 output row: eta*sqrt(r_n), SOAP's eps unscaled
+    assert out["table"] == "Table 3 (SOAP), output weights" and out["lr"] == 2.0 ** -7 and out["eps"] == 1e-16
+    assert by_name["h.*.attn.q.bias"]["table"].startswith("Table 5 (AdamW/Lion), hidden biases")

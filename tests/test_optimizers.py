@@ -1,34 +1,108 @@
-"""The fp32 Newton-Schulz path of Muon on CPUs without fast bf16 matmul."""
+"""The project's Newton-Schulz iteration (trainer.spectral) under Muon and SSO: bf16 as torch's Muon,
+fp32 on CPUs without fast bf16 matmul; and the optimizer-specific settings."""
+import pytest
 import torch
 import torch.optim._muon as torch_muon
 
-from trainer.optimizers import Muon, _newton_schulz_fp32
+import trainer.spectral
+from trainer.config import TrainConfig
+from trainer.optimizers import Muon, build_optimizers
+from trainer.parameterization import build_model, check_names, param_groups
+from trainer.spectral import NS_COEFFICIENTS, newton_schulz
 
-COEFFS = (3.4445, -4.775, 2.0315)
+torch.set_num_threads(1)
 
 
-def test_fp32_iteration_matches_torchs_bf16_iteration():
+def test_bf16_iteration_is_torchs_bit_for_bit():
+    # torch's own (private) iteration as the oracle: Muon on a GPU computes what it did before.
     grad = torch.randn(96, 256, generator=torch.Generator().manual_seed(0))
     for g in (grad, grad.T):
-        ours = _newton_schulz_fp32(g, COEFFS, 5, 1e-7)
-        torchs = torch_muon._zeropower_via_newtonschulz(g, COEFFS, 5, 1e-7).float()
+        assert torch.equal(newton_schulz(g, torch.bfloat16),
+                           torch_muon._zeropower_via_newtonschulz(g, NS_COEFFICIENTS, 5, 1e-7))
+
+
+def test_fp32_iteration_orthogonalises_like_the_bf16_one():
+    grad = torch.randn(96, 256, generator=torch.Generator().manual_seed(0))
+    for g in (grad, grad.T):
+        ours = newton_schulz(g, torch.float32)
         assert ours.dtype == torch.float32 and ours.shape == g.shape
-        assert (ours - torchs).abs().max() < 0.02  # bf16 keeps ~3 significant digits
-        # What Newton-Schulz is for: singular values pulled into roughly [0.5, 1.5].
-        s = torch.linalg.svdvals(ours)
+        assert (ours - newton_schulz(g, torch.bfloat16).float()).abs().max() < 0.02  # bf16: ~3 digits
+        s = torch.linalg.svdvals(ours)  # what Newton-Schulz is for: singular values near 1
         assert 0.4 < s.min() and s.max() < 1.6
 
 
-def test_fp32_muon_steps_like_torchs_muon():
+@pytest.mark.parametrize("adjust", ["match_rms_adamw", "original"])
+def test_muon_in_bf16_steps_exactly_as_torchs_muon(adjust):
     torch.manual_seed(0)
-    start = torch.randn(64, 128)
-    params = {flag: torch.nn.Parameter(start.clone()) for flag in (True, False)}
-    grad = torch.randn(64, 128)
-    for flag, p in params.items():
-        opt = Muon([p], fp32_newton_schulz=flag, lr=0.01, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")
-        p.grad = grad.clone()
+    start, grads = torch.randn(64, 128), [torch.randn(64, 128) for _ in range(3)]
+    params = [torch.nn.Parameter(start.clone()) for _ in range(2)]
+    ours = Muon([params[0]], ns_dtype=torch.bfloat16, lr=0.01, weight_decay=0.1, adjust_lr_fn=adjust)
+    torchs = torch.optim.Muon([params[1]], lr=0.01, weight_decay=0.1, adjust_lr_fn=adjust)
+    for grad in grads:  # three steps: the momentum buffer too
+        for p, opt in zip(params, (ours, torchs)):
+            p.grad = grad.clone()
+            opt.step()
+    assert (params[0] - start).abs().max() > 1e-3
+    assert torch.equal(params[0], params[1])
+
+
+@pytest.mark.parametrize("optimizer", ["muon_kimi", "sso"])
+@pytest.mark.parametrize("fast_bf16, dtype", [(False, torch.float32), (True, torch.bfloat16)])
+def test_newton_schulz_runs_in_fp32_exactly_where_bf16_is_slow(monkeypatch, optimizer, fast_bf16, dtype):
+    # The CPU's bf16 speed is the one stand-in; the spy calls the real iteration and records its dtype.
+    monkeypatch.setattr("trainer.optimizers.cpu_has_fast_bf16", lambda: fast_bf16)
+    seen = []
+
+    def spy(grad, dtype, *args, **kwargs):
+        out = newton_schulz(grad, dtype, *args, **kwargs)
+        seen.append((dtype, out.dtype))
+        return out
+
+    monkeypatch.setattr("trainer.optimizers.newton_schulz", spy)
+    monkeypatch.setattr("trainer.sso.newton_schulz", spy)
+    cfg = TrainConfig(optimizer=optimizer, width=64, depth=1, base_width=64, base_depth=1, seq_len=8)
+    model = build_model(cfg, 32, torch.Generator().manual_seed(0))
+    optimizers = build_optimizers(param_groups(model, cfg), cfg)
+    x = torch.randint(0, 32, (2, 8), generator=torch.Generator().manual_seed(1))
+    model.loss(x, x).backward()
+    for opt in optimizers:
         opt.step()
-    moved = (params[False] - start).abs().max()
-    assert moved > 1e-3
-    assert (params[True] - params[False]).abs().max() < 0.02 * moved
-    assert torch_muon._zeropower_via_newtonschulz is not _newton_schulz_fp32  # restored after step
+    assert len(seen) >= 6  # one per hidden matrix at least
+    assert set(seen) == {(dtype, dtype)}
+
+
+def test_spectral_is_the_one_newton_schulz():
+    # Muon and SSO call the same function object: no copy to drift.
+    import trainer.optimizers
+    import trainer.sso
+    assert trainer.optimizers.newton_schulz is trainer.sso.newton_schulz is trainer.spectral.newton_schulz
+
+
+@pytest.mark.parametrize("setting, optimizer, takers", [
+    ("precondition_frequency=5", "adamw", "shampoo, soap"),
+    ("hessian_interval=5", "soap", "sophia"),
+    ("sophia_rho=0.1", "muon", "sophia"),
+    ("matrix_io=True", "sophia", "muon_kimi, muon, shampoo, soap, sso"),
+])
+def test_a_setting_given_to_another_optimizer_names_its_optimizers(setting, optimizer, takers):
+    name, value = setting.split("=")
+    cfg = TrainConfig(optimizer=optimizer, **{name: eval(value)})
+    with pytest.raises(ValueError, match=f"{name}=.* of {takers} only, not of optimizer={optimizer}"):
+        check_names(cfg)
+
+
+@pytest.mark.parametrize("transposed, radius", [(False, 2.0), (True, 0.5)])  # R = sqrt(n_out / n_in)
+def test_sso_keeps_each_matrix_on_its_spectral_sphere(transposed, radius):
+    from trainer.sso import SSO
+
+    gen = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(128, 32, generator=gen) * 0.02)  # stored as W (or W^T: n_out = 32)
+    opt = SSO([p], lr=0.02, momentum=0.95, weight_decay=0.0, ns_dtype=torch.float32, transposed=transposed)
+    for _ in range(5):
+        before = p.detach().clone()
+        p.grad = torch.randn(128, 32, generator=gen)
+        opt.step()
+        # retracted to R (from 0.34 at the start), then a step of size lr*R tangent to the top
+        # singular pair; power iteration's estimate and the next singular values allow a few %
+        assert abs(torch.linalg.matrix_norm(p.detach(), 2).item() - radius) < 0.1 * radius
+        assert (p.detach() - before * radius / torch.linalg.matrix_norm(before, 2)).abs().max() > 1e-3

@@ -1,17 +1,18 @@
-"""The parameterization table against hand-worked values of Tables 1 and 5, the model it builds,
+"""The parameterization table against hand-worked values of Tables 1-6, the model it builds,
 and the torch optimizers it configures."""
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
 
 from trainer.config import TrainConfig
 from trainer.model import GPT, Multipliers
-from trainer.optimizers import OPTIMIZERS, build_optimizers
-from trainer.parameterization import (PARAMS, build_model, check_names, model_shape, multipliers,
-                                      param_groups)
+from trainer.optimizers import OPTIMIZERS, StepInputs, build_optimizers, step_optimizers
+from trainer.parameterization import (MATRIX_OPTIMIZERS, PARAMS, build_model, check_names, model_shape,
+                                      multipliers, param_groups)
 
 torch.set_num_threads(1)
 
@@ -115,6 +116,51 @@ HAND = [
     ("muon", "mup", 1024, 16, "h.*.attn.q.weight", (SIGMA / 2, 1 / 4, ETA, LAMBDA, None)),
     ("muon", "mup_k1", 1024, 16, "h.*.attn.q.weight", (SIGMA / 2, 1 / 2, ETA / 2, LAMBDA, None)),
     ("lion", "mup", 1024, 16, "h.*.attn.q.weight", (SIGMA / 2, 1 / 4, ETA / 4, LAMBDA * 4, None)),
+    # --- Shampoo and SOAP: Table 3 (Muon's) on hidden matrices, AdamW (Table 5) elsewhere; SOAP's
+    # own eps stays eps_base (C.6 drops it). r_n = r_L = 4.
+    ("shampoo", "mup", 1024, 16, "h.*.attn.q.weight", (SIGMA / 2, 1 / 4, ETA, LAMBDA, None)),  # eta, lambda
+    ("shampoo", "mup", 1024, 16, "wte.weight", (SIGMA, 1.0, ETA, LAMBDA, EPS / 4)),  # AdamW, eps/r_n
+    ("shampoo", "mup_k1", 1024, 16, "h.*.mlp.fc.weight", (SIGMA / 2, 1 / 2, ETA / 2, LAMBDA, None)),  # eta/sqrt(r_L)
+    ("shampoo", "sp", 1024, 16, "h.*.attn.q.weight", (SIGMA / 2, 1.0, ETA, LAMBDA, None)),
+    ("soap", "mup", 1024, 16, "h.*.mlp.proj.weight", (SIGMA / 2, 1 / 4, ETA, LAMBDA, EPS)),
+    ("soap", "mup", 1024, 16, "h.*.mlp.proj.bias", (None, 1 / 4, ETA, LAMBDA, EPS / 16)),  # AdamW, eps/(r_L r_n)
+    ("soap", "mup_k1", 1024, 16, "h.*.attn.v.weight", (SIGMA / 2, 1 / 2, ETA / 2, LAMBDA, EPS)),
+    ("soap", "sp", 1024, 16, "h.*.attn.v.weight", (SIGMA / 2, 1.0, ETA, LAMBDA, EPS)),
+    # --- Sophia: Table 5 (AdamW's) on every group, eps included
+    ("sophia", "mup", 1024, 16, "h.*.attn.q.weight", (SIGMA / 2, 1 / 4, ETA / 4, LAMBDA * 4, EPS / 16)),
+    ("sophia", "mup", 1024, 16, "wte.weight", (SIGMA, 1.0, ETA, LAMBDA, EPS / 4)),
+    ("sophia", "mup", 1024, 16, "lm_head.weight", (SIGMA, 1 / 4, ETA, LAMBDA, EPS / 4)),
+    ("sophia", "mup", 1024, 16, "h.*.mlp.fc.bias", (None, 1 / 4, ETA, LAMBDA, EPS / 16)),
+    ("sophia", "mup_k1", 1024, 16, "h.*.attn.q.weight", (SIGMA / 2, 1 / 2, ETA / 8, LAMBDA * 4, EPS / 8)),
+    ("sophia", "sp", 1024, 16, "h.*.attn.q.weight", (SIGMA / 2, 1.0, ETA, LAMBDA, EPS)),
+    ("sophia", "sp", 1024, 16, "lm_head.weight", (SIGMA / 2, 1.0, ETA, LAMBDA, EPS)),
+    # --- SSO: Table 6 on hidden matrices (eta, lambda), AdamW elsewhere
+    ("sso", "mup", 1024, 16, "h.*.attn.k.weight", (SIGMA / 2, 1 / 4, ETA, LAMBDA, None)),
+    ("sso", "mup", 1024, 16, "lm_head.weight", (SIGMA, 1 / 4, ETA, LAMBDA, EPS / 4)),  # AdamW
+    ("sso", "mup_k1", 1024, 16, "h.*.attn.k.weight", (SIGMA / 2, 1 / 2, ETA / 2, LAMBDA, None)),
+    ("sso", "sp", 1024, 16, "h.*.attn.k.weight", (SIGMA / 2, 1.0, ETA, LAMBDA, None)),
+]
+
+# matrix_io=true: the matrix optimizer takes the input and output weights with its table's rows,
+# r_n = r_L = 4. Table 3: eta*sqrt(r_n) = 2*eta, lambda/sqrt(r_n); Tables 1-2: eta, lambda;
+# Table 6: input eta, lambda, output eta*r_n, lambda/r_n. Outside the residual branches, so k = 1
+# keeps the mup values; SP takes the gray base values.
+HAND_MATRIX_IO = [
+    ("muon", "mup", "wte.weight", (SIGMA, 1.0, ETA * 2, LAMBDA / 2, None)),
+    ("muon", "mup", "lm_head.weight", (SIGMA, 1 / 4, ETA * 2, LAMBDA / 2, None)),
+    ("muon", "mup_k1", "wpe.weight", (SIGMA, 1.0, ETA * 2, LAMBDA / 2, None)),
+    ("muon", "sp", "lm_head.weight", (SIGMA / 2, 1.0, ETA, LAMBDA, None)),
+    ("muon_kimi", "mup", "lm_head.weight", (SIGMA, 1 / 4, ETA, LAMBDA, None)),
+    ("muon_kimi", "sp", "wte.weight", (SIGMA, 1.0, ETA, LAMBDA, None)),
+    ("shampoo", "mup", "lm_head.weight", (SIGMA, 1 / 4, ETA * 2, LAMBDA / 2, None)),
+    ("shampoo", "mup_k1", "wte.weight", (SIGMA, 1.0, ETA * 2, LAMBDA / 2, None)),
+    ("shampoo", "sp", "wte.weight", (SIGMA, 1.0, ETA, LAMBDA, None)),
+    ("soap", "mup", "wte.weight", (SIGMA, 1.0, ETA * 2, LAMBDA / 2, EPS)),
+    ("soap", "sp", "lm_head.weight", (SIGMA / 2, 1.0, ETA, LAMBDA, EPS)),
+    ("sso", "mup", "wte.weight", (SIGMA, 1.0, ETA, LAMBDA, None)),
+    ("sso", "mup", "lm_head.weight", (SIGMA, 1 / 4, ETA * 4, LAMBDA / 4, None)),
+    ("sso", "mup_k1", "lm_head.weight", (SIGMA, 1 / 4, ETA * 4, LAMBDA / 4, None)),
+    ("sso", "sp", "lm_head.weight", (SIGMA / 2, 1.0, ETA, LAMBDA, None)),
 ]
 
 
@@ -127,19 +173,29 @@ def test_rules_match_hand_worked_tables(optimizer, param, width, depth, name, ex
     assert same(got, (init_std, multiplier, lr, weight_decay, eps)), got
 
 
+@pytest.mark.parametrize("optimizer,param,name,expected", HAND_MATRIX_IO,
+                         ids=[f"{o}-{p}-{n}" for o, p, n, _ in HAND_MATRIX_IO])
+def test_matrix_io_rules_match_hand_worked_tables(optimizer, param, name, expected):
+    groups = groups_of(config(optimizer=optimizer, param=param, width=1024, depth=16, matrix_io=True))
+    group = groups[name]
+    assert same((group.init_std, group.multiplier, group.lr, group.weight_decay, group.eps), expected)
+    assert group.update == groups["h.*.attn.q.weight"].update != "adamw"
+    assert groups["h.*.attn.q.bias"].update == "adamw"  # vectors stay AdamW's (Appendix C)
+
+
 def same(got, expected) -> bool:
     """Equal up to float rounding, None only where None is expected."""
     return all(g is e if e is None else g is not None and math.isclose(g, e, rel_tol=1e-12)
                for g, e in zip(got, expected, strict=True))
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_at_the_base_shape_every_parameterization_is_sp(optimizer):
+@pytest.mark.parametrize("optimizer,matrix_io", [(o, False) for o in OPTIMIZERS] + [(o, True) for o in MATRIX_OPTIMIZERS])
+def test_at_the_base_shape_every_parameterization_is_sp(optimizer, matrix_io):
     # The ratio form (4.3): at r_n = r_L = 1 the base values are the true ones, under every rule.
-    base = config(optimizer=optimizer, width=256, depth=4, param="sp")
+    base = config(optimizer=optimizer, width=256, depth=4, param="sp", matrix_io=matrix_io)
     sp = groups_of(base)
     for param in ("mup", "mup_k1"):
-        other = groups_of(config(optimizer=optimizer, width=256, depth=4, param=param))
+        other = groups_of(config(optimizer=optimizer, width=256, depth=4, param=param, matrix_io=matrix_io))
         for name, group in sp.items():
             fields = ("init_std", "multiplier", "lr", "weight_decay", "eps")
             assert same([getattr(other[name], f) for f in fields], [getattr(group, f) for f in fields]), name
@@ -229,7 +285,8 @@ def test_torch_param_groups_carry_the_table_values(optimizer):
             seen += [id(p) for p in torch_group["params"]]
     assert sorted(seen) == sorted(id(p) for p in model.parameters())
     kinds = {"muon_kimi": {"Muon", "AdamW"}, "muon": {"Muon", "AdamW"}, "adamw": {"AdamW"},
-             "sgd": {"SGD"}, "lion": {"Lion"}}[optimizer]
+             "sgd": {"SGD"}, "lion": {"Lion"}, "shampoo": {"Shampoo", "AdamW"}, "soap": {"SOAP", "AdamW"},
+             "sophia": {"Sophia"}, "sso": {"SSO", "AdamW"}}[optimizer]
     assert {type(o).__name__ for o in optimizers} == kinds
 
 
@@ -250,16 +307,22 @@ def test_muon_kimi_gives_muon_exactly_the_hidden_matrices():
     assert all(tuple(g["betas"]) == (0.9, 0.95) for g in adamw.param_groups)
     plain = build_optimizers(param_groups(model, config(optimizer="muon")), config(optimizer="muon"))
     assert {g["adjust_lr_fn"] for o in plain if isinstance(o, torch.optim.Muon) for g in o.param_groups} == {"original"}
+    # matrix_io: Table 3's input/output rows are for the bare U V^T step (C.2.2)
+    io = config(optimizer="muon", matrix_io=True)
+    (muon,) = [o for o in build_optimizers(param_groups(model, io), io) if isinstance(o, torch.optim.Muon)]
+    assert {g["name"]: g["adjust_lr_fn"] for g in muon.param_groups if not g["name"].startswith("h.")} == {
+        "wte.weight": "bare", "wpe.weight": "bare", "lm_head.weight": "bare"}
 
 
 def test_unknown_names_list_the_known_ones():
     with pytest.raises(ValueError, match="param='spp'.*sp, mup, mup_k1"):
         multipliers(config(param="spp"))
-    with pytest.raises(ValueError, match="optimizer='adam'.*muon_kimi, muon, adamw, sgd, lion"):
+    every = "muon_kimi, muon, adamw, sgd, lion, shampoo, soap, sophia, sso"
+    with pytest.raises(ValueError, match=f"optimizer='adam'.*{every}"):
         groups_of(config(optimizer="adam"))
     cfg = config(width=64, depth=1)
     groups = param_groups(build_model(cfg, 32), cfg)
-    with pytest.raises(ValueError, match="optimizer='sgdm'.*muon_kimi, muon, adamw, sgd, lion"):
+    with pytest.raises(ValueError, match=f"optimizer='sgdm'.*{every}"):
         build_optimizers(groups, config(optimizer="sgdm"))
     with pytest.raises(ValueError, match="param='x'"):
         check_names(config(param="x"))
@@ -267,7 +330,8 @@ def test_unknown_names_list_the_known_ones():
     assert PARAMS == ("sp", "mup", "mup_k1")
 
 
-@pytest.mark.parametrize("optimizer,lr", [("muon_kimi", -6), ("muon", -5), ("adamw", -8), ("lion", -8), ("sgd", -4)])
+@pytest.mark.parametrize("optimizer,lr", [("muon_kimi", -6), ("muon", -5), ("adamw", -8), ("lion", -8), ("sgd", -4),
+                                          ("shampoo", -6), ("soap", -8), ("sophia", -8), ("sso", -4)])
 def test_a_few_steps_reduce_the_loss(optimizer, lr):
     cfg = config(optimizer=optimizer, lr=lr, weight_decay=0.0, width=64, depth=2, base_width=64,
                  base_depth=2, seq_len=16)
@@ -279,8 +343,8 @@ def test_a_few_steps_reduce_the_loss(optimizer, lr):
     for _ in range(10):
         loss = model.loss(x, y)
         loss.backward()
+        step_optimizers(optimizers, StepInputs(model, x, nullcontext))
         for opt in optimizers:
-            opt.step()
             opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.3, losses

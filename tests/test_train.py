@@ -103,14 +103,15 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, data_dir, sig)
 
 
 @pytest.mark.parametrize("override, message", [
-    ("optimizer=adamm", "adamw"),
+    ("optimizer=adamm", "shampoo, soap, sophia, sso"),
+    ("optimizer=adamw hessian_interval=5", "sophia only"),
     ("param=mupp", "mup_k1"),
     ("width=96", "multiple of 64"),
     ("widht=64", "did you mean 'width'"),
     ("dataset=/nonexistent/corpus", "/nonexistent/corpus"),
 ])
 def test_bad_input_is_one_clear_error(override, message):
-    proc = _train_cli([override, "steps=1", "warmup_steps=0"])
+    proc = _train_cli([*override.split(), "steps=1", "warmup_steps=0"])
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert message in err
@@ -140,3 +141,28 @@ def test_output_multiplier_scales_logits():
     base = model(idx)
     model.multipliers = Multipliers(output=0.25)
     assert torch.allclose(model(idx), 0.25 * base, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer, lr", [("shampoo", -6), ("soap", -8), ("sophia", -9), ("sso", -6)])
+def test_new_optimizer_learns_the_smoke_cell_and_resumes_to_the_same_result(tmp_path, data_dir, optimizer, lr):
+    # The smoke cell (conf/experiment/smoke.yaml) at width 64; SIGTERM at step 5, then resume: the
+    # optimizer's state (preconditioners, Hessian estimate, power-iteration vectors) is checkpointed.
+    args = ["width=64", "depth=2", "batch_size=8", "seq_len=64", "steps=20", "warmup_steps=2", "eval_interval=0",
+            "eval_batches=2", "threads=1", "log_interval=1", f"optimizer={optimizer}", f"lr={lr}", f"data_dir={data_dir}"]
+    whole = _train_cli(args + [f"run_dir={tmp_path / 'whole'}"])
+    _, err = whole.communicate(timeout=300)
+    assert whole.returncode == 0, err
+    expected = json.loads((tmp_path / "whole" / "result.json").read_text())
+    train = [loss for _, loss in expected["curves"]["train"]]
+    assert expected["status"] == "ok" and train[-1] < train[0] - 2.0, train
+
+    cut = _train_cli(args + [f"run_dir={tmp_path / 'cut'}"])
+    _wait_for_step(cut, 5)
+    cut.send_signal(signal.SIGTERM)
+    cut.communicate(timeout=120)
+    assert cut.returncode == 128 + signal.SIGTERM
+    resumed = _train_cli(args + [f"run_dir={tmp_path / 'cut'}"])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0 and "resuming from" in err, err
+    got = json.loads((tmp_path / "cut" / "result.json").read_text())
+    assert got["curves"] == expected["curves"] and got["val_loss"] == expected["val_loss"]

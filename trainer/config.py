@@ -42,7 +42,13 @@ class TrainConfig:
     adam_eps: float = 1e-16  # eps_base (5.1)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
-    momentum: float = 0.95  # Muon's Nesterov momentum (5.1)
+    momentum: float = 0.95  # Muon's Nesterov momentum (5.1); SSO's too
+    # Optimizer-specific settings (trainer.parameterization.OPTIMIZER_SETTINGS says whose); their
+    # defaults mean "not given": another optimizer refuses them.
+    matrix_io: bool = False  # the matrix optimizer also updates the input and output weights (Tables 1-3, 6)
+    precondition_frequency: Optional[int] = None  # shampoo, soap: steps between preconditioner updates
+    hessian_interval: Optional[int] = None  # sophia: k, steps between Hessian estimates (C.9)
+    sophia_rho: Optional[float] = None  # sophia: gamma of C.9's max(gamma h, eps)
 
     # Data: "embedded" (stdlib sources, bytes), "openwebtext" (GPT-2 BPE), or a folder of text files.
     dataset: str = "embedded"
@@ -121,6 +127,9 @@ class TrainConfig:
                              f"the warmup must end within the run")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision={self.precision!r}: choose auto, fp32 or bf16")
+        for name in ("precondition_frequency", "hessian_interval", "sophia_rho"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
         if self.tokenizer not in ("auto", "byte", "gpt2"):
             raise ValueError(f"tokenizer={self.tokenizer!r}: choose auto, byte or gpt2")
         if self.logger not in LOGGERS:
@@ -144,7 +153,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "warmup_steps": (0, _MAX_COUNT), "eval_interval": (0, _MAX_COUNT), "eval_batches": (1, _MAX_COUNT),
     "init_std": (0, 1e6), "weight_decay": (0, 1e6), "adam_eps": (0, 1), "adam_beta1": (0, 1),
     "adam_beta2": (0, 1), "momentum": (0, 1), "lr_floor": (0, 1e6), "grad_clip": (0, 1e12),
-    "divergence_factor": (1, 1e12),
+    "divergence_factor": (1, 1e12), "precondition_frequency": (1, _MAX_COUNT),
+    "hessian_interval": (1, _MAX_COUNT), "sophia_rho": (0, 1e12),
     "threads": (0, 2 ** 16), "checkpoint_interval": (0, _MAX_COUNT), "log_interval": (1, _MAX_COUNT),
 }
 
@@ -169,6 +179,9 @@ def setting_problems(values: dict) -> list[str]:
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif "float" in str(kind):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok and not math.isfinite(value):
+                problems.append(f"{name}={value!r} must be a finite number")
+                continue
         else:
             ok = isinstance(value, str)
         if not ok:

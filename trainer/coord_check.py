@@ -13,13 +13,14 @@ import argparse
 import dataclasses
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from .config import TrainConfig
 from .data import DataUnavailable, get_batch, load_tokens
-from .optimizers import build_optimizers
+from .optimizers import StepInputs, build_optimizers, step_optimizers
 from .parameterization import build_model, param_groups
 
 D2 = {"lr": -7.0, "batch_size": 8, "grad_clip": 1.0, "steps": 10, "warmup_steps": 0}  # D.2: constant lr
@@ -47,8 +48,8 @@ def check_one(cfg: TrainConfig, tokens) -> list[dict]:
         loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        step_optimizers(optimizers, StepInputs(model, x, nullcontext))
         for opt in optimizers:
-            opt.step()
             opt.zero_grad(set_to_none=True)
     return rows
 

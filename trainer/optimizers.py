@@ -7,20 +7,42 @@ sqrt(max(1, rows/cols)). AdamW uses betas (cfg.adam_beta1, cfg.adam_beta2). SGD 
 momentum: Table 4 is derived for the plain step -eta(grad + lambda W) (C.3.1) and checked with plain
 gradient descent (F.2); momentum would only rescale the effective lr by a constant 1/(1 - beta), but
 would change what eta_base means. Lion keeps its authors' betas (0.9, 0.99).
+
+SOAP and Sophia come from pytorch_optimizer, checked against C.6 and C.9: SOAP runs Adam
+(cfg.adam_beta1/2, eps) in the eigenbasis of EMAs of G G^T and G^T G, refreshed every
+precondition_frequency steps (10, Vyas et al.'s default), with decoupled weight decay; Sophia is
+SophiaH fed this module's Gauss-Newton-Bartlett Hessian estimate (Liu et al.'s SophiaG estimator)
+every hessian_interval = k steps (10), scaled by gamma = sophia_rho (0.04) and clipped at 1, so that
+its step is C.9's clip(m / max(gamma h, eps), 1) with per-group eps, betas (0.965, 0.99) as Liu et al.
+Shampoo (trainer.shampoo) and SSO (trainer.sso) are written here; Muon's and SSO's Newton-Schulz
+iteration is trainer.spectral's.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
-import torch.optim._muon as torch_muon
 from lion_pytorch import Lion
+from pytorch_optimizer import SOAP, SophiaH
 
 from .config import TrainConfig
 from .parameterization import OPTIMIZERS, ParamGroup, check_names
+from .spectral import newton_schulz
+from .shampoo import Shampoo
+from .sso import SSO
 
-__all__ = ["OPTIMIZERS", "build_optimizers"]
+__all__ = ["OPTIMIZERS", "build_optimizers", "StepInputs", "step_optimizers"]
 
 MUON_LR_ADJUST = {"muon_kimi": "match_rms_adamw", "muon": "original"}
 LION_BETAS = (0.9, 0.99)
+SOPHIA_BETAS = (0.965, 0.99)
+# What an optimizer-specific setting left at None means: Shampoo's roots every step, as Eq. 32
+# (stale roots amplify new gradient directions: rarer roots made training unstable here); SOAP's
+# authors' 10 (Vyas et al.); Sophia's authors' k = 10 and gamma = 0.04 (Liu et al.).
+DEFAULTS = {("shampoo", "precondition_frequency"): 1, ("soap", "precondition_frequency"): 10,
+            ("sophia", "hessian_interval"): 10, ("sophia", "sophia_rho"): 0.04}
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -28,38 +50,109 @@ def cpu_has_fast_bf16() -> bool:
     return "AMX" in torch.backends.cpu.get_cpu_capability()
 
 
-def _newton_schulz_fp32(grad: torch.Tensor, ns_coefficients, ns_steps: int, eps: float) -> torch.Tensor:
-    """torch's quintic Newton-Schulz orthogonalisation (same coefficients and steps), kept in fp32."""
-    a, b, c = ns_coefficients
-    x = grad.float()
-    transposed = x.size(0) > x.size(1)
-    if transposed:
-        x = x.T
-    x = x / x.norm().clamp(min=eps)
-    for _ in range(ns_steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if transposed else x
+def newton_schulz_dtype(torch_groups: list[dict]) -> torch.dtype:
+    """bf16, as torch's Muon, except on a CPU without fast bf16 matmul, where it made a Muon step
+    dominate training: there fp32."""
+    on_cpu = all(p.device.type == "cpu" for g in torch_groups for p in g["params"])
+    return torch.float32 if on_cpu and not cpu_has_fast_bf16() else torch.bfloat16
+
+
+def muon_lr_scale(adjust: str, shape: torch.Size) -> float:
+    """The factor torch's Muon puts on a matrix's lr ("original", "match_rms_adamw"); "bare": none."""
+    rows, cols = shape[:2]
+    if adjust == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))  # Liu et al. 2025: update RMS 0.2, as AdamW's
+    if adjust == "bare":
+        return 1.0
+    return math.sqrt(max(1, rows / cols))
 
 
 class Muon(torch.optim.Muon):
-    """torch.optim.Muon, whose Newton-Schulz iteration runs in bf16; on a CPU without fast bf16
-    matmul that made a Muon step dominate training, so there the same iteration runs in fp32."""
+    """torch.optim.Muon's groups, validation and state, stepping with the project's Newton-Schulz
+    (torch 2.13 offers no public hook for its own): the same operations as torch's step, in
+    ns_dtype (trainer.spectral.newton_schulz)."""
 
-    def __init__(self, params, fp32_newton_schulz: bool, **kwargs):
+    def __init__(self, params, ns_dtype: torch.dtype, **kwargs):
         super().__init__(params, **kwargs)
-        self.fp32_newton_schulz = fp32_newton_schulz and hasattr(torch_muon, "_zeropower_via_newtonschulz")
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure=None):
-        if not self.fp32_newton_schulz:
-            return super().step(closure)
-        bf16_iteration = torch_muon._zeropower_via_newtonschulz
-        torch_muon._zeropower_via_newtonschulz = _newton_schulz_fp32
-        try:
-            return super().step(closure)
-        finally:
-            torch_muon._zeropower_via_newtonschulz = bf16_iteration
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+                update = newton_schulz(update, self.ns_dtype, group["ns_coefficients"], group["ns_steps"],
+                                       group["eps"])
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-group["lr"] * muon_lr_scale(group["adjust_lr_fn"], p.shape))
+        return loss
+
+
+@dataclass
+class StepInputs:
+    """What an optimizer may need besides gradients to take a step: the model and the step's batch."""
+    model: torch.nn.Module
+    x: torch.Tensor
+    autocast: Callable
+
+
+def step_optimizers(optimizers: list[torch.optim.Optimizer], inputs: StepInputs) -> None:
+    """One training step of every optimizer. An optimizer with a ``prepare_step(inputs)`` does its
+    extra work there first (Sophia's Hessian estimate), before any parameter moves."""
+    for opt in optimizers:
+        prepare = getattr(opt, "prepare_step", None)
+        if prepare is not None:
+            prepare(inputs)
+    for opt in optimizers:
+        opt.step()
+
+
+class Sophia(SophiaH):
+    """SophiaH given, every k steps, gamma times the Gauss-Newton-Bartlett estimate of the Hessian
+    diagonal (Liu et al. 2024, Alg. 2): labels sampled from the model's own softmax, h = B g*g with g
+    the gradient of the mean loss on them over B tokens. The sampling generator is seeded by (seed,
+    step), so a resumed run draws the same labels."""
+
+    def __init__(self, params, rho: float, seed: int, **kwargs):
+        super().__init__(params, p=1.0, weight_decouple=True, **kwargs)
+        self.rho, self.seed = rho, seed
+        self.hessian = None
+
+    def hessian_due(self) -> bool:
+        return self.param_groups[0].get("step", 0) % self.update_period == 0
+
+    def prepare_step(self, inputs: StepInputs) -> None:
+        if not self.hessian_due():
+            return
+        step = self.param_groups[0].get("step", 0)
+        params = [p for g in self.param_groups for p in g["params"]]
+        generator = torch.Generator(device=inputs.x.device).manual_seed(self.seed * 1_000_003 + step)
+        with torch.enable_grad(), inputs.autocast():
+            logits = inputs.model(inputs.x).float().flatten(0, -2)
+            sampled = torch.multinomial(logits.detach().softmax(-1), 1, generator=generator).squeeze(-1)
+            loss = torch.nn.functional.cross_entropy(logits, sampled)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        tokens = sampled.numel()
+        self.hessian = [torch.zeros_like(p) if g is None else self.rho * tokens * g * g
+                        for p, g in zip(params, grads)]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if self.hessian_due() and self.hessian is None:
+            raise RuntimeError("Sophia's Hessian estimate is due: step it through step_optimizers")
+        hessian, self.hessian = self.hessian, None
+        return super().step(closure, hessian=hessian)
 
 
 def build_optimizers(groups: list[ParamGroup], cfg: TrainConfig) -> list[torch.optim.Optimizer]:
@@ -70,17 +163,23 @@ def build_optimizers(groups: list[ParamGroup], cfg: TrainConfig) -> list[torch.o
                        "name": group.name}
         if group.eps is not None:
             torch_group["eps"] = group.eps
+        if group.update == "muon" and group.role != "hidden":
+            torch_group["adjust_lr_fn"] = "bare" if cfg.optimizer == "muon" else MUON_LR_ADJUST[cfg.optimizer]
+        if group.update == "sso":
+            torch_group["transposed"] = group.role == "input"  # nn.Embedding stores W_0 as vocab x n
         by_update.setdefault(group.update, []).append(torch_group)
     return [_optimizer(update, torch_groups, cfg) for update, torch_groups in by_update.items()]
+
+
+def _setting(cfg: TrainConfig, name: str):
+    return DEFAULTS[cfg.optimizer, name] if getattr(cfg, name) is None else getattr(cfg, name)
 
 
 def _optimizer(update: str, torch_groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
     if update == "muon":
         # torch's Muon defaults to weight_decay=0.1; the paper trains without, so pass lambda_base.
-        on_cpu = all(p.device.type == "cpu" for g in torch_groups for p in g["params"])
-        return Muon(torch_groups, fp32_newton_schulz=on_cpu and not cpu_has_fast_bf16(),
-                    weight_decay=cfg.weight_decay, momentum=cfg.momentum, nesterov=True,
-                    adjust_lr_fn=MUON_LR_ADJUST[cfg.optimizer])
+        return Muon(torch_groups, ns_dtype=newton_schulz_dtype(torch_groups), weight_decay=cfg.weight_decay,
+                    momentum=cfg.momentum, nesterov=True, adjust_lr_fn=MUON_LR_ADJUST[cfg.optimizer])
     if update == "adamw":
         return torch.optim.AdamW(torch_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
                                  weight_decay=cfg.weight_decay)
@@ -88,4 +187,17 @@ def _optimizer(update: str, torch_groups: list[dict], cfg: TrainConfig) -> torch
         return torch.optim.SGD(torch_groups, momentum=0.0, weight_decay=cfg.weight_decay)
     if update == "lion":
         return Lion(torch_groups, betas=LION_BETAS, weight_decay=cfg.weight_decay)
+    if update == "shampoo":
+        return Shampoo(torch_groups, lr=cfg.eta_base, weight_decay=cfg.weight_decay,
+                       precondition_frequency=_setting(cfg, "precondition_frequency"))
+    if update == "soap":
+        return SOAP(torch_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                    weight_decay=cfg.weight_decay, precondition_frequency=_setting(cfg, "precondition_frequency"))
+    if update == "sophia":
+        return Sophia(torch_groups, rho=_setting(cfg, "sophia_rho"), seed=cfg.seed, betas=SOPHIA_BETAS,
+                      eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
+                      update_period=_setting(cfg, "hessian_interval"))
+    if update == "sso":
+        return SSO(torch_groups, lr=cfg.eta_base, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                   ns_dtype=newton_schulz_dtype(torch_groups))
     raise ValueError(f"no optimizer for update kind {update!r}")

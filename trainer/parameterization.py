@@ -3,8 +3,8 @@
 Every rule is the ratio form of section 4.3: a base value (alpha_base = 1, sigma_base = cfg.init_std,
 eta_base = 2**cfg.lr, lambda_base = cfg.weight_decay, eps_base = cfg.adam_eps) times
 r_n**a * r_L**b, with r_n = width / base_width and r_L = depth / base_depth. ``RULES`` mirrors the
-rows of Tables 1-5 that the optimizers here use (Table 6, SSO, has no optimizer here); each parameter
-group looks up its row and cites it. ``python -m trainer.explain`` prints the result for a model.
+rows of Tables 1-6 that the optimizers here use; each parameter group looks up its row and cites it.
+``python -m trainer.explain`` prints the result for a model.
 
 param: ``sp`` takes the gray entries, ``mup`` the paper's k >= 2 rules (section 3.2, Tables 1-5),
 ``mup_k1`` the k = 1 rules of Appendix B.1 (derived below, next to ``Rule.k1``).
@@ -44,8 +44,9 @@ class Rule:
 
     k = 1 (Appendix B.1): the residual multiplier is alpha_base/sqrt(r_L), so B.1's update condition
     alpha_l ||dW_l||_R = Theta(1/L) asks for ||dW_l||_R = Theta(1/sqrt(L)) where mup has Theta(1):
-    every residual-branch update shrinks by 1/sqrt(r_L). Muon, Muon-Kimi, Adam and Lion take steps
-    whose size ignores the gradient's scale, so their branch lr gets 1/sqrt(r_L) and their weight
+    every residual-branch update shrinks by 1/sqrt(r_L). Muon, Muon-Kimi, Shampoo, SOAP, SSO, Adam
+    and Lion take steps whose size ignores the gradient's scale (Sophia's is bounded by its clip, the
+    bound C.9 uses for mup), so their branch lr gets 1/sqrt(r_L) and their weight
     decay (||lambda W|| ~ ||update direction||) is unchanged. Gradients into a branch scale with
     alpha_l, i.e. sqrt(r_L) larger than under mup: SGD's branch lr gets 1/r_L (Table 4's eta*r_L
     becomes eta, the Depth-muP SGD rule), SGD's weight decay (~ gradient) and Adam's eps (~ |grad|)
@@ -94,23 +95,33 @@ FORWARD = {
 FORWARD[HIDDEN_BIAS] = FORWARD[HIDDEN]
 
 KIMI, MUON, SGD, ADAM = "Tables 1-2 (Muon-Kimi)", "Table 3 (Muon)", "Table 4 (SGD)", "Table 5 (AdamW/Lion)"
+SHAMPOO, SOAP, SOPHIA, SSO = "Table 3 (Shampoo)", "Table 3 (SOAP)", "Table 5 (Sophia)", "Table 6 (SSO)"
 
 # Learning-rate, weight-decay and eps rows. Tables 4-5 write the depth factor as L (eta*L, lambda/L,
 # eps/(L r_n)); we use r_L = L/L_base: Theta(L) = Theta(r_L), so the theory is the same, and only r_L
 # keeps the ratio form's promise that at the base shape (r_n = r_L = 1) every mup value is the base
 # value, equal to SP's; with L the base model's SGD hidden lr would be 4*eta_base.
 RULES: dict[str, dict[str, UpdateRules]] = {
-    # Tables 1-2 hold only Muon-Kimi's hidden matrices here: their input/output entries (eta, lambda)
-    # equal Table 5's, and AdamW updates those layers (5.1), so Table 5 gives them (with its eps).
+    # Input/output rows of Tables 1-3 and 6 rule the input and output matrices only with
+    # matrix_io=true; by default AdamW updates those layers (5.1) under Table 5.
     KIMI: {
+        INPUT: UpdateRules(lr=Rule(BASE), weight_decay=Rule(BASE)),
         HIDDEN: UpdateRules(lr=Rule(Ratio(rn=-0.5), k1=Ratio(rn=-0.5, rL=-0.5)),  # eta/sqrt(r_n)
                             weight_decay=Rule(Ratio(rn=0.5))),  # lambda*sqrt(r_n)
+        OUTPUT: UpdateRules(lr=Rule(BASE), weight_decay=Rule(BASE)),
     },
-    # Table 3's input/output entries (eta*sqrt(r_n), lambda/sqrt(r_n)) are derived for the bare U V^T
-    # step; torch's Muon scales by sqrt(max(1, rows/cols)), which is width-dependent for the vocab x n
-    # and seq x n matrices, so Muon updates hidden matrices only and AdamW the rest (Table 5).
+    # Table 3's input/output entries are derived for the bare U V^T step (C.2.2), so with matrix_io
+    # Muon takes the bare step there: torch's sqrt(max(1, rows/cols)) is width-dependent for them.
     MUON: {
+        INPUT: UpdateRules(lr=Rule(Ratio(rn=0.5)), weight_decay=Rule(Ratio(rn=-0.5))),  # eta*sqrt(r_n)
         HIDDEN: UpdateRules(lr=Rule(BASE, k1=Ratio(rL=-0.5)), weight_decay=Rule(BASE)),
+        OUTPUT: UpdateRules(lr=Rule(Ratio(rn=0.5)), weight_decay=Rule(Ratio(rn=-0.5))),  # lambda/sqrt(r_n)
+    },
+    # Table 6: SSO's step R*Phi has ||.||_R = 1 on every layer (C.7, Eq. 35).
+    SSO: {
+        INPUT: UpdateRules(lr=Rule(BASE), weight_decay=Rule(BASE)),
+        HIDDEN: UpdateRules(lr=Rule(BASE, k1=Ratio(rL=-0.5)), weight_decay=Rule(BASE)),
+        OUTPUT: UpdateRules(lr=Rule(Ratio(rn=1)), weight_decay=Rule(Ratio(rn=-1))),  # eta*r_n, lambda/r_n
     },
     SGD: {
         INPUT: UpdateRules(lr=Rule(Ratio(rn=1)), weight_decay=Rule(Ratio(rn=-1))),  # eta*r_n, lambda/r_n
@@ -130,26 +141,50 @@ RULES: dict[str, dict[str, UpdateRules]] = {
                                  eps=Rule(Ratio(rn=-1, rL=-1), k1=Ratio(rn=-1, rL=-0.5))),  # eps/(L r_n)
     },
 }
+# Shampoo (C.5) and SOAP (C.6) reduce to Muon's U V^T step: Table 3. SOAP's Adam in the eigenbasis
+# has an eps that C.6 drops (the reduction holds without it): it stays eps_base at every size.
+RULES[SHAMPOO] = RULES[MUON]
+RULES[SOAP] = {column: dataclasses.replace(rules, eps=Rule(BASE)) for column, rules in RULES[MUON].items()}
+# Sophia's clipped step is bounded like AdamW's (C.9): Table 5, eps included.
+RULES[SOPHIA] = RULES[ADAM]
 
 
 @dataclass(frozen=True)
 class Route:
     """Which torch optimizer kind updates a set of parameters, and so which table rules them."""
-    update: str  # "muon" | "adamw" | "sgd" | "lion"
+    update: str  # the torch optimizer kind: a key of trainer.optimizers' builders
     table: str
 
 
-# Per optimizer: the route of the 2-D hidden matrices, then of everything else. Muon and Muon-Kimi
-# take the hidden matrices only; AdamW takes the vectors, because matrix optimizers are not applied to
-# them (Appendix C), and the embeddings and output layer, as in 5.1 (and Muon's own recipe).
+# Per optimizer: the route of the 2-D hidden matrices, then of everything else. The matrix
+# optimizers take the hidden matrices only; AdamW takes the vectors, because matrix optimizers are
+# not applied to them (Appendix C), and the embeddings and output layer, as in 5.1 (and Muon's own
+# recipe), unless matrix_io=true gives those two matrices to the matrix optimizer too.
 ROUTES: dict[str, tuple[Route, Route]] = {
     "muon_kimi": (Route("muon", KIMI), Route("adamw", ADAM)),
     "muon": (Route("muon", MUON), Route("adamw", ADAM)),
     "adamw": (Route("adamw", ADAM), Route("adamw", ADAM)),
     "sgd": (Route("sgd", SGD), Route("sgd", SGD)),
     "lion": (Route("lion", ADAM), Route("lion", ADAM)),
+    "shampoo": (Route("shampoo", SHAMPOO), Route("adamw", ADAM)),
+    "soap": (Route("soap", SOAP), Route("adamw", ADAM)),
+    "sophia": (Route("sophia", SOPHIA), Route("sophia", SOPHIA)),
+    "sso": (Route("sso", SSO), Route("adamw", ADAM)),
 }
 OPTIMIZERS: tuple[str, ...] = tuple(ROUTES)
+MATRIX_OPTIMIZERS = tuple(name for name, (hidden, other) in ROUTES.items() if hidden.update != other.update)
+
+# Settings only some optimizers read, and which; None / False (their defaults) mean "not given".
+OPTIMIZER_SETTINGS: dict[str, tuple[str, ...]] = {
+    "matrix_io": MATRIX_OPTIMIZERS,
+    "precondition_frequency": ("shampoo", "soap"),
+    "hessian_interval": ("sophia",),
+    "sophia_rho": ("sophia",),
+}
+
+
+# The update kinds that read a group's eps (Lion has none; Table 5's eps row is AdamW's and Sophia's).
+EPS_UPDATES = ("adamw", "soap", "sophia")
 
 
 @dataclass
@@ -166,13 +201,18 @@ class ParamGroup:
     weight_decay: float
     eps: Optional[float]  # the Adam eps where the optimizer updating this group has one
     table: str  # the paper rule it comes from
-    update: str  # "muon" | "adamw" | "sgd" | "lion"
+    update: str  # the torch optimizer kind that updates it (Route.update)
 
 
 def check_names(cfg: TrainConfig) -> None:
-    """Raises ValueError naming the known choices when cfg.param or cfg.optimizer is unknown."""
+    """Raises ValueError naming the known choices when cfg.param or cfg.optimizer is unknown, or
+    naming the optimizers that take a setting given to another one."""
     _check_param(cfg)
     _check_optimizer(cfg)
+    for setting, takers in OPTIMIZER_SETTINGS.items():
+        if getattr(cfg, setting) not in (None, False) and cfg.optimizer not in takers:
+            raise ValueError(f"{setting}={getattr(cfg, setting)} is a setting of {', '.join(takers)} "
+                             f"only, not of optimizer={cfg.optimizer}")
 
 
 def _check_param(cfg: TrainConfig) -> None:
@@ -237,7 +277,8 @@ def param_groups(model: GPT, cfg: TrainConfig) -> list[ParamGroup]:
                 groups[name].params.append(p)
                 continue
             place = _place(model, module_name, module, param_name)
-            route = hidden_route if place.role == "hidden" else other_route
+            matrix = place.role == "hidden" or (cfg.matrix_io and place.role in ("input", "output"))
+            route = hidden_route if matrix else other_route
             rules = RULES[route.table][place.column]
             values = {key: bases[key] * getattr(rules, key).ratio(cfg.param)(*r)
                       for key in ("lr", "weight_decay", "eps") if getattr(rules, key) is not None}
@@ -246,7 +287,7 @@ def param_groups(model: GPT, cfg: TrainConfig) -> list[ParamGroup]:
             groups[name] = ParamGroup(
                 name=name, role=place.role, shape=tuple(p.shape), params=[p], init=place.init,
                 init_std=init_std, multiplier=alphas[place.position], lr=values["lr"],
-                weight_decay=values["weight_decay"], eps=values.get("eps") if route.update == "adamw" else None,
+                weight_decay=values["weight_decay"], eps=values.get("eps") if route.update in EPS_UPDATES else None,
                 table=_citation(route.table, place, cfg.param), update=route.update)
     return list(groups.values())
 

@@ -26,7 +26,7 @@ import torch
 from .callbacks import Callback, Callbacks
 from .config import CHECKPOINT, RESULT, TrainConfig, result_fields
 from .data import DataUnavailable, fixed_batches, get_batch, load_tokens
-from .optimizers import build_optimizers, cpu_has_fast_bf16
+from .optimizers import StepInputs, build_optimizers, cpu_has_fast_bf16, step_optimizers
 from .parameterization import build_model, param_groups
 from .tracking import trackers
 
@@ -237,13 +237,13 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
         for step in range(state["step"], cfg.steps):
             t0 = time.perf_counter()
             x, y = get_batch(data.train, cfg.batch_size, cfg.seq_len, batches)
+            x, y = x.to(device), y.to(device)
             with autocast():
-                loss = loss_fn(x.to(device), y.to(device))
+                loss = loss_fn(x, y)
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            for opt in optimizers:
-                opt.step()
+            step_optimizers(optimizers, StepInputs(model, x, autocast))
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             for sched in schedules:
