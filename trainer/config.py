@@ -72,6 +72,10 @@ class TrainConfig:
     device: str = _runtime("auto")  # auto | cpu | cuda
     precision: str = _runtime("auto")  # auto | fp32 | bf16
     compile: bool = _runtime(False)
+    # Gradient accumulation: batch_size / micro_batch_size forward/backward passes per step, the same
+    # step as one batch (trainer.microbatch); 0: the largest divisor of batch_size that fits the device.
+    micro_batch_size: int = _runtime(0)
+    activation_checkpointing: bool = _runtime(False)  # recompute each block in backward (deep cells)
     threads: int = _runtime(0)  # torch intra-op threads; 0 leaves torch's default
     run_dir: Optional[str] = _runtime(None)  # checkpoints and result.json; None: no checkpoints
     checkpoint_interval: int = _runtime(100)
@@ -136,6 +140,10 @@ class TrainConfig:
             raise ValueError(f"logger={self.logger!r}: choose {', '.join(LOGGERS)}")
         check_installed(self.logger)
         self.n_head()
+        if self.micro_batch_size and self.batch_size % self.micro_batch_size:
+            works = [d for d in range(1, self.batch_size + 1) if self.batch_size % d == 0]
+            raise ValueError(f"micro_batch_size={self.micro_batch_size} does not divide batch_size="
+                             f"{self.batch_size}: use one of {works} (or 0 for auto)")
 
 
 # Inclusive ranges of the numeric settings. A value outside is a typo (2^70 for a width, a log2 lr of
@@ -155,7 +163,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "adam_beta2": (0, 1), "momentum": (0, 1), "lr_floor": (0, 1e6), "grad_clip": (0, 1e12),
     "divergence_factor": (1, 1e12), "precondition_frequency": (1, _MAX_COUNT),
     "hessian_interval": (1, _MAX_COUNT), "sophia_rho": (0, 1e12),
-    "threads": (0, 2 ** 16), "checkpoint_interval": (0, _MAX_COUNT), "log_interval": (1, _MAX_COUNT),
+    "threads": (0, 2 ** 16), "micro_batch_size": (0, _MAX_COUNT), "checkpoint_interval": (0, _MAX_COUNT), "log_interval": (1, _MAX_COUNT),
 }
 
 

@@ -26,6 +26,7 @@ import torch
 from .callbacks import Callback, Callbacks
 from .config import CHECKPOINT, RESULT, TrainConfig, result_fields
 from .data import DataUnavailable, fixed_batches, get_batch, load_tokens
+from .microbatch import forward_backward, resolve_micro_batch
 from .optimizers import StepInputs, build_optimizers, cpu_has_fast_bf16, step_optimizers
 from .parameterization import build_model, param_groups
 from .tracking import trackers
@@ -61,10 +62,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
+def resolve_precision(name: str, device: torch.device, cpuinfo: Optional[str] = None) -> str:
+    """auto: bf16 on CUDA and on a CPU with AMX (its flags: /proc/cpuinfo, or ``cpuinfo``), else fp32."""
     if name != "auto":
         return name
-    if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()):
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16(cpuinfo)):
         return "bf16"
     return "fp32"
 
@@ -193,8 +195,10 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
     data = load_tokens(cfg.dataset, cfg.tokenizer, cfg.data_dir)
     vocab_size = cfg.model_vocab(data.vocab_size)
 
+    micro_batch_size = resolve_micro_batch(cfg, vocab_size, device, precision)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, vocab_size, torch.Generator().manual_seed(cfg.seed)).to(device)
+    model.activation_checkpointing = cfg.activation_checkpointing
     optimizers = build_optimizers(param_groups(model, cfg), cfg)
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in optimizers]
     params = list(model.parameters())
@@ -238,12 +242,10 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
             t0 = time.perf_counter()
             x, y = get_batch(data.train, cfg.batch_size, cfg.seq_len, batches)
             x, y = x.to(device), y.to(device)
-            with autocast():
-                loss = loss_fn(x, y)
-            loss.backward()
+            loss = forward_backward(loss_fn, x, y, micro_batch_size, autocast)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            step_optimizers(optimizers, StepInputs(model, x, autocast))
+            step_optimizers(optimizers, StepInputs(model, x, autocast, micro_batch_size))
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             for sched in schedules:
