@@ -171,7 +171,8 @@ def standard_error(values: list[float]) -> Optional[float]:
 
 
 def is_diverged(loss: float, first_loss: Optional[float], cfg: TrainConfig) -> bool:
-    return not math.isfinite(loss) or (first_loss is not None and loss > cfg.divergence_factor * first_loss)
+    return not math.isfinite(loss) or (first_loss is not None and cfg.divergence_factor > 0
+                                       and loss > cfg.divergence_factor * first_loss)
 
 
 def run(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> Result:
