@@ -27,3 +27,18 @@ def test_paper_presets_run_to_the_end_and_cpu_presets_stop_early(experiment, fac
 def test_a_factor_below_one_is_refused():
     with pytest.raises(ValueError, match="divergence_factor=0.5 would stop every run"):
         TrainConfig(divergence_factor=0.5).validate()
+
+
+def test_the_device_side_check_keeps_a_spike_between_read_backs():
+    # CUDA steps between log points or-in this flag instead of reading the loss back (no host sync)
+    import torch
+
+    from trainer.train import device_divergence
+
+    cfg = TrainConfig()
+    pending = None
+    for loss in (3.0, 7.0, 3.0):  # 7 > 2 x 3 at the middle step only
+        pending = device_divergence(torch.tensor(loss), pending, 3.0, cfg)
+    assert pending.item()
+    assert not device_divergence(torch.tensor(7.0), None, 3.0, TrainConfig(divergence_factor=0)).item()
+    assert device_divergence(torch.tensor(math.nan), None, None, cfg).item()

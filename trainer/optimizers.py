@@ -202,8 +202,9 @@ def _optimizer(update: str, torch_groups: list[dict], cfg: TrainConfig) -> torch
         return Muon(torch_groups, ns_dtype=newton_schulz_dtype(torch_groups), weight_decay=cfg.weight_decay,
                     momentum=cfg.momentum, nesterov=True, adjust_lr_fn=MUON_LR_ADJUST[cfg.optimizer])
     if update == "adamw":
+        on_cuda = all(p.is_cuda for g in torch_groups for p in g["params"])  # fused: one kernel (untested here)
         return torch.optim.AdamW(torch_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
-                                 weight_decay=cfg.weight_decay)
+                                 weight_decay=cfg.weight_decay, fused=True if on_cuda else None)
     if update == "sgd":
         return torch.optim.SGD(torch_groups, momentum=0.0, weight_decay=cfg.weight_decay)
     if update == "lion":

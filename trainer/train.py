@@ -175,6 +175,15 @@ def is_diverged(loss: float, first_loss: Optional[float], cfg: TrainConfig) -> b
                                        and loss > cfg.divergence_factor * first_loss)
 
 
+def device_divergence(loss: torch.Tensor, pending: Optional[torch.Tensor], first_loss: Optional[float],
+                      cfg: TrainConfig) -> torch.Tensor:
+    """is_diverged as a device tensor, or-ed into ``pending``: no host sync."""
+    bad = ~torch.isfinite(loss)
+    if first_loss is not None and cfg.divergence_factor > 0:
+        bad = bad | (loss > cfg.divergence_factor * first_loss)
+    return bad if pending is None else pending | bad
+
+
 def run(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> Result:
     """Trains one cell. The callbacks, and the tracker that ``cfg.logger`` names, watch the loop
     (trainer.callbacks); however the run ends, they are told."""
@@ -193,6 +202,8 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":  # TF32 for fp32 matmuls (bf16 autocast is precision=auto's choice there)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     data = load_tokens(cfg.dataset, cfg.tokenizer, cfg.data_dir)
     vocab_size = cfg.model_vocab(data.vocab_size)
 
@@ -238,6 +249,7 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
     started = time.perf_counter() - state["wall_time_s"]
     tokens_per_step = cfg.batch_size * cfg.seq_len
     train_loss = state["curves"]["train"][-1][1] if state["curves"]["train"] else None
+    pending = None  # on CUDA: whether a loss since the last read-back diverged, on the device
     with StopRequest() as stop:
         for step in range(state["step"], cfg.steps):
             t0 = time.perf_counter()
@@ -251,12 +263,23 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
                 opt.zero_grad(set_to_none=True)
             for sched in schedules:
                 sched.step()
+            logged = (step + 1) % cfg.log_interval == 0 or step == 0 or step + 1 == cfg.steps
+            evaluated = cfg.eval_interval and (step + 1) % cfg.eval_interval == 0 and step + 1 < cfg.steps
+            saved = checkpoint is not None and cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0
+            if device.type == "cuda" and not (logged or evaluated or saved or stop.signum is not None):
+                # no host sync: the divergence check stays on the device until the next read-back
+                pending = device_divergence(loss, pending, state["first_loss"], cfg)
+                state["train_time_s"] += time.perf_counter() - t0
+                state["step"] = step + 1
+                continue
             train_loss = loss.item()
+            if pending is not None and pending.item():  # a loss since the last read-back diverged
+                train_loss, pending = math.nan, None
             state["train_time_s"] += time.perf_counter() - t0
             state["step"] = step + 1
             if state["first_loss"] is None:
                 state["first_loss"] = train_loss
-            if (step + 1) % cfg.log_interval == 0 or step == 0 or step + 1 == cfg.steps:
+            if logged:
                 state["curves"]["train"].append([step + 1, train_loss])
                 rate = tokens_per_step * state["step"] / max(state["train_time_s"], 1e-9)
                 print(f"step {step + 1}/{cfg.steps} loss {train_loss:.4f} "
@@ -266,7 +289,7 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
             if is_diverged(train_loss, state["first_loss"], cfg):
                 status = "diverged"
                 break
-            if cfg.eval_interval and (step + 1) % cfg.eval_interval == 0 and step + 1 < cfg.steps:
+            if evaluated:
                 state["curves"]["val"].append([step + 1, evaluate(model, val_batches, device, autocast)])
                 hooks.on_eval(step + 1, {"val/loss": state["curves"]["val"][-1][1]})
             state["wall_time_s"] = time.perf_counter() - started
