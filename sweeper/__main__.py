@@ -1,4 +1,4 @@
-"""python -m sweeper status --store PATH | replay --oracle STORE [--json]"""
+"""python -m sweeper status --store PATH | replay --oracle STORE [--json] | plan OVERRIDES [--gpu NAME] [--json]"""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,10 @@ from .experiments import CONF_DIR
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["plan"]:  # its overrides are Hydra's, not argparse options of this parser
+        from .cost_plan import main as plan
+
+        return plan(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m sweeper")
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser(

@@ -65,13 +65,18 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_interval: int = 50
     eval_batches: int = 4
-    # A loss above divergence_factor x the first step's loss (or NaN/inf) stops the run as diverged.
+    # A loss above divergence_factor x the first step's loss (or NaN/inf) stops the run as diverged;
+    # 0: only a non-finite loss does (the paper's runs: Tables 12-13 report finite losses of 11.6 to 345).
     divergence_factor: float = 2.0
 
     # Runtime: none of these change the result.
     device: str = _runtime("auto")  # auto | cpu | cuda
     precision: str = _runtime("auto")  # auto | fp32 | bf16
     compile: bool = _runtime(False)
+    # Gradient accumulation: batch_size / micro_batch_size forward/backward passes per step, the same
+    # step as one batch (trainer.microbatch); 0: the largest divisor of batch_size that fits the device.
+    micro_batch_size: int = _runtime(0)
+    activation_checkpointing: bool = _runtime(False)  # recompute each block in backward (deep cells)
     threads: int = _runtime(0)  # torch intra-op threads; 0 leaves torch's default
     run_dir: Optional[str] = _runtime(None)  # checkpoints and result.json; None: no checkpoints
     checkpoint_interval: int = _runtime(100)
@@ -125,6 +130,9 @@ class TrainConfig:
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps={self.warmup_steps} exceeds steps={self.steps}: "
                              f"the warmup must end within the run")
+        if 0 < self.divergence_factor < 1:
+            raise ValueError(f"divergence_factor={self.divergence_factor:g} would stop every run: use 0 "
+                             f"(only a non-finite loss stops a run) or a factor of at least 1")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision={self.precision!r}: choose auto, fp32 or bf16")
         for name in ("precondition_frequency", "hessian_interval", "sophia_rho"):
@@ -136,6 +144,10 @@ class TrainConfig:
             raise ValueError(f"logger={self.logger!r}: choose {', '.join(LOGGERS)}")
         check_installed(self.logger)
         self.n_head()
+        if self.micro_batch_size and self.batch_size % self.micro_batch_size:
+            works = [d for d in range(1, self.batch_size + 1) if self.batch_size % d == 0]
+            raise ValueError(f"micro_batch_size={self.micro_batch_size} does not divide batch_size="
+                             f"{self.batch_size}: use one of {works} (or 0 for auto)")
 
 
 # Inclusive ranges of the numeric settings. A value outside is a typo (2^70 for a width, a log2 lr of
@@ -153,9 +165,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "warmup_steps": (0, _MAX_COUNT), "eval_interval": (0, _MAX_COUNT), "eval_batches": (1, _MAX_COUNT),
     "init_std": (0, 1e6), "weight_decay": (0, 1e6), "adam_eps": (0, 1), "adam_beta1": (0, 1),
     "adam_beta2": (0, 1), "momentum": (0, 1), "lr_floor": (0, 1e6), "grad_clip": (0, 1e12),
-    "divergence_factor": (1, 1e12), "precondition_frequency": (1, _MAX_COUNT),
+    "divergence_factor": (0, 1e12), "precondition_frequency": (1, _MAX_COUNT),
     "hessian_interval": (1, _MAX_COUNT), "sophia_rho": (0, 1e12),
-    "threads": (0, 2 ** 16), "checkpoint_interval": (0, _MAX_COUNT), "log_interval": (1, _MAX_COUNT),
+    "threads": (0, 2 ** 16), "micro_batch_size": (0, _MAX_COUNT), "checkpoint_interval": (0, _MAX_COUNT), "log_interval": (1, _MAX_COUNT),
 }
 
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .cost import LOSS_CHUNK_ELEMENTS
 
 
 @dataclass(frozen=True)
@@ -93,23 +96,44 @@ class GPT(nn.Module):
         self.h = nn.ModuleList(Block(shape, multipliers.block) for _ in range(shape.depth))
         self.ln_f = _norm(shape.width, shape.layernorm)
         self.lm_head = nn.Linear(shape.width, shape.vocab_size, bias=False)
+        # Recompute each block in backward instead of keeping its activations (a runtime choice:
+        # the same gradients, about a third more compute).
+        self.activation_checkpointing = False
 
     def forward(self, idx: torch.Tensor, return_block_outputs: bool = False):
         """Logits of shape (B, T, vocab); with return_block_outputs also each block's output."""
+        x, outputs = self._hidden(idx, return_block_outputs)
+        logits = self.lm_head(x)
+        return (logits, outputs) if return_block_outputs else logits
+
+    def _hidden(self, idx: torch.Tensor, return_block_outputs: bool = False):
+        """The output layer's input, alpha_out * ln_f(x), and (if asked) each block's output."""
         T = idx.shape[1]
         if T > self.shape.seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds seq_len={self.shape.seq_len}")
         pos = torch.arange(T, device=idx.device)
         x = self.multipliers.input * (self.wte(idx) + self.wpe(pos))
         outputs = []
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for block in self.h:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
             if return_block_outputs:
                 outputs.append(x)
         # alpha * (W x) applied as W (alpha x): the same logits without a pass over the (B, T, vocab) tensor.
-        logits = self.lm_head(self.multipliers.output * self.ln_f(x))
-        return (logits, outputs) if return_block_outputs else logits
+        return self.multipliers.output * self.ln_f(x), outputs
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self(idx)
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        """Mean cross-entropy over the tokens. Where the fp32 logits would pass LOSS_CHUNK_ELEMENTS
+        they are made, used and dropped chunk by chunk, each chunk recomputed in backward."""
+        x, _ = self._hidden(idx)
+        x, targets = x.flatten(0, 1), targets.flatten()
+        rows = max(1, LOSS_CHUNK_ELEMENTS // self.shape.vocab_size)
+        if x.shape[0] <= rows:
+            return F.cross_entropy(self.lm_head(x).float(), targets)
+        chunk = checkpoint if torch.is_grad_enabled() else (lambda f, *a, **_: f(*a))
+        total = sum(chunk(self._loss_sum, xs, ts, use_reentrant=False)
+                    for xs, ts in zip(x.split(rows), targets.split(rows)))
+        return total / targets.numel()
+
+    def _loss_sum(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.lm_head(x).float(), targets, reduction="sum")

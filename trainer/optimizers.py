@@ -19,9 +19,11 @@ iteration is trainer.spectral's.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 from lion_pytorch import Lion
@@ -45,9 +47,22 @@ DEFAULTS = {("shampoo", "precondition_frequency"): 1, ("soap", "precondition_fre
             ("sophia", "hessian_interval"): 10, ("sophia", "sophia_rho"): 0.04}
 
 
-def cpu_has_fast_bf16() -> bool:
-    """AMX tiles make bf16 matmul pay on a CPU; on AVX2 here a bf16 matmul ran ~70x slower than fp32."""
-    return "AMX" in torch.backends.cpu.get_cpu_capability()
+@functools.lru_cache(maxsize=1)
+def _proc_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no flags to read, so no fast bf16 assumed
+        return ""
+
+
+def cpu_has_fast_bf16(cpuinfo: Optional[str] = None) -> bool:
+    """AMX tiles make bf16 matmul pay on a CPU (the reference GPT trains ~1.6-1.9x faster in bf16
+    there); on AVX2 here a bf16 matmul ran ~70x slower than fp32. Read from the CPU's flags
+    (``amx_bf16`` in /proc/cpuinfo, or the ``cpuinfo`` text given): torch's get_cpu_capability()
+    says "AVX512" on AMX Xeons."""
+    text = _proc_cpuinfo() if cpuinfo is None else cpuinfo
+    return any("amx_bf16" in line.split(":", 1)[1].split() for line in text.splitlines()
+               if line.split(":", 1)[0].strip() == "flags" and ":" in line)
 
 
 def newton_schulz_dtype(torch_groups: list[dict]) -> torch.dtype:
@@ -101,10 +116,12 @@ class Muon(torch.optim.Muon):
 
 @dataclass
 class StepInputs:
-    """What an optimizer may need besides gradients to take a step: the model and the step's batch."""
+    """What an optimizer may need besides gradients to take a step: the model, the step's batch and
+    the micro batch it runs through the model in (None: all at once)."""
     model: torch.nn.Module
     x: torch.Tensor
     autocast: Callable
+    micro_batch_size: Optional[int] = None
 
 
 def step_optimizers(optimizers: list[torch.optim.Optimizer], inputs: StepInputs) -> None:
@@ -138,12 +155,16 @@ class Sophia(SophiaH):
         step = self.param_groups[0].get("step", 0)
         params = [p for g in self.param_groups for p in g["params"]]
         generator = torch.Generator(device=inputs.x.device).manual_seed(self.seed * 1_000_003 + step)
-        with torch.enable_grad(), inputs.autocast():
-            logits = inputs.model(inputs.x).float().flatten(0, -2)
-            sampled = torch.multinomial(logits.detach().softmax(-1), 1, generator=generator).squeeze(-1)
-            loss = torch.nn.functional.cross_entropy(logits, sampled)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        tokens = sampled.numel()
+        parts = inputs.x.split(inputs.micro_batch_size or inputs.x.shape[0])
+        grads = [None] * len(params)
+        for x in parts:  # the mean loss's gradient over the batch, one micro-batch at a time
+            with torch.enable_grad(), inputs.autocast():
+                logits = inputs.model(x).float().flatten(0, -2)
+                sampled = torch.multinomial(logits.detach().softmax(-1), 1, generator=generator).squeeze(-1)
+                loss = torch.nn.functional.cross_entropy(logits, sampled)
+            part = torch.autograd.grad(loss / len(parts) if len(parts) > 1 else loss, params, allow_unused=True)
+            grads = [g if s is None else (s if g is None else s + g) for s, g in zip(grads, part)]
+        tokens = inputs.x.numel()
         self.hessian = [torch.zeros_like(p) if g is None else self.rho * tokens * g * g
                         for p, g in zip(params, grads)]
 
@@ -181,8 +202,9 @@ def _optimizer(update: str, torch_groups: list[dict], cfg: TrainConfig) -> torch
         return Muon(torch_groups, ns_dtype=newton_schulz_dtype(torch_groups), weight_decay=cfg.weight_decay,
                     momentum=cfg.momentum, nesterov=True, adjust_lr_fn=MUON_LR_ADJUST[cfg.optimizer])
     if update == "adamw":
+        on_cuda = all(p.is_cuda for g in torch_groups for p in g["params"])  # fused: one kernel (untested here)
         return torch.optim.AdamW(torch_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
-                                 weight_decay=cfg.weight_decay)
+                                 weight_decay=cfg.weight_decay, fused=True if on_cuda else None)
     if update == "sgd":
         return torch.optim.SGD(torch_groups, momentum=0.0, weight_decay=cfg.weight_decay)
     if update == "lion":

@@ -26,6 +26,7 @@ import torch
 from .callbacks import Callback, Callbacks
 from .config import CHECKPOINT, RESULT, TrainConfig, result_fields
 from .data import DataUnavailable, fixed_batches, get_batch, load_tokens
+from .microbatch import forward_backward, resolve_micro_batch
 from .optimizers import StepInputs, build_optimizers, cpu_has_fast_bf16, step_optimizers
 from .parameterization import build_model, param_groups
 from .tracking import trackers
@@ -61,10 +62,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
+def resolve_precision(name: str, device: torch.device, cpuinfo: Optional[str] = None) -> str:
+    """auto: bf16 on CUDA and on a CPU with AMX (its flags: /proc/cpuinfo, or ``cpuinfo``), else fp32."""
     if name != "auto":
         return name
-    if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()):
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16(cpuinfo)):
         return "bf16"
     return "fp32"
 
@@ -169,7 +171,17 @@ def standard_error(values: list[float]) -> Optional[float]:
 
 
 def is_diverged(loss: float, first_loss: Optional[float], cfg: TrainConfig) -> bool:
-    return not math.isfinite(loss) or (first_loss is not None and loss > cfg.divergence_factor * first_loss)
+    return not math.isfinite(loss) or (first_loss is not None and cfg.divergence_factor > 0
+                                       and loss > cfg.divergence_factor * first_loss)
+
+
+def device_divergence(loss: torch.Tensor, pending: Optional[torch.Tensor], first_loss: Optional[float],
+                      cfg: TrainConfig) -> torch.Tensor:
+    """is_diverged as a device tensor, or-ed into ``pending``: no host sync."""
+    bad = ~torch.isfinite(loss)
+    if first_loss is not None and cfg.divergence_factor > 0:
+        bad = bad | (loss > cfg.divergence_factor * first_loss)
+    return bad if pending is None else pending | bad
 
 
 def run(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> Result:
@@ -190,11 +202,15 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":  # TF32 for fp32 matmuls (bf16 autocast is precision=auto's choice there)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     data = load_tokens(cfg.dataset, cfg.tokenizer, cfg.data_dir)
     vocab_size = cfg.model_vocab(data.vocab_size)
 
+    micro_batch_size = resolve_micro_batch(cfg, vocab_size, device, precision)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, vocab_size, torch.Generator().manual_seed(cfg.seed)).to(device)
+    model.activation_checkpointing = cfg.activation_checkpointing
     optimizers = build_optimizers(param_groups(model, cfg), cfg)
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in optimizers]
     params = list(model.parameters())
@@ -233,27 +249,37 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
     started = time.perf_counter() - state["wall_time_s"]
     tokens_per_step = cfg.batch_size * cfg.seq_len
     train_loss = state["curves"]["train"][-1][1] if state["curves"]["train"] else None
+    pending = None  # on CUDA: whether a loss since the last read-back diverged, on the device
     with StopRequest() as stop:
         for step in range(state["step"], cfg.steps):
             t0 = time.perf_counter()
             x, y = get_batch(data.train, cfg.batch_size, cfg.seq_len, batches)
             x, y = x.to(device), y.to(device)
-            with autocast():
-                loss = loss_fn(x, y)
-            loss.backward()
+            loss = forward_backward(loss_fn, x, y, micro_batch_size, autocast)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            step_optimizers(optimizers, StepInputs(model, x, autocast))
+            step_optimizers(optimizers, StepInputs(model, x, autocast, micro_batch_size))
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             for sched in schedules:
                 sched.step()
+            logged = (step + 1) % cfg.log_interval == 0 or step == 0 or step + 1 == cfg.steps
+            evaluated = cfg.eval_interval and (step + 1) % cfg.eval_interval == 0 and step + 1 < cfg.steps
+            saved = checkpoint is not None and cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0
+            if device.type == "cuda" and not (logged or evaluated or saved or stop.signum is not None):
+                # no host sync: the divergence check stays on the device until the next read-back
+                pending = device_divergence(loss, pending, state["first_loss"], cfg)
+                state["train_time_s"] += time.perf_counter() - t0
+                state["step"] = step + 1
+                continue
             train_loss = loss.item()
+            if pending is not None and pending.item():  # a loss since the last read-back diverged
+                train_loss, pending = math.nan, None
             state["train_time_s"] += time.perf_counter() - t0
             state["step"] = step + 1
             if state["first_loss"] is None:
                 state["first_loss"] = train_loss
-            if (step + 1) % cfg.log_interval == 0 or step == 0 or step + 1 == cfg.steps:
+            if logged:
                 state["curves"]["train"].append([step + 1, train_loss])
                 rate = tokens_per_step * state["step"] / max(state["train_time_s"], 1e-9)
                 print(f"step {step + 1}/{cfg.steps} loss {train_loss:.4f} "
@@ -263,7 +289,7 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
             if is_diverged(train_loss, state["first_loss"], cfg):
                 status = "diverged"
                 break
-            if cfg.eval_interval and (step + 1) % cfg.eval_interval == 0 and step + 1 < cfg.steps:
+            if evaluated:
                 state["curves"]["val"].append([step + 1, evaluate(model, val_batches, device, autocast)])
                 hooks.on_eval(step + 1, {"val/loss": state["curves"]["val"][-1][1]})
             state["wall_time_s"] = time.perf_counter() - started

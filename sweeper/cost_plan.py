@@ -1,0 +1,156 @@
+"""``python -m sweeper plan``: what every cell of a sweep will cost on a GPU, before anything runs.
+
+    python -m sweeper plan experiment=paper_table9 [sweep overrides] [--gpu H100 | --gpu-memory-gb G
+        --gpu-tflops T] [--mfu 0.4] [--json]
+
+The grid is expanded as the sweep expands it (the experiment's grid, replaced by command-line axes);
+each cell's figures come from trainer.cost. Nothing trains, nothing is submitted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from trainer.config import TrainConfig
+
+from .experiments import CONF_DIR
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    memory_gb: float
+    tflops: float
+
+
+@dataclass(frozen=True)
+class CellCost:
+    config: TrainConfig
+    params: int
+    params_non_embedding: int
+    flops_per_token: float
+    flops: float
+    micro_batch_size: Optional[int]  # None: does not fit even at 1
+    peak_memory_gb: float
+    hours: float
+    advice: Optional[str]  # what would make an unfitting cell fit
+
+    def to_json(self) -> dict:
+        c = self.config
+        return {"width": c.width, "depth": c.depth, "lr": c.lr, "params": self.params, "flops": self.flops,
+                "micro_batch_size": self.micro_batch_size, "peak_memory_gb": round(self.peak_memory_gb, 3),
+                "hours": self.hours}
+
+
+def grid_configs(overrides: list[str], conf_dir: Path = CONF_DIR) -> list[TrainConfig]:
+    """The sweep's cells as trainer configs, as ``python sweep.py -m OVERRIDES`` would run them."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    import sweeper.schema  # noqa: F401  registers the sweep app's schema
+
+    from .grid import expand
+    from .plan import _cell_config
+
+    groups = {p.name for p in conf_dir.iterdir() if p.is_dir()}
+    selected = [o for o in overrides if o.split("=", 1)[0] in groups]
+    with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
+        app = compose("sweep", overrides=selected, return_hydra_config=True)
+        params = OmegaConf.to_container(app.hydra.sweeper.params or {}, resolve=True)
+        grid = [f"{k}={v}" for k, v in params.items()] + [o for o in overrides if o not in selected]
+        cells = expand(grid)
+        base = compose("sweep", overrides=selected + list(cells[0].overrides))  # as the sweeper's first cell
+    parser = OverridesParser.create()
+    return [_cell_config(base, cell, parser) for cell in cells]
+
+
+def cell_cost(cfg: TrainConfig, device: Device, mfu: float) -> CellCost:
+    from trainer.cost import GIB, fit_advice, flops_per_token, hours, params, peak_memory, pick_micro_batch, run_flops
+    from trainer.data import vocab_size_of
+
+    vocab = cfg.model_vocab(vocab_size_of(cfg.dataset, cfg.tokenizer))
+    precision = "fp32" if cfg.precision == "fp32" else "bf16"  # auto on CUDA: bf16
+    capacity = device.memory_gb * GIB
+    micro = cfg.micro_batch_size or pick_micro_batch(cfg, vocab, precision, capacity)
+    p = params(cfg, vocab)
+    return CellCost(
+        config=cfg, params=p.total, params_non_embedding=p.non_embedding,
+        flops_per_token=flops_per_token(cfg, vocab), flops=run_flops(cfg, vocab), micro_batch_size=micro,
+        peak_memory_gb=peak_memory(cfg, vocab, micro or 1, precision).total / GIB,
+        hours=hours(cfg, vocab, micro or 1, device.tflops, mfu),
+        advice=None if micro else fit_advice(cfg, vocab, precision, capacity))
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def render(costs: list[CellCost], device: Device, mfu: float) -> str:
+    lines = [f"plan on {device.name} ({device.memory_gb:g} GB, {device.tflops:g} TFLOP/s bf16) at MFU {mfu:g}",
+             f"{'width':>6} {'depth':>5} {'lr':>6} {'params':>8} {'non-emb':>8} {'FLOP/tok':>9} "
+             f"{'FLOP/run':>9} {'micro':>5} {'ckpt':>4} {'peak GB':>8} {'hours':>7}"]
+    for c in costs:
+        cfg = c.config
+        micro = str(c.micro_batch_size) if c.micro_batch_size else "-"
+        lines.append(f"{cfg.width:>6} {cfg.depth:>5} {cfg.lr:>6g} {_si(c.params):>8} {_si(c.params_non_embedding):>8} "
+                     f"{_si(c.flops_per_token):>9} {_si(c.flops):>9} {micro:>5} "
+                     f"{'yes' if cfg.activation_checkpointing else 'no':>4} {c.peak_memory_gb:>8.1f} {c.hours:>7.2f}"
+                     + (f"  does not fit even at micro batch 1: needs {c.advice}" if c.advice else ""))
+    largest = max(costs, key=lambda c: c.hours)
+    unfit = [c for c in costs if c.advice]
+    lines.append(f"total: {len(costs)} cells, {sum(c.hours for c in costs):.1f} GPU-hours; largest cell "
+                 f"width={largest.config.width} depth={largest.config.depth} ({largest.hours:.2f} h, "
+                 f"{largest.peak_memory_gb:.1f} GB at micro batch {largest.micro_batch_size or 1})")
+    lines.append(f"{len(unfit)} cells do not fit" if unfit else "every cell fits")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    import sys
+
+    from trainer.cost import GPUS, MFU
+
+    parser = argparse.ArgumentParser(prog="python -m sweeper plan", description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", help="the sweep's overrides, as for sweep.py -m")
+    parser.add_argument("--gpu", choices=sorted(GPUS), default=None, help="a GPU by name (default: H100)")
+    parser.add_argument("--gpu-memory-gb", type=float, default=None)
+    parser.add_argument("--gpu-tflops", type=float, default=None, help="dense bf16 peak")
+    parser.add_argument("--mfu", type=float, default=MFU, help="model FLOPs utilisation (default: %(default)s)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.gpu and (args.gpu_memory_gb or args.gpu_tflops):
+        parser.error("give --gpu NAME or --gpu-memory-gb/--gpu-tflops, not both")
+    if (args.gpu_memory_gb is None) != (args.gpu_tflops is None):
+        parser.error("--gpu-memory-gb and --gpu-tflops go together")
+    if args.gpu_memory_gb is not None:
+        device = Device("custom GPU", args.gpu_memory_gb, args.gpu_tflops)
+    else:
+        gpu = GPUS[args.gpu or "H100"]
+        device = Device(args.gpu or "H100", gpu.memory_gb, gpu.tflops)
+
+    from hydra.errors import HydraException
+
+    from .argv import prepare
+    from .grid import GridError
+    from .schema import SweepAppConfig
+
+    known = set(SweepAppConfig.__dataclass_fields__) | {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    try:
+        configs = grid_configs(prepare(args.overrides, known))
+        costs = [cell_cost(cfg, device, args.mfu) for cfg in configs]
+    except (ValueError, GridError, HydraException) as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"cells": [c.to_json() for c in costs],
+                          "total_gpu_hours": sum(c.hours for c in costs)}, indent=1))
+    else:
+        print(render(costs, device, args.mfu))
+    return 0

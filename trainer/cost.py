@@ -1,0 +1,182 @@
+"""What a cell costs before it runs: parameters, FLOPs, peak memory and hours, from its config alone.
+
+Counts follow trainer.model exactly (tests compare them with a built model). FLOPs per token are
+6 N for the matrices (forward 2 N, backward 4 N; N without the embedding lookups, with the output
+layer) plus 12 L n T for attention's score and value products (PaLM, Chowdhery et al. 2022, App. B).
+Memory at a step's peak: fp32 weights and gradients, the optimizer's states (per optimizer below),
+the activations autograd keeps per token, and the logits of one loss chunk (trainer.model's
+chunked cross-entropy), plus the device's fixed overhead.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from .config import TrainConfig
+
+GIB = 2 ** 30
+# Rows of logits one cross-entropy chunk holds: above this many logits the loss runs in chunks, each
+# recomputed in backward, so no more than this many fp32 logits are alive at once.
+LOSS_CHUNK_ELEMENTS = 2 ** 26
+# Bytes per logit element alive at the loss: the logits, their fp32 copy, log-softmax, its gradient.
+LOGIT_BYTES = 16
+# Activation elements autograd keeps per token and block (trainer.model.Block): the residual input,
+# LayerNorm outputs (2), q k v (3), the attention output and its contiguous copy (2), the second
+# residual, the MLP's hidden before and after GELU (4 n each) -> 17 n.
+BLOCK_ACTIVATIONS = 17
+# Bytes per kept activation element: fp32, or under bf16 autocast about half (LayerNorm and the
+# residual stream stay fp32, the matmul inputs and outputs are bf16).
+ACTIVATION_BYTES = {"fp32": 4, "bf16": 2.4}
+# Fixed cost of the device: the CUDA context, cuBLAS workspaces and allocator slack.
+DEVICE_OVERHEAD = {"cuda": 2 * GIB, "cpu": 0}
+# The share of a device's memory a plan may fill: the allocator fragments what is left.
+FILL = 0.9
+MFU = 0.4  # model FLOPs utilisation assumed for hours: a well-run GPT-2 step on an H100/A100
+
+
+@dataclass(frozen=True)
+class Gpu:
+    memory_gb: float
+    tflops: float  # dense bf16 peak
+
+
+GPUS = {"H100": Gpu(80, 989), "H200": Gpu(141, 989), "A100-40GB": Gpu(40, 312), "A100-80GB": Gpu(80, 312)}
+
+
+@dataclass(frozen=True)
+class Params:
+    total: int
+    embedding: int  # the token and position lookups
+    hidden_matrices: list  # (rows, cols) of each block matrix the matrix optimizers update
+    io_matrices: list  # (rows, cols) of the input embedding and the output layer
+
+    @property
+    def non_embedding(self) -> int:
+        return self.total - self.embedding
+
+
+def params(cfg: TrainConfig, vocab: int) -> Params:
+    n, L, V, T = cfg.width, cfg.depth, vocab, cfg.seq_len
+    norm = 2 * n if cfg.layernorm else 0
+    block = 4 * (n * n + n) + (4 * n * n + 4 * n) + (4 * n * n + n) + 2 * norm
+    embedding = V * n + T * n
+    total = embedding + L * block + norm + V * n
+    hidden = [(n, n)] * (4 * L) + [(4 * n, n), (n, 4 * n)] * L
+    return Params(total, embedding, hidden, [(V, n), (V, n)])
+
+
+def flops_per_token(cfg: TrainConfig, vocab: int) -> float:
+    """Model FLOPs of one training token (forward and backward)."""
+    return 6 * params(cfg, vocab).non_embedding + 12 * cfg.depth * cfg.width * cfg.seq_len
+
+
+def optimizer_bytes(cfg: TrainConfig, p: Params) -> float:
+    """fp32 states: AdamW m, v; Muon and SSO a momentum per matrix; Lion m; Sophia m, h and the
+    estimate between steps; Shampoo L, R and their roots; SOAP Adam's m, v, G G^T, G^T G and their
+    eigenbases. Matrix optimizers leave the rest (the io matrices unless matrix_io, vectors) to AdamW."""
+    opt = cfg.optimizer
+    per_element = {"adamw": 8, "sgd": 0, "lion": 4, "sophia": 12}
+    if opt in per_element:
+        return per_element[opt] * p.total
+    matrices = p.hidden_matrices + (p.io_matrices if cfg.matrix_io else [])
+    in_matrices = sum(r * c for r, c in matrices)
+    rest = 8 * (p.total - in_matrices)
+    squares = sum(r * r + c * c for r, c in matrices)
+    if opt in ("muon", "muon_kimi", "sso"):
+        return rest + 4 * in_matrices
+    if opt == "shampoo":
+        return rest + 8 * squares
+    if opt == "soap":
+        return rest + 8 * in_matrices + 16 * squares
+    raise ValueError(f"no memory model for optimizer={opt!r}")
+
+
+def loss_rows(cfg: TrainConfig, micro_batch_size: int, vocab: int) -> int:
+    """Rows of logits alive at once: the micro-batch's tokens, or a chunk of them."""
+    rows = micro_batch_size * cfg.seq_len
+    return rows if rows * vocab <= LOSS_CHUNK_ELEMENTS else max(1, LOSS_CHUNK_ELEMENTS // vocab)
+
+
+@dataclass(frozen=True)
+class Memory:
+    weights: float
+    grads: float
+    optimizer: float
+    activations: float
+    logits: float
+    overhead: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.grads + self.optimizer + self.activations + self.logits + self.overhead
+
+
+def peak_memory(cfg: TrainConfig, vocab: int, micro_batch_size: int, precision: str,
+                device_type: str = "cuda") -> Memory:
+    p = params(cfg, vocab)
+    tokens = micro_batch_size * cfg.seq_len
+    n, L = cfg.width, cfg.depth
+    act = ACTIVATION_BYTES[precision]
+    per_block = BLOCK_ACTIVATIONS * n * act
+    if cfg.activation_checkpointing:  # each block keeps its fp32 input; one block is recomputed at a time
+        activations = tokens * (L * 4 * n + per_block)
+    else:
+        activations = tokens * L * per_block
+    activations += tokens * 4 * n * 4  # embeddings, final LayerNorm, the loss's input
+    weights = 4 * p.total
+    # bf16 autocast keeps a bf16 copy of each weight for the step
+    weights += 2 * p.total if precision == "bf16" else 0
+    return Memory(weights=weights, grads=4 * p.total, optimizer=optimizer_bytes(cfg, p),
+                  activations=activations, logits=loss_rows(cfg, micro_batch_size, vocab) * vocab * LOGIT_BYTES,
+                  overhead=DEVICE_OVERHEAD.get(device_type, 0))
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def pick_micro_batch(cfg: TrainConfig, vocab: int, precision: str, capacity_bytes: float,
+                     device_type: str = "cuda") -> Optional[int]:
+    """The largest divisor of batch_size whose step fits FILL of the capacity; None when none does."""
+    for micro in reversed(divisors(cfg.batch_size)):
+        if peak_memory(cfg, vocab, micro, precision, device_type).total <= FILL * capacity_bytes:
+            return micro
+    return None
+
+
+def run_flops(cfg: TrainConfig, vocab: int) -> float:
+    """Model FLOPs of the whole run: its training tokens, and the eval passes (forward: a third)."""
+    tokens = cfg.batch_size * cfg.seq_len
+    evals = (cfg.steps // cfg.eval_interval if cfg.eval_interval else 0) + 1
+    return flops_per_token(cfg, vocab) * tokens * (cfg.steps + evals * cfg.eval_batches / 3)
+
+
+def hardware_factor(cfg: TrainConfig, vocab: int, micro_batch_size: int) -> float:
+    """Executed FLOPs over model FLOPs: activation checkpointing runs each block's forward again,
+    a chunked loss the output layer's forward."""
+    per_token = flops_per_token(cfg, vocab)
+    extra = 0.0
+    if cfg.activation_checkpointing:
+        extra += (per_token - 6 * vocab * cfg.width) / 3  # the blocks' forward
+    if loss_rows(cfg, micro_batch_size, vocab) < micro_batch_size * cfg.seq_len:
+        extra += 2 * vocab * cfg.width
+    return 1 + extra / per_token
+
+
+def hours(cfg: TrainConfig, vocab: int, micro_batch_size: int, tflops: float, mfu: float = MFU) -> float:
+    return run_flops(cfg, vocab) * hardware_factor(cfg, vocab, micro_batch_size) / (tflops * 1e12 * mfu) / 3600
+
+
+def fit_advice(cfg: TrainConfig, vocab: int, precision: str, capacity_bytes: float) -> str:
+    """What would make a cell fit that does not at micro batch 1."""
+    from dataclasses import replace
+
+    if not cfg.activation_checkpointing:
+        ckpt = replace(cfg, activation_checkpointing=True)
+        if pick_micro_batch(ckpt, vocab, precision, capacity_bytes) is not None:
+            return "activation_checkpointing=true"
+    need = peak_memory(replace(cfg, activation_checkpointing=True), vocab, 1, precision).total / FILL
+    bigger = [name for name, gpu in GPUS.items() if gpu.memory_gb * GIB >= need]
+    return (f"a GPU with >= {math.ceil(need / GIB)} GB and activation_checkpointing=true"
+            + (f" ({', '.join(bigger)})" if bigger else ""))
