@@ -1,9 +1,18 @@
-"""Progress lines of a running sweep: cells done / total, failures, elapsed, estimated remaining."""
+"""Progress lines of a running sweep: cells done / total, failures, elapsed, estimated remaining.
+
+The time left weights each cell by its training compute (tokens x non-embedding parameters,
+sweeper.search.cell_cost): in a width sweep one width-256 cell costs as much as sixty-four of width
+32, so counting cells would promise minutes where the big cells take most of the time.
+"""
 from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Callable, TextIO
+from typing import Callable, Mapping, TextIO
+
+from trainer.config import TrainConfig
+
+from .search import cell_cost
 
 
 def clock(seconds: float) -> str:
@@ -11,24 +20,36 @@ def clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def config_cost(config: TrainConfig) -> float:
+    return cell_cost(config.width, config.depth, config.steps * config.batch_size * config.seq_len)
+
+
 class Progress:
-    def __init__(self, total: int, out: TextIO, now: Callable[[], float] = time.monotonic) -> None:
-        self.total = total
+    """``costs``: each cell's key and its compute (any unit); the time left is the elapsed time per
+    unit of compute done so far times the compute still to do."""
+
+    def __init__(self, costs: Mapping[str, float], out: TextIO, now: Callable[[], float] = time.monotonic) -> None:
+        self.costs = dict(costs)
+        self.total = len(self.costs)
         self.out = out
         self.now = now
         self.started = now()
         self.counts: Counter[str] = Counter()
+        self.cost_done = 0.0
 
     @property
     def done(self) -> int:
         return sum(self.counts.values())
 
-    def add(self, status: str) -> None:
+    def add(self, key: str, status: str) -> None:
         """Counts a finished cell and prints one line."""
         self.counts[status] += 1
+        self.cost_done += self.costs[key]
         elapsed = self.now() - self.started
         left = self.total - self.done
-        eta = f"~{clock(elapsed / self.done * left)} left" if self.done and left else "done"
+        cost_left = sum(self.costs.values()) - self.cost_done
+        eta = (f"~{clock(elapsed / self.cost_done * cost_left)} left" if self.cost_done and left
+               else "done" if not left else "time left unknown")
         shown = ("ok", "diverged", "failed", *sorted(set(self.counts) - {"ok", "diverged", "failed"}))
         by_status = ", ".join(f"{self.counts[s]} {s}" for s in shown)
         print(f"[sweep] {self.done}/{self.total} cells finished: {by_status} | "
