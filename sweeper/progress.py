@@ -2,13 +2,19 @@
 
 The time left weights each cell by its training compute (tokens x non-embedding parameters,
 sweeper.search.cell_cost): in a width sweep one width-256 cell costs as much as sixty-four of width
-32, so counting cells would promise minutes where the big cells take most of the time.
+32, so counting cells would promise minutes where the big cells take most of the time. Each cell also
+pays a fixed start (a process, imports, data) that compute does not see, which dominates small cells:
+the elapsed time so far is fitted as a * cells + b * compute (non-negative least squares over the
+progress so far), and the time left is a * cells left + b * compute left.
 """
 from __future__ import annotations
 
 import time
 from collections import Counter
 from typing import Callable, Mapping, TextIO
+
+import numpy as np
+from scipy.optimize import nnls
 
 from trainer.config import TrainConfig
 
@@ -36,6 +42,7 @@ class Progress:
         self.started = now()
         self.counts: Counter[str] = Counter()
         self.cost_done = 0.0
+        self.history: list[tuple[int, float, float]] = []  # (cells done, compute done, elapsed)
 
     @property
     def done(self) -> int:
@@ -47,10 +54,16 @@ class Progress:
         self.cost_done += self.costs[key]
         elapsed = self.now() - self.started
         left = self.total - self.done
-        cost_left = sum(self.costs.values()) - self.cost_done
-        eta = (f"~{clock(elapsed / self.cost_done * cost_left)} left" if self.cost_done and left
-               else "done" if not left else "time left unknown")
+        self.history.append((self.done, self.cost_done, elapsed))
+        eta = f"~{clock(self.time_left())} left" if left else "done"
         shown = ("ok", "diverged", "failed", *sorted(set(self.counts) - {"ok", "diverged", "failed"}))
         by_status = ", ".join(f"{self.counts[s]} {s}" for s in shown)
         print(f"[sweep] {self.done}/{self.total} cells finished: {by_status} | "
               f"elapsed {clock(elapsed)} | {eta}", file=self.out, flush=True)
+
+    def time_left(self) -> float:
+        cells, cost, elapsed = (np.array(column, dtype=float) for column in zip(*self.history))
+        scale = max(cost[-1], 1e-300)  # compute in units of what is done: a well-conditioned fit
+        (per_cell, per_cost), _ = nnls(np.stack([cells, cost / scale], axis=1), elapsed)
+        cost_left = (sum(self.costs.values()) - self.cost_done) / scale
+        return per_cell * (self.total - self.done) + per_cost * cost_left
