@@ -23,6 +23,7 @@ Without a noise estimate the intervals are the points, and the verdict is the po
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
@@ -160,24 +161,44 @@ def verdict(
     max_regret: float = MAX_REGRET_FRACTION,
     noise: Noise | None = None,
 ) -> Verdict:
-    """Does the smallest size's eta* serve every size? Rows are ordered by size."""
-    rows = [r for r, opt in enumerate(optima) if opt.lr is not None]
+    """Does the smallest size's eta* serve every size? Rows are ordered by size. Unfinished rows
+    (see ``unfinished``) are named and left out of the judgement."""
+    open_rows = {r: unfinished(lrs, loss[r], diverged[r], opt) for r, opt in enumerate(optima)}
+    incomplete = "; ".join(f"incomplete ({k} of {n} cells) at {axis} {optima[r].size:g}"
+                           for r, (k, n) in ((r, c) for r, c in open_rows.items() if c))
+    rows = [r for r, opt in enumerate(optima) if opt.lr is not None and not open_rows[r]]
     if len(rows) < 2:
-        return Verdict(None, None, None, {}, f"n/a: fewer than two {axis}s with a finite loss")
+        text = f"n/a: fewer than two {'finished ' if incomplete else ''}{axis}s with a finite loss"
+        return Verdict(None, None, None, {}, text + (f"; {incomplete}" if incomplete else ""))
     judge = _Judge(axis, lrs, loss, diverged, optima, max_drift, max_regret, noise)
     overall = judge(rows)
+    if incomplete:
+        overall = _with_note(overall, incomplete)
     if overall.outcome == NO_TRANSFER:
         # Where transfer only holds from some size up (the paper's Table 13: depth >= 32), say so.
         for start in range(1, len(rows) - 1):
             tail = judge(rows[start:])
             if tail.outcome == TRANSFERS:
                 size = optima[rows[start]].size
-                return Verdict(
-                    NO_TRANSFER, overall.drift, overall.reference_lr, overall.regrets,
-                    f"{overall.summary}; transfers for {axis} >= {size:g} (eta* drift {tail.drift:.2f})",
-                    overall.drift_bounds, overall.regret_bounds,
-                )
+                return _with_note(overall, f"transfers for {axis} >= {size:g} (eta* drift {tail.drift:.2f})")
     return overall
+
+
+def _with_note(judged: Verdict, note: str) -> Verdict:
+    return dataclasses.replace(judged, summary=f"{judged.summary}; {note}")
+
+
+def unfinished(lrs: np.ndarray, loss: np.ndarray, diverged: np.ndarray, opt: RowOptimum) -> tuple[int, int] | None:
+    """(cells run, cells of the line) for a row still being swept: its best cell has a cell of the
+    line that was never run next to it, so the optimum may lie there. A row whose own cells bracket
+    its optimum is judged whatever else is missing; so is one whose best cell is at the line's end."""
+    if opt.edge is None or opt.lr is None:
+        return None
+    ran = np.isfinite(loss) | diverged
+    i = int(np.flatnonzero(lrs == opt.lr)[0]) + (-1 if opt.edge == "below" else 1)
+    if 0 <= i < len(lrs) and not ran[i]:
+        return int(ran.sum()), len(lrs)
+    return None
 
 
 def _interval_text(low: float, high: float, percent: bool = False) -> str:

@@ -179,15 +179,20 @@ def read_coord_check(path: Path) -> pd.DataFrame:
 
 
 def coord_check_jobs(path: Path, out: Path) -> list[figures.Job]:
-    """One figure per optimizer and fixed size: RMS against the size that varies, per step."""
+    """Per optimizer, one figure per size that varies (trainer.coord_check measures a cross: every
+    width at the smallest depth, every depth at the smallest width): RMS against that size, per step."""
     rows = read_coord_check(path)
-    fixed = "depth" if rows["width"].nunique() > 1 else "width"
     name = path.stem if path.stem.startswith("coord_check") else f"coord_check_{path.stem}"
-    return [
-        (figures.coord_check, (part, f"coordinate check ({path.name}): optimizer={optimizer}, {fixed}={value}"),
-         out / "figures" / f"{name}_{optimizer}_{fixed}={value}")
-        for (optimizer, value), part in rows.groupby(["optimizer", fixed])
-    ]
+    jobs = []
+    for optimizer, own in rows.groupby("optimizer"):
+        for axis, fixed in (("width", "depth"), ("depth", "width")):
+            value = own[fixed].min()
+            part = own[own[fixed] == value]
+            if part[axis].nunique() > 1 or (axis == "width" and own["depth"].nunique() == 1):
+                jobs.append((figures.coord_check,
+                             (part, f"coordinate check ({path.name}): optimizer={optimizer}, {fixed}={value}"),
+                             out / "figures" / f"{name}_{optimizer}_{fixed}={value}"))
+    return jobs
 
 
 def curves_job(store: Path, key: str, out: Path) -> figures.Job:

@@ -23,7 +23,7 @@ from .grid import Cell, GridError, expand
 from .job import JobLostError, describe, failed_record
 from .leftovers import clean
 from .plan import DONE, PlannedCell, plan
-from .progress import Progress, clock
+from .progress import Progress, clock, config_cost
 from .queue import QueueError, queued_cells, squeue_available, write_entry
 from .record import SchemaError
 from .result_store import StoreError, newest_attempt, read_record, run_dir, write_record
@@ -144,17 +144,17 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
                 shutil.rmtree(run_dir(store, cell.key), ignore_errors=True)
     out.flush()
 
-    progress = Progress(len(todo), out)
+    progress = Progress({cell.key: config_cost(cell.config) for cell in todo}, out)
     landed: dict[str, dict] = {}
     elsewhere: list[str] = []
 
     def land(cell: PlannedCell, record: Optional[dict]) -> None:
         if record is None:
             elsewhere.append(cell.key)
-            progress.add("elsewhere")
+            progress.add(cell.key, "elsewhere")
             return
         landed[cell.key] = record
-        progress.add(record["status"])
+        progress.add(cell.key, record["status"])
 
     def unclaimed(cells: list[PlannedCell]) -> list[PlannedCell]:
         """The cells no other run is training now; the others are left to it, and said so."""

@@ -110,8 +110,24 @@ def test_refit_of_many_rows_at_once_is_row_optimum_of_each():
 
 
 def test_a_regret_never_run_is_undecided_and_says_which_cell_decides():
-    rows = [bowl(-7.0), bowl(-7.2)]
-    rows[1][3] = np.nan  # width 256 never ran width 128's eta* (-7)
-    result = _verdict(rows)
+    rows = [bowl(-7.0), bowl(-9.0)]
+    rows[1][3] = np.nan  # width 256 never ran width 128's eta* (-7); its own optimum is bracketed
+    result = _verdict(rows, max_drift=2.5)
     assert result.outcome == "undecided" and result.decide.lr == -7.0 and result.decide.sizes == [256.0]
     assert "to decide: run log2 eta -7 at width 256" in result.summary
+
+
+def test_an_unfinished_row_is_named_incomplete_and_the_rest_judged():
+    # A sweep stopped halfway through width 512: -10 .. -8 ran, its best (-8) has -7 unrun beside it.
+    half = bowl(-7.0)
+    half[3:] = np.nan
+    stopped = _verdict([bowl(-7.0), bowl(-7.1), half])
+    assert stopped.outcome == "transfers" and set(stopped.regrets) == {128.0, 256.0}
+    assert stopped.summary.endswith("; incomplete (3 of 5 cells) at width 512")
+    # Cells missing away from a bracketed optimum, or beyond the line's end, leave a row judged.
+    far = bowl(-7.0)
+    far[0] = np.nan
+    assert "incomplete" not in _verdict([bowl(-7.0), far]).summary
+    both = _verdict([bowl(-7.0), half])
+    assert both.outcome is None and both.summary == (
+        "n/a: fewer than two finished widths with a finite loss; incomplete (3 of 5 cells) at width 256")

@@ -1,11 +1,16 @@
-"""Coordinate check (paper D.2): RMS of every block's output over the first training steps.
+"""Coordinate check (paper D.2) over width and depth, with a verdict per parameterization.
 
-    python -m trainer.coord_check --widths 64,128,256,512 --params sp,mup --out coord.json depth=2
+    python -m trainer.coord_check --widths 32,...,256 --depths 2,...,16 --params sp,mup,mup_k1 \
+        --out coord_check.json base_width=32 base_depth=2
 
-D.2's protocol: 10 steps at a constant lr of 2^-7, batch 8, gradient clipping 1, 3 seeds. Under a
-parameterization that transfers, the last block's output RMS stays flat across widths (and depths).
-Rows are written as JSON records {param, optimizer, width, depth, seed, step, block, rms} that the
-analysis stage plots.
+D.2's protocol: 10 steps at a constant lr of 2^-7, batch 8, gradient clipping 1, 3 seeds. Widths are
+varied at the first depth and depths at the first width (a cross from the base, not the full grid).
+Every step the model sees one fixed probe batch; on it we measure the logits and each block's output
+h, and their updates since initialisation (Δ = value at step t minus value at step 0). Under a
+parameterization that transfers, the last block's output, its update and the logits' update stay flat
+across widths and depths (``trainer.coord_verdict`` judges the slopes). Rows are written as JSON
+records {param, optimizer, width, depth, seed, step, site, block, rms, delta_rms}, site "block" (block
+0..depth-1) or "logits" (block null), which the analysis stage plots.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .config import TrainConfig
+from .coord_verdict import verdicts, verdict_text
 from .data import DataUnavailable, get_batch, load_tokens
 from .optimizers import StepInputs, build_optimizers, step_optimizers
 from .parameterization import build_model, param_groups
@@ -31,21 +37,27 @@ def rms(x: torch.Tensor) -> float:
 
 
 def check_one(cfg: TrainConfig, tokens) -> list[dict]:
-    """Trains one model for cfg.steps steps at constant lr; RMS of each block output before each step
-    and after the last one (step t = updates done so far)."""
+    """Trains one model for cfg.steps steps at constant lr; before each step and after the last one
+    (step t = updates done so far) the RMS of the logits and of each block's output on a fixed probe
+    batch, and of their change since step 0."""
     model = build_model(cfg, tokens.vocab_size, torch.Generator().manual_seed(cfg.seed))
     optimizers = build_optimizers(param_groups(model, cfg), cfg)
     batches = torch.Generator().manual_seed(cfg.seed + 1)
-    rows = []
+    probe, _ = get_batch(tokens.train, cfg.batch_size, cfg.seq_len, torch.Generator().manual_seed(cfg.seed + 2))
+    cell = {"param": cfg.param, "optimizer": cfg.optimizer, "width": cfg.width, "depth": cfg.depth,
+            "seed": cfg.seed}
+    rows, initial = [], None
     for step in range(cfg.steps + 1):
-        x, y = get_batch(tokens.train, cfg.batch_size, cfg.seq_len, batches)
-        logits, outputs = model(x, return_block_outputs=True)
-        rows += [{"param": cfg.param, "optimizer": cfg.optimizer, "width": cfg.width, "depth": cfg.depth,
-                  "seed": cfg.seed, "step": step, "block": i, "rms": rms(h.detach())}
-                 for i, h in enumerate(outputs)]
+        with torch.no_grad():
+            logits, outputs = model(probe, return_block_outputs=True)
+        sites = [("block", i, h) for i, h in enumerate(outputs)] + [("logits", None, logits)]
+        initial = initial or [value for *_, value in sites]
+        rows += [{**cell, "step": step, "site": site, "block": block, "rms": rms(value),
+                  "delta_rms": rms(value - start)} for (site, block, value), start in zip(sites, initial)]
         if step == cfg.steps:
             break
-        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+        x, y = get_batch(tokens.train, cfg.batch_size, cfg.seq_len, batches)
+        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         step_optimizers(optimizers, StepInputs(model, x, nullcontext))
@@ -54,26 +66,37 @@ def check_one(cfg: TrainConfig, tokens) -> list[dict]:
     return rows
 
 
+def shapes(widths, depths) -> list[tuple[int, int]]:
+    """The cross through (widths[0], depths[0]): every width at the first depth, every depth at the
+    first width."""
+    return list(dict.fromkeys([(w, depths[0]) for w in widths] + [(widths[0], d) for d in depths]))
+
+
 def coord_check(base: TrainConfig, widths, depths, params, seeds=(0, 1, 2)) -> list[dict]:
     if base.threads:
         torch.set_num_threads(base.threads)
     tokens = load_tokens(base.dataset, base.tokenizer, base.data_dir)
     rows = []
     for param in params:
-        for width in widths:
-            for depth in depths:
-                for seed in seeds:
-                    cfg = dataclasses.replace(base, param=param, width=width, depth=depth, seed=seed)
-                    cfg.validate()
-                    rows += check_one(cfg, tokens)
-                    last = [r["rms"] for r in rows[-depth:]]
-                    print(f"{param} width={width} depth={depth} seed={seed}: last block RMS "
-                          f"{last[-1]:.4g} after {cfg.steps} steps", file=sys.stderr)
+        for width, depth in shapes(widths, depths):
+            for seed in seeds:
+                cfg = dataclasses.replace(base, param=param, width=width, depth=depth, seed=seed)
+                cfg.validate()
+                cell = check_one(cfg, tokens)
+                rows += cell
+                last = next(r for r in cell if r["step"] == cfg.steps and r["block"] == depth - 1)
+                print(f"{param} width={width} depth={depth} seed={seed}: last block RMS {last['rms']:.4g}, "
+                      f"its update {last['delta_rms']:.4g} after {cfg.steps} steps", file=sys.stderr)
     return rows
 
 
 def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",")]
+    """'32,64' or '32,...,256' (doubling, as the sweep's grids)."""
+    parts = text.split(",")
+    if len(parts) == 3 and parts[1] == "...":
+        low, high = int(parts[0]), int(parts[2])
+        return [low * 2 ** i for i in range((high // low).bit_length()) if low * 2 ** i <= high]
+    return [int(v) for v in parts]
 
 
 def main(argv: list[str]) -> int:
@@ -98,6 +121,7 @@ def main(argv: list[str]) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows))
     print(f"wrote {len(rows)} records to {args.out}")
+    print(verdict_text(verdicts(rows)))
     return 0
 
 
