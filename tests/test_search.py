@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,3 +147,14 @@ def test_a_bad_search_or_a_line_without_lrs_stops_before_anything_runs(tmp_path)
                  cwd=tmp_path)
     assert one_lr.returncode != 0 and "search=transfer searches the learning rate" in one_lr.stderr
     assert not (tmp_path / "s" / "records").exists()
+
+
+def test_replay_on_the_projects_committed_width_store_meets_the_same_targets(tmp_path):
+    store = tmp_path / "cpu_width"
+    shutil.copytree(ROOT / "results" / "cpu_width" / "records", store / "records")
+    run = cli("-m", "sweeper", "replay", "--oracle", str(store), "--json")
+    assert run.returncode == 0, run.stderr
+    tables = json.loads(run.stdout)["tables"]
+    assert {("param=sp" in t["name"], "param=mup" in t["name"]) for t in tables} == {(True, False), (False, True)}
+    for table in tables:
+        assert table["compute_fraction"] <= 0.5 and table["max_error"] <= 0.5, table
