@@ -34,6 +34,7 @@ from .parameterization import OPTIMIZERS, ParamGroup, check_names
 from .spectral import newton_schulz
 from .shampoo import Shampoo
 from .sso import SSO
+from .stepping import closure_loss, with_grads
 
 __all__ = ["OPTIMIZERS", "build_optimizers", "StepInputs", "step_optimizers"]
 
@@ -93,14 +94,9 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            for p in with_grads(group["params"]):
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p.grad)

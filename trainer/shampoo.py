@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from .stepping import closure_loss, with_grads
+
 RELATIVE_FLOOR = 1e-6
 
 
@@ -39,14 +41,9 @@ class Shampoo(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            for p in with_grads(group["params"]):
                 g = p.grad.float()
                 state = self.state[p]
                 if not state:

@@ -21,6 +21,7 @@ import math
 import torch
 
 from .spectral import newton_schulz, top_singular
+from .stepping import closure_loss, with_grads
 
 POWER_STEPS = 10  # per step, warm-started from the last step's v
 BRACKET_DOUBLINGS = 10  # f(+-mu) is searched for a sign change out to |mu| = 2^10 ||M||_F
@@ -80,15 +81,10 @@ class SSO(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             beta = group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            for p in with_grads(group["params"]):
                 state = self.state[p]
                 if not state:
                     state["momentum_buffer"] = torch.zeros_like(p)
