@@ -95,7 +95,7 @@ def _note_submitted(batch: list[PlannedCell], settings: SweepSettings, out: Text
     return submitted
 
 
-def _queued_jobs(store: Path, out: TextIO) -> dict[str, str]:
+def queued_jobs(store: Path, out: TextIO) -> dict[str, str]:
     """Cell key -> the Slurm job pending or running for it, e.g. from an earlier sweep whose shell
     is gone: that job records the cell, so the sweep leaves it alone rather than train it twice."""
     if not squeue_available():
@@ -121,7 +121,7 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
     try:
         cells = sweep_cells(overrides, settings) if cells is None else cells
         # The queue before the store: a job that ends in between has its record seen by plan.
-        queued = _queued_jobs(store, out)
+        queued = queued_jobs(store, out)
         todo, skipped = plan(cells, compose, store, settings.force)
     except (GridError, SchemaError, StoreError) as err:
         raise SweepError(str(err)) from None

@@ -3,20 +3,24 @@
 Every cell of the line is checked up front as a grid sweep checks it; then each round's cells go
 through sweeper.driver.run_sweep as one batch of jobs on the sweep's own launcher (basic,
 submitit_local, Slurm), so they land in the same store, with the same progress, resume and
-failure handling. A cell the store already holds is answered from it, never trained again.
+failure handling. A cell the store already holds is answered from it, never trained again; one
+that a Slurm job queued earlier or another run is training (a search killed and run again while
+its round's jobs still run) is waited for, and trained here only if that job ends without it.
 """
 from __future__ import annotations
 
 import sys
+import time
 from typing import Callable, TextIO
 
 from omegaconf import DictConfig
 
-from .driver import Launch, SweepError, SweepSettings, run_sweep, sweep_cells
+from .claims import live_claims
+from .driver import Launch, SweepError, SweepSettings, queued_jobs, run_sweep, sweep_cells
 from .grid import Cell, GridError
 from .plan import PlannedCell, plan
-from .record import SchemaError, cell_key
-from .result_store import read_record
+from .record import DONE, SchemaError, cell_key
+from .result_store import StoreError, read_record
 from .search import Ask, SearchError, SearchTable, cell_cost, journal_storage, run_search, summary
 from .transfer import DIVERGED, TREND_PARAMS, Line
 
@@ -34,8 +38,34 @@ class SweepOracle:
 
     def answer(self, asks: list[Ask]) -> list[float]:
         planned = [self._cell(a) for a in asks]
-        run_sweep([], self.settings, self.compose, self.launch, self.out, cells=[p.cell for p in planned])
+        todo = planned
+        while todo:  # run_sweep leaves cells to the jobs already training them: their records come
+            run_sweep([], self.settings, self.compose, self.launch, self.out, cells=[p.cell for p in todo])
+            todo = self._unfinished(todo)
         return [_outcome(read_record(self.settings.store, p.key)) for p in planned]
+
+    def _unfinished(self, planned: list[PlannedCell]) -> list[PlannedCell]:
+        """The cells without an ok or diverged record once no Slurm job queued earlier and no other
+        run is on them (those are waited for): the cells such a job or run left, to train here."""
+        store, told = self.settings.store, False
+        while True:
+            left = [p for p in planned if not self._finished(p.key)]
+            others = queued_jobs(store, self.out).keys() | live_claims(store).keys() if left else set()
+            busy = [p for p in left if p.key in others]
+            if not busy:
+                return left
+            if not told:
+                print(f"[search] waiting for {len(busy)} cell(s) of the round that Slurm jobs queued "
+                      f"earlier or other runs are training (scancel a job to train its cell here)",
+                      file=self.out, flush=True)
+                told = True
+            time.sleep(self.settings.poll_s)
+
+    def _finished(self, key: str) -> bool:
+        try:
+            return read_record(self.settings.store, key)["status"] in DONE
+        except StoreError:
+            return False
 
     def _cell(self, ask: Ask) -> PlannedCell:
         """The grid's cell, or for a refining half step off the line its row's cell at that lr."""

@@ -1,6 +1,7 @@
 """Sweeps on the local Slurm cluster (cluster=local): each cell is a Slurm job that writes its own
 record; a finished grid submits nothing again; a cancelled cell is recorded as failed and retried
-alone; a preempted cell resumes from its checkpoint; status shows the queue."""
+alone; a preempted cell resumes from its checkpoint; status shows the queue; search=transfer runs
+in rounds of job arrays and resumes from the store."""
 from __future__ import annotations
 
 import json
@@ -11,8 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from analysis.optima import row_optimum
+from analysis.report import analyse
 from sweeper.queue import ENTRY, read_entries, write_entry
 from sweeper.record import make_record
 from sweeper.result_store import load_store, read_record, run_dir, write_record
@@ -215,6 +219,67 @@ def test_preempted_cells_resume_from_their_checkpoints(slurm_cluster, tmp_path, 
         record = read_record(store, key)
         assert record["status"] == "ok" and record["metrics"]["steps_done"] == 30
         assert [step for step, _ in record["curves"]["train"]] == list(range(1, 31))  # no step lost or redone
+
+
+@pytest.mark.timeout(300)
+def test_a_transfer_search_runs_rounds_as_job_arrays_waits_for_a_killed_searchs_jobs_and_reruns_nothing(
+        slurm_cluster, tmp_path, wait_until):
+    started = time.time()
+    store = tmp_path / "store"
+    search = ["-m", "experiment=smoke", "width=32,64", "lr=-10:-7", "steps=4", "search=transfer",
+              "search_budget=1", "cluster=local", f"store={store}"]
+    # The first round goes to Slurm held and the search is killed: a lost shell, its jobs still queued.
+    killed = start_sweep([*search, "+hydra.launcher.additional_parameters.hold=true"], tmp_path)
+    try:
+        wait_until(lambda: sweep_running(killed, lambda: len(read_entries(store)) == 3), 60,
+                   "the search queueing its first round of 3 cells")
+    finally:
+        killed.kill()
+        killed.communicate()
+    [held] = {e["job_id"].split("_")[0] for e in read_entries(store).values()}
+
+    log = tmp_path / "resumed.log"
+    with open(log, "w") as out:
+        resumed = subprocess.Popen(sweep_command(search), cwd=tmp_path, env=ENV, stdout=out,
+                                   stderr=subprocess.STDOUT, text=True)
+
+    def resumed_waiting() -> bool:
+        if resumed.poll() is not None:
+            raise AssertionError(f"the rerun ended (exit {resumed.returncode}):\n{log.read_text()[-3000:]}")
+        return "waiting for 3 cell(s)" in log.read_text()
+    try:
+        wait_until(resumed_waiting, 60, "the rerun waiting for the queued round, not submitting it again")
+        subprocess.run(["scontrol", "release", held], check=True)
+        assert resumed.wait(timeout=180) == 0, log.read_text()[-3000:]
+    finally:
+        resumed.kill()
+        subprocess.run(["scancel", held], capture_output=True)  # no held job outlives a failed test
+    text = log.read_text()
+    assert "leaving 3 cells to the Slurm jobs already queued for them" in text
+
+    frame = load_store(store)
+    lrs = np.arange(-10.0, -6.0)
+    for width in (32, 64):
+        row = frame[frame["width"] == width].set_index("lr")
+        diverged = (row["status"] == "diverged").reindex(lrs, fill_value=False).to_numpy()
+        loss = row["val_loss"].reindex(lrs).to_numpy(float)
+        assert row_optimum(width, lrs, loss, diverged).edge is None, f"width {width} not bracketed"
+        assert f"{width}: bracketed by {len(row)}" in text
+    assert len(frame) < 8  # sparse: not the whole 2 x 4 grid
+    [analysed] = analyse(frame)  # the report's optima: inside each row's cells
+    assert [(o.size, o.edge) for o in analysed.optima] == [(32, None), (64, None)]
+
+    jobs = jobs_from(tmp_path, started)
+    entries = read_entries(store)
+    assert len(jobs) == len(frame) and {e["job_id"] for e in entries.values()} == set(jobs)  # a job per cell
+    for key in frame["key"]:  # each recorded by its own job, the held round's by the killed search's jobs
+        assert read_record(store, key)["runtime"]["slurm"]["job_id"] == entries[key]["job_id"]
+    assert len({job.split("_")[0] for job in jobs}) == text.count("[search] round ")  # an array a round
+
+    again = sweep(search, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[search] round" not in again.stdout and "bracketed by" in again.stdout
+    assert jobs_from(tmp_path, started).keys() == jobs.keys()  # sacct: the rerun submitted no job
 
 
 def test_status_without_slurm_shows_the_store_and_no_queue(tmp_path):
