@@ -376,7 +376,8 @@ def test_a_bad_bpe_file_is_named_with_its_problem(tmp_path, content, problem):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "gpt2.tiktoken").write_text(content)
-    with pytest.raises(DataUnavailable, match=f"{re.escape(str(data_dir / 'gpt2.tiktoken'))}: {problem}") as error:
+    bpe_file = re.escape(str(data_dir / "gpt2.tiktoken"))
+    with pytest.raises(DataUnavailable, match=f"{bpe_file}: {problem}") as error:
         prepare_two_documents(tmp_path, data_dir)
     assert "r50k_base.tiktoken" in str(error.value) and "delete it" in str(error.value)
     assert not (data_dir / "openwebtext" / "train.bin").exists()

@@ -61,8 +61,9 @@ TOKENIZERS = ("auto", "byte", "gpt2")
 BYTE_VOCAB = 256
 GPT2_VOCAB = 50257
 GPT2_EOT = GPT2_VOCAB - 1  # <|endoftext|>, GPT-2's last id; a BPE file's ranks lie below it
-GPT2_BPE_FILE = "gpt2.tiktoken"  # DATA_DIR/gpt2.tiktoken: the BPE used offline, instead of tiktoken's download
-# GPT-2's ranks in tiktoken's file format: tiktoken's r50k_base, the same ranks, pattern and <|endoftext|> as gpt2
+GPT2_BPE_FILE = "gpt2.tiktoken"  # DATA_DIR/gpt2.tiktoken: read instead of tiktoken's download
+# GPT-2's ranks in tiktoken's file format: tiktoken's r50k_base, whose ranks, pattern and <|endoftext|>
+# are gpt2's
 GPT2_BPE_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
 # nanoGPT's openwebtext split (data/openwebtext/prepare.py): datasets' train_test_split(test_size, seed)
 OPENWEBTEXT_VAL_FRACTION, OPENWEBTEXT_SPLIT_SEED = 0.0005, 2357
@@ -221,7 +222,8 @@ def _gpt2_encoding(root: Path) -> tiktoken.Encoding:
     bpe_file = root / GPT2_BPE_FILE
     if bpe_file.exists():
         return tiktoken.Encoding(name=f"gpt2 from {bpe_file}", pat_str=r50k_pat_str,
-                                 mergeable_ranks=_read_bpe_file(bpe_file), special_tokens={ENDOFTEXT: GPT2_EOT})
+                                 mergeable_ranks=_read_bpe_file(bpe_file),
+                                 special_tokens={ENDOFTEXT: GPT2_EOT})
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as exc:  # tiktoken surfaces network failures as whatever its HTTP client raises
