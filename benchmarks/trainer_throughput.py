@@ -1,15 +1,24 @@
 """Throughput of the trainer against a plain reference GPT-2 of the same shape, in one process.
 
     python benchmarks/trainer_throughput.py [--steps 10] [--repeats 3] [--threads 2] [--optimizers all]
+        [--compile off|on|both] [--peak-tflops T]
 
 For each vocab (256, 50304) and precision (fp32, bf16) it times training steps of
   * trainer: trainer.train.run with param=mup (multipliers, per-group rules) and the given optimizers,
   * reference: a plain nanoGPT-style GPT-2 (fused QKV, no multipliers) with plain AdamW,
-on the same shape (width 256, depth 4, seq 256, batch 16) and data, and prints tokens/s, MFU against
-this CPU's measured matmul peak, the ratio trainer / reference (target >= 1.0 at equal precision),
-the median over --repeats rounds, and the optimizer step's share of a training step (forward,
-backward, clipping and step timed apart in the trainer's own model and optimizers).
+on the same shape (width 256, depth 4, seq 256, batch 16) and data, and prints tokens/s, MFU, the
+ratio trainer / reference (target >= 1.0 at equal precision), the median over --repeats rounds, and
+the optimizer step's share of a training step (forward, backward, clipping and step timed apart in
+the trainer's own model and optimizers). FLOPs per token are trainer.cost's.
 --optimizers takes a comma list or "all" (every optimizer the trainer has).
+--compile: time the models eager (off, the default), under torch.compile (on), or both; each
+compiled row's ratio is against the compiled reference.
+
+Runs on CUDA when present, as the trainer does (fused AdamW, TF32 for fp32 matmuls, bf16 autocast),
+with MFU against the GPU's dense bf16 peak from trainer.cost.GPUS, found by its name (or
+--peak-tflops), for both precisions. There, and for compiled models anywhere, the first step (CUDA's
+lazy setup, compilation) is left out of the timing. On a CPU, MFU is against this CPU's measured
+matmul peak, and every step is timed.
 A step at vocab 50304 costs ~8x one at vocab 256 here, so it times fewer steps (--steps / 4, at least 2).
 bf16 matmul on a CPU without AMX ran ~70x slower than fp32 here (see the measured peaks), so a bf16
 step would take minutes: there bf16 is not timed, and the line says what a step would cost.
@@ -20,18 +29,22 @@ import argparse
 import statistics
 import time
 from contextlib import nullcontext
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from trainer.callbacks import Callback
 from trainer.config import TrainConfig
+from trainer.cost import GPUS, flops_per_token, gpu_named
 from trainer.data import get_batch, load_tokens
 from trainer.optimizers import OPTIMIZERS, StepInputs, build_optimizers, cpu_has_fast_bf16, step_optimizers
 from trainer.parameterization import build_model, param_groups
 from trainer.train import run
 
 SHAPE = dict(width=256, depth=4, seq_len=256, batch_size=16)
+TOKENS_PER_STEP = SHAPE["batch_size"] * SHAPE["seq_len"]
 
 
 class RefBlock(nn.Module):
@@ -59,60 +72,98 @@ class RefGPT(nn.Module):
         self.ln_f, self.lm_head = nn.LayerNorm(n), nn.Linear(n, vocab, bias=False)
 
     def forward(self, idx, targets):
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
         for block in self.h:
             x = block(x)
         logits = self.lm_head(self.ln_f(x))
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
 
 
-def reference_tokens_per_s(vocab: int, precision: str, steps: int, tokens) -> float:
+def autocast_for(device: torch.device, precision: str):
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+
+
+def sync(device: torch.device) -> None:
+    """Waits for the device's queued work, so that a clock read after it counts that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reference_tokens_per_s(vocab: int, precision: str, steps: int, tokens, device: torch.device,
+                           compiled: bool, skip_first: bool) -> float:
     torch.manual_seed(0)
-    model = RefGPT(vocab, SHAPE["seq_len"], SHAPE["width"], SHAPE["depth"])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
+    model = RefGPT(vocab, SHAPE["seq_len"], SHAPE["width"], SHAPE["depth"]).to(device)
+    loss_fn = torch.compile(model) if compiled else model
+    # fused on CUDA, as the trainer's AdamW (and nanoGPT's) is there
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0,
+                            fused=True if device.type == "cuda" else None)
     gen = torch.Generator().manual_seed(1)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
-    elapsed = 0.0
-    for _ in range(steps):  # timed like the trainer's tokens_per_s: every step, batch fetch included
-        t0 = time.perf_counter()
+    autocast = autocast_for(device, precision)
+    timed_from = int(skip_first)
+    for i in range(steps):  # timed like the trainer's tokens_per_s: every step, batch fetch included
+        if i == timed_from:
+            sync(device)
+            started = time.perf_counter()
         x, y = get_batch(tokens, SHAPE["batch_size"], SHAPE["seq_len"], gen)
+        x, y = x.to(device), y.to(device)
         with autocast():
-            loss = model(x, y)
+            loss = loss_fn(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        loss.item()
-        elapsed += time.perf_counter() - t0
-    return steps * SHAPE["batch_size"] * SHAPE["seq_len"] / elapsed
+    loss.item()  # waits for the device, as the trainer's read-back at its last step
+    return (steps - timed_from) * TOKENS_PER_STEP / (time.perf_counter() - started)
 
 
-def trainer_tokens_per_s(vocab: int, optimizer: str, precision: str, steps: int) -> float:
+class LoggedRates(Callback):
+    """The trainer's cumulative tokens/s at each step it logs (its first and last, here)."""
+
+    def __init__(self) -> None:
+        self.rates: dict[int, float] = {}
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        self.rates[step] = metrics["train/tokens_per_s"]
+
+
+def trainer_tokens_per_s(vocab: int, optimizer: str, precision: str, steps: int, device: torch.device,
+                         compiled: bool, skip_first: bool) -> float:
     cfg = TrainConfig(**SHAPE, param="mup", optimizer=optimizer, lr=-8, steps=steps, warmup_steps=1,
                       eval_interval=0, eval_batches=1, log_interval=10**9, precision=precision,
-                      dataset="embedded", tokenizer="byte", vocab_size=vocab)
-    return run(cfg).tokens_per_s
+                      device=device.type, compile=compiled, dataset="embedded", tokenizer="byte",
+                      vocab_size=vocab)
+    logged = LoggedRates()
+    result = run(cfg, callbacks=[logged])
+    if not skip_first:
+        return result.tokens_per_s
+    # the loop's time up to a step is tokens / cumulative rate; the steps after the first take the rest
+    first, last = (TOKENS_PER_STEP * s / logged.rates[s] for s in (1, steps))
+    return (steps - 1) * TOKENS_PER_STEP / (last - first)
 
 
-def optimizer_step_share(vocab: int, optimizer: str, precision: str, steps: int, tokens) -> float:
+def optimizer_step_share(vocab: int, optimizer: str, precision: str, steps: int, tokens,
+                         device: torch.device) -> float:
     """Seconds in step_optimizers over seconds in the whole step, over ``steps`` steps after one warm-up."""
     cfg = TrainConfig(**SHAPE, param="mup", optimizer=optimizer, lr=-8, precision=precision, vocab_size=vocab)
-    model = build_model(cfg, vocab, torch.Generator().manual_seed(0))
+    model = build_model(cfg, vocab, torch.Generator().manual_seed(0)).to(device)
     optimizers = build_optimizers(param_groups(model, cfg), cfg)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    autocast = autocast_for(device, precision)
     gen = torch.Generator().manual_seed(1)
     in_step = total = 0.0
     for i in range(steps + 1):
         t0 = time.perf_counter()
         x, y = get_batch(tokens, SHAPE["batch_size"], SHAPE["seq_len"], gen)
+        x, y = x.to(device), y.to(device)
         with autocast():
             loss = model.loss(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        sync(device)
         t1 = time.perf_counter()
         step_optimizers(optimizers, StepInputs(model, x, autocast))
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
+        sync(device)
         t2 = time.perf_counter()
         if i:  # the first step allocates optimizer state
             in_step, total = in_step + t2 - t1, total + t2 - t0
@@ -128,11 +179,25 @@ def matmul_peak_flops(dtype: torch.dtype, n: int = 1024, reps: int = 3) -> float
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def flops_per_token(vocab: int) -> float:
-    """6 N for the matmul parameters (embeddings excluded, lm_head included) + attention's 12 L n T."""
-    n, L, T = SHAPE["width"], SHAPE["depth"], SHAPE["seq_len"]
-    matmul_params = L * 12 * n * n + n * vocab
-    return 6 * matmul_params + 12 * L * n * T
+def peaks_of(device: torch.device, peak_tflops: Optional[float]) -> dict[str, Optional[float]]:
+    """FLOP/s per precision that MFU is against; None where no peak is known."""
+    if device.type == "cpu":
+        peaks = {p: matmul_peak_flops(d) for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+        for p, peak in peaks.items():
+            print(f"measured matmul peak {p}: {peak / 1e9:.1f} GFLOP/s (1024x1024 @ 1024x1024)")
+        return peaks
+    name = torch.cuda.get_device_name(device)
+    gpu = gpu_named(name, torch.cuda.get_device_properties(device).total_memory / 2**30)
+    if peak_tflops is not None:
+        source = "--peak-tflops"
+    elif gpu is not None:
+        peak_tflops, source = GPUS[gpu].tflops, f"the {gpu}'s dense bf16 peak"
+    else:
+        print(f"GPU {name}: no peak known (trainer.cost.GPUS), so no MFU; give --peak-tflops")
+        return {"fp32": None, "bf16": None}
+    # one yardstick for both precisions: fp32 runs TF32 matmuls here, whose dense peak is half of bf16's
+    print(f"GPU {name}: MFU against {source}, {peak_tflops:g} TFLOP/s, for fp32 (TF32) and bf16 alike")
+    return {"fp32": peak_tflops * 1e12, "bf16": peak_tflops * 1e12}
 
 
 def main() -> None:
@@ -141,6 +206,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--optimizers", default="adamw,muon_kimi")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of reference and trainer runs")
+    parser.add_argument("--compile", choices=("off", "on", "both"), default="off",
+                        help="time the models eager, under torch.compile, or both")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="on CUDA: the peak MFU is against, for a GPU that trainer.cost.GPUS lacks")
     args = parser.parse_args()
     if args.optimizers == "all":
         args.optimizers = ",".join(OPTIMIZERS)
@@ -149,42 +218,49 @@ def main() -> None:
         parser.error(f"unknown optimizer(s) {', '.join(unknown)}: choose from {', '.join(OPTIMIZERS)} or all")
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":  # as the trainer sets it: the reference may run before the trainer does
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     print(f"threads {torch.get_num_threads()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    peaks = {p: matmul_peak_flops(d) for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    for p, peak in peaks.items():
-        print(f"measured matmul peak {p}: {peak / 1e9:.1f} GFLOP/s (1024x1024 @ 1024x1024)")
-    print(f"{'vocab':>6} {'prec':>5} {'model':>22} {'tok/s':>9} {'MFU':>6} {'ratio':>6} {'opt step':>8}")
+    peaks = peaks_of(device, args.peak_tflops)
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    print(f"{'vocab':>6} {'prec':>5} {'model':>32} {'tok/s':>9} {'MFU':>6} {'ratio':>6} {'opt step':>8}")
     # Byte tokens for both vocabularies (no network for the GPT-2 BPE here): the cost of a step
     # depends on the vocab size of the embedding and output layer, not on which ids occur.
     tokens = load_tokens("embedded", "byte").train
     for vocab in (256, 50304):
+        per_token = flops_per_token(TrainConfig(**SHAPE), vocab)
         for precision in ("fp32", "bf16"):
-            tokens_per_step = SHAPE["batch_size"] * SHAPE["seq_len"]
-            if precision == "bf16" and not cpu_has_fast_bf16():
-                step_s = flops_per_token(vocab) * tokens_per_step / peaks["bf16"]
+            if device.type == "cpu" and precision == "bf16" and not cpu_has_fast_bf16():
+                step_s = per_token * TOKENS_PER_STEP / peaks["bf16"]
                 print(f"{vocab:>6} {precision:>5} skipped: no fast bf16 matmul on this CPU "
                       f"(a step would take >= {step_s:.0f} s at the measured bf16 peak)")
                 continue
             steps = max(2, args.steps // 4 ** (vocab > 256))
-            mfu = lambda tps: tps * flops_per_token(vocab) / peaks[precision]
-            # Rounds alternate which model runs first, so drift in this shared CPU's speed falls on
-            # both; the ratio is the median of the per-round ratios.
-            rounds = []
-            for r in range(args.repeats):
-                measure = {"reference": lambda: reference_tokens_per_s(vocab, precision, steps, tokens)}
+            mfu = lambda tps: f"{tps * per_token / peaks[precision]:>6.1%}" if peaks[precision] else f"{'-':>6}"
+            for compiled in modes:
+                skip_first = device.type == "cuda" or compiled
+                suffix = ", compiled" if compiled else ""
+                # Rounds alternate which model runs first, so drift in this shared CPU's speed falls on
+                # both; the ratio is the median of the per-round ratios.
+                rounds = []
+                for r in range(args.repeats):
+                    measure = {"reference": lambda: reference_tokens_per_s(
+                        vocab, precision, steps, tokens, device, compiled, skip_first)}
+                    for optimizer in args.optimizers.split(","):
+                        measure[optimizer] = lambda o=optimizer: trainer_tokens_per_s(
+                            vocab, o, precision, steps, device, compiled, skip_first)
+                    order = list(measure) if r % 2 == 0 else list(reversed(measure))
+                    rounds.append({name: measure[name]() for name in order})
+                ref = statistics.median(r["reference"] for r in rounds)
+                print(f"{vocab:>6} {precision:>5} {'reference (AdamW)' + suffix:>32} {ref:>9,.0f} {mfu(ref)}")
                 for optimizer in args.optimizers.split(","):
-                    measure[optimizer] = lambda o=optimizer: trainer_tokens_per_s(vocab, o, precision, steps)
-                order = list(measure) if r % 2 == 0 else list(reversed(measure))
-                rounds.append({name: measure[name]() for name in order})
-            ref = statistics.median(r["reference"] for r in rounds)
-            print(f"{vocab:>6} {precision:>5} {'reference (AdamW)':>22} {ref:>9,.0f} {mfu(ref):>6.1%}")
-            for optimizer in args.optimizers.split(","):
-                tps = statistics.median(r[optimizer] for r in rounds)
-                ratios = [r[optimizer] / r["reference"] for r in rounds]
-                share = optimizer_step_share(vocab, optimizer, precision, steps, tokens)
-                print(f"{vocab:>6} {precision:>5} {'trainer mup ' + optimizer:>22} {tps:>9,.0f} "
-                      f"{mfu(tps):>6.1%} {statistics.median(ratios):>6.2f} {share:>8.0%}  (rounds: "
-                      + " ".join(f"{x:.2f}" for x in ratios) + ")", flush=True)
+                    tps = statistics.median(r[optimizer] for r in rounds)
+                    ratios = [r[optimizer] / r["reference"] for r in rounds]
+                    share = optimizer_step_share(vocab, optimizer, precision, steps, tokens, device)
+                    print(f"{vocab:>6} {precision:>5} {'trainer mup ' + optimizer + suffix:>32} {tps:>9,.0f} "
+                          f"{mfu(tps)} {statistics.median(ratios):>6.2f} {share:>8.0%}  (rounds: "
+                          + " ".join(f"{x:.2f}" for x in ratios) + ")", flush=True)
 
 
 if __name__ == "__main__":

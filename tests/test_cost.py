@@ -9,7 +9,7 @@ import torch
 
 from sweeper.__main__ import main as sweeper_main
 from trainer.config import TrainConfig
-from trainer.cost import FILL, divisors, fit_advice, params, peak_memory, pick_micro_batch
+from trainer.cost import FILL, divisors, fit_advice, gpu_named, params, peak_memory, pick_micro_batch
 from trainer.microbatch import resolve_micro_batch
 from trainer.parameterization import build_model
 
@@ -71,3 +71,15 @@ def test_plan_names_a_cell_that_cannot_fit_and_what_would_fit_it(capsys):
     assert sweeper_main(["plan", "experiment=paper_table13", "depth=256", "lr=-8", "activation_checkpointing=true",
                          "--gpu-memory-gb", "8", "--gpu-tflops", "100"]) == 0
     assert "every cell fits" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, memory_gib, entry", [
+    ("NVIDIA H100 80GB HBM3", 79.1, "H100"),
+    ("NVIDIA H200", 139.8, "H200"),
+    ("NVIDIA A100-SXM4-40GB", 39.4, "A100-40GB"),
+    ("NVIDIA A100-SXM4-80GB", 79.2, "A100-80GB"),
+    ("NVIDIA A100 80GB PCIe", 79.2, "A100-80GB"),
+    ("NVIDIA GeForce RTX 4090", 23.6, None),
+])
+def test_a_gpu_is_found_by_the_name_torch_gives_it(name, memory_gib, entry):
+    assert gpu_named(name, memory_gib) == entry

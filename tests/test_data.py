@@ -1,8 +1,12 @@
 """trainer.data: prepared, cached, shared token files and the batches drawn from them."""
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
+import math
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -14,8 +18,10 @@ import pytest
 import tiktoken
 import torch
 
+from trainer.config import TrainConfig
 from trainer.data import (DataUnavailable, fixed_batches, get_batch, load_tokens, main,
-                          vocab_size_of)
+                          prepare_openwebtext, vocab_size_of)
+from trainer.train import run
 
 REPO = Path(__file__).resolve().parents[1]
 # A proxy on a closed local port: any download attempt fails at once, without touching the network.
@@ -235,6 +241,8 @@ def test_gpt2_offline_says_how_to_provide_the_bpe_files(tmp_path):
         env=child_env(TIKTOKEN_CACHE_DIR=str(cache), **NO_NETWORK))
     assert done.returncode == 2
     assert "TIKTOKEN_CACHE_DIR" in done.stderr and "tokenizer=byte" in done.stderr
+    # the file that needs no network, where it goes and where to get it
+    assert str(tmp_path / "data" / "gpt2.tiktoken") in done.stderr and "r50k_base.tiktoken" in done.stderr
 
 
 def test_gpt2_folder_tokens_decode_to_the_text(tmp_path, monkeypatch):
@@ -262,3 +270,145 @@ def test_vocab_sizes_need_no_data():
         vocab_size_of("openwebtext", "byte")
     with pytest.raises(ValueError, match="choose one of auto, byte, gpt2"):
         vocab_size_of("embedded", "bpe")
+
+
+# ---- GPT-2 BPE from a file, and openwebtext from local documents ----------------------------------
+
+GPT2_EOT = 50256  # <|endoftext|> in GPT-2's vocab
+# Merges for a tiny BPE: pairs common in the documents below, each built from tokens listed before it
+MERGES = [b"th", b"he", b"the", b" the", b"an", b" an", b"and", b" and", b"in", b"ng", b"ing", b" c",
+          b"at", b" cat", b"er", b" over"]
+
+
+def write_bpe(path: Path, merges: list[bytes] = MERGES) -> dict[int, bytes]:
+    """A tiny BPE in tiktoken's file format: the 256 bytes, then ``merges``; returns id -> bytes."""
+    tokens = [bytes([b]) for b in range(256)] + merges
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{base64.b64encode(t).decode()} {rank}\n" for rank, t in enumerate(tokens)))
+    return {**dict(enumerate(tokens)), GPT2_EOT: b"<|endoftext|>"}
+
+
+def decode(ids, vocab: dict[int, bytes]) -> str:
+    return b"".join(vocab[int(i)] for i in ids).decode("utf-8")
+
+
+def documents(n: int) -> list[str]:
+    """Varied text: words the merges cover, unicode, newlines and quotes that JSON must escape."""
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "and", "dog", "ran", "over", "thing", "in", "an", "é", "日本", "\"q\"", "\n"]
+    return [f"doc {i}: " + " ".join(rng.choice(words, size=60 + 5 * i)) for i in range(n)]
+
+
+def write_jsonl(path: Path, docs: list[str]) -> None:
+    lines = [json.dumps({"text": d, "url": f"https://example.org/{i}"}) for i, d in enumerate(docs)]
+    path.write_text("\n\n".join(lines) + "\n")  # blank lines between documents are skipped
+
+
+def split_documents(tokens: np.ndarray, vocab: dict[int, bytes]) -> list[str]:
+    """A split's documents: the stream cut after each <|endoftext|>."""
+    ids = np.asarray(tokens)
+    assert len(ids) and ids[-1] == GPT2_EOT
+    ends = np.flatnonzero(ids == GPT2_EOT)
+    return [decode(ids[a + 1:b], vocab) for a, b in zip([-1, *ends[:-1]], ends)]
+
+
+def test_openwebtext_from_local_documents_with_a_bpe_file_then_a_cell_trains_on_it(tmp_path, capsys):
+    data_dir, docs = tmp_path / "data", documents(40)
+    vocab = write_bpe(data_dir / "gpt2.tiktoken")
+    write_jsonl(tmp_path / "docs.jsonl", docs)
+    assert main(["prepare", "openwebtext", "--from", str(tmp_path / "docs.jsonl"),
+                 "--data-dir", str(data_dir), "--num-proc", "2"]) == 0
+    assert "openwebtext:gpt2:" in capsys.readouterr().out
+
+    data = load_tokens("openwebtext", data_dir=str(data_dir))
+    assert data.vocab_size == vocab_size_of("openwebtext", "auto") > int(max(data.train.max(), data.val.max()))
+    train, val = split_documents(data.train, vocab), split_documents(data.val, vocab)
+    # nanoGPT's split: datasets' train_test_split(test_size=0.0005, seed=2357) permutes the documents with
+    # numpy's default_rng(2357); the first ceil(0.0005 n) are val, the rest train, in that order
+    order = np.random.default_rng(2357).permutation(len(docs))
+    n_val = math.ceil(0.0005 * len(docs))
+    assert val == [docs[i] for i in order[:n_val]] and train == [docs[i] for i in order[n_val:]]
+    # the merges are used: " the" is one token, and there are fewer tokens than bytes
+    assert (data.train == 256 + MERGES.index(b" the")).any()
+    assert len(data.train) < sum(len(docs[i].encode()) for i in order[n_val:])
+
+    result = run(TrainConfig(dataset="openwebtext", data_dir=str(data_dir), width=32, depth=2, base_width=32,
+                             base_depth=2, head_dim=16, param="mup", optimizer="adamw", lr=-5, steps=12,
+                             warmup_steps=2, batch_size=4, seq_len=32, eval_interval=0, eval_batches=2,
+                             log_interval=1, device="cpu", precision="fp32", threads=1))
+    losses = [loss for _, loss in result.curves["train"]]
+    assert result.status == "ok" and result.steps_done == 12 and math.isfinite(result.val_loss)
+    # starts near uniform over GPT-2's padded vocab, then learns which of the ~270 used ids occur
+    assert abs(losses[0] - math.log(data.vocab_size)) < 0.5
+    assert max(losses[-3:]) < losses[0] - 2 and result.val_loss < losses[0] - 2
+
+
+def test_a_changed_bpe_file_gets_a_new_folder_cache(tmp_path):
+    folder, data_dir = tmp_path / "corpus", tmp_path / "data"
+    texts = write_folder(folder)
+    stream = "".join(texts[k].decode() + "<|endoftext|>" for k in ("a.txt", "c.py", "sub/b.md"))
+    vocab = write_bpe(data_dir / "gpt2.tiktoken")
+    data = load_tokens(str(folder), tokenizer="gpt2", data_dir=str(data_dir))
+    assert data.vocab_size == vocab_size_of(str(folder), "gpt2")
+    ids = np.concatenate([data.train, data.val])
+    assert decode(ids, vocab) == stream and (ids == 256 + MERGES.index(b"in")).any()  # "print"
+
+    other = write_bpe(data_dir / "gpt2.tiktoken", merges=[b"ph", b"al"])
+    changed = load_tokens(str(folder), tokenizer="gpt2", data_dir=str(data_dir))
+    assert changed.train.filename != data.train.filename
+    changed_ids = np.concatenate([changed.train, changed.val])
+    assert decode(changed_ids, other) == stream and (changed_ids == 257).any()  # "al" of "alpha"
+    assert not (changed_ids == 256 + MERGES.index(b"in")).any()
+
+
+def prepare_two_documents(tmp_path: Path, data_dir: Path):
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"text": "hi"}) + "\n" + json.dumps({"text": "ho"}))
+    return prepare_openwebtext(str(data_dir), num_proc=1, source=str(tmp_path / "docs.jsonl"))
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("", "it holds no ranks"),
+    ("dGg= 256\nnot-base64! 257\n", r"line 2 \(b'not-base64! 257'\) is not 'base64\(token bytes\) rank'"),
+    ("dGg= 256 7\n", "line 1 .* is not 'base64"),
+    ("dGg= 0\n", "256 of the 256 single bytes have no rank"),
+])
+def test_a_bad_bpe_file_is_named_with_its_problem(tmp_path, content, problem):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "gpt2.tiktoken").write_text(content)
+    bpe_file = re.escape(str(data_dir / "gpt2.tiktoken"))
+    with pytest.raises(DataUnavailable, match=f"{bpe_file}: {problem}") as error:
+        prepare_two_documents(tmp_path, data_dir)
+    assert "r50k_base.tiktoken" in str(error.value) and "delete it" in str(error.value)
+    assert not (data_dir / "openwebtext" / "train.bin").exists()
+
+
+def test_bpe_ranks_must_leave_room_for_endoftext_and_be_unique(tmp_path):
+    data_dir = tmp_path / "data"
+    write_bpe(data_dir / "gpt2.tiktoken")
+    bpe = data_dir / "gpt2.tiktoken"
+    good = bpe.read_text()
+    bpe.write_text(good + f"{base64.b64encode(b'zz').decode()} {GPT2_EOT}\n")
+    with pytest.raises(DataUnavailable, match=r"ranks run from 0 to 50256; GPT-2's lie in 0..50255"):
+        prepare_two_documents(tmp_path, data_dir)
+    bpe.write_text(good + f"{base64.b64encode(b'zz').decode()} 3\n")
+    with pytest.raises(DataUnavailable, match="two tokens share a rank"):
+        prepare_two_documents(tmp_path, data_dir)
+    bpe.write_text(good + f"{base64.b64encode(b'th').decode()} 999\n")
+    with pytest.raises(DataUnavailable, match=f"line {len(good.splitlines()) + 1} repeats the token b'th'"):
+        prepare_two_documents(tmp_path, data_dir)
+
+
+def test_bad_local_documents_are_named(tmp_path, capsys):
+    data_dir = tmp_path / "data"
+    write_bpe(data_dir / "gpt2.tiktoken")
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"text": "one"}) + "\n" + json.dumps({"body": "two"}) + "\n")
+    assert main(["prepare", "openwebtext", "--from", str(docs), "--data-dir", str(data_dir)]) == 2
+    assert f'{docs} line 2: not a JSON object with a string "text"' in capsys.readouterr().err
+    docs.write_text(json.dumps({"text": "only one"}) + "\n")
+    assert main(["prepare", "openwebtext", "--from", str(docs), "--data-dir", str(data_dir)]) == 2
+    assert "holds 1 document(s): openwebtext needs at least 2" in capsys.readouterr().err
+    assert main(["prepare", "openwebtext", "--from", str(tmp_path / "none.jsonl"), "--data-dir", str(data_dir)]) == 2
+    assert "none.jsonl: no such file" in capsys.readouterr().err
+    assert not (data_dir / "openwebtext" / "train.bin").exists()

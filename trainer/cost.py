@@ -44,6 +44,14 @@ class Gpu:
 GPUS = {"H100": Gpu(80, 989), "H200": Gpu(141, 989), "A100-40GB": Gpu(40, 312), "A100-80GB": Gpu(80, 312)}
 
 
+def gpu_named(device_name: str, memory_gib: float) -> Optional[str]:
+    """The GPUS entry of a device as torch names it ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"):
+    its model in the name, and of that model's entries the one nearest its memory. The peaks are the
+    SXM boards'; a PCIe H100's is lower (756 TFLOP/s), so its MFU against this one reads low."""
+    entries = [name for name in GPUS if name.split("-")[0] in device_name]
+    return min(entries, key=lambda name: abs(GPUS[name].memory_gb - memory_gib), default=None)
+
+
 @dataclass(frozen=True)
 class Params:
     total: int

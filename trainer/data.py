@@ -4,9 +4,19 @@ Datasets:
 - ``embedded`` (default): the running Python's own top-level standard-library ``*.py`` sources, sorted
   by file name, byte-level tokens (vocab 256). Needs no download and no network.
 - ``openwebtext``: GPT-2 BPE tokens in nanoGPT's layout, ``DATA_DIR/openwebtext/{train,val}.bin``
-  (uint16). Made by ``python -m trainer.data prepare openwebtext`` (needs the ``datasets`` package and
-  network) or copied from nanoGPT's ``data/openwebtext/prepare.py`` output. Never downloaded by a run.
+  (uint16), each document's ids followed by ``<|endoftext|>``, split as nanoGPT's
+  ``data/openwebtext/prepare.py`` splits (``_split_documents``). Made by
+  ``python -m trainer.data prepare openwebtext`` (downloads with the ``datasets`` package), by
+  ``python -m trainer.data prepare openwebtext --from FILE.jsonl`` from local documents (one JSON object
+  with a string ``"text"`` per line, as ``datasets``' ``to_json`` writes them), or copied from nanoGPT's
+  output. Never downloaded by a run.
 - any folder: every ``*.txt``, ``*.md`` and ``*.py`` file under it, sorted by relative path.
+
+The GPT-2 BPE comes from ``DATA_DIR/gpt2.tiktoken`` where that file exists: tiktoken's file format (one
+``base64(token bytes) rank`` per line), e.g. tiktoken's own ``r50k_base.tiktoken`` (``GPT2_BPE_URL``),
+which holds GPT-2's ranks. That needs no network, and a smaller BPE in the same format works too (its
+ranks below 50256, ``<|endoftext|>`` at GPT-2's 50256). Without the file, tiktoken loads ``gpt2`` from its
+cache (``TIKTOKEN_CACHE_DIR``) or downloads it.
 
 Text datasets (embedded and folders) are one token stream, the files joined in order (GPT-2 BPE appends
 ``<|endoftext|>`` after each file, as nanoGPT does; bytes have no spare id, so files are joined as they
@@ -21,14 +31,19 @@ the others wait for the lock and then read what it wrote.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
+import itertools
 import json
+import math
 import os
 import platform
 import shutil
 import sys
 import sysconfig
 import time
+from array import array
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +53,21 @@ import numpy as np
 import tiktoken
 import torch
 from filelock import FileLock, Timeout
+from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str  # GPT-2's special token and split pattern
 
 VAL_FRACTION = 0.1
 TEXT_SUFFIXES = (".txt", ".md", ".py")
 TOKENIZERS = ("auto", "byte", "gpt2")
 BYTE_VOCAB = 256
 GPT2_VOCAB = 50257
+GPT2_EOT = GPT2_VOCAB - 1  # <|endoftext|>, GPT-2's last id; a BPE file's ranks lie below it
+GPT2_BPE_FILE = "gpt2.tiktoken"  # DATA_DIR/gpt2.tiktoken: read instead of tiktoken's download
+# GPT-2's ranks in tiktoken's file format: tiktoken's r50k_base, whose ranks, pattern and <|endoftext|>
+# are gpt2's
+GPT2_BPE_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
+# nanoGPT's openwebtext split (data/openwebtext/prepare.py): datasets' train_test_split(test_size, seed)
+OPENWEBTEXT_VAL_FRACTION, OPENWEBTEXT_SPLIT_SEED = 0.0005, 2357
+DOCUMENTS_PER_BATCH = 1024  # documents tokenized together, by num_proc threads
 VOCAB_MULTIPLE = 64  # nanoGPT pads GPT-2's vocab to a multiple of 64 (50257 -> 50304) for faster matmuls
 TOKEN_DTYPE = np.uint16
 SPLITS = ("val", "train")  # publishing order: train.bin appears last, so its presence means "complete"
@@ -51,19 +75,24 @@ PROGRESS_EVERY_S = 10.0
 
 OPENWEBTEXT_MISSING = (
     "openwebtext is not prepared: {folder} has no train.bin and val.bin.\n"
-    "Provide them in one of two ways:\n"
+    "Provide them in one of three ways:\n"
     "  1. on a machine with network access and the `datasets` package (pip install datasets), run\n"
     "       python -m trainer.data prepare openwebtext --data-dir {data_dir}\n"
     "     and copy {folder} here if that machine is another one;\n"
-    "  2. or copy nanoGPT's prepared train.bin and val.bin (data/openwebtext/prepare.py) into {folder}/.\n"
+    "  2. from local documents, one JSON object with a \"text\" per line, run\n"
+    "       python -m trainer.data prepare openwebtext --from FILE.jsonl --data-dir {data_dir}\n"
+    "  3. or copy nanoGPT's prepared train.bin and val.bin (data/openwebtext/prepare.py) into {folder}/.\n"
     "To try the trainer without them, use dataset=embedded."
 )
 GPT2_UNAVAILABLE = (
     "tiktoken could not load its GPT-2 BPE files ({error}); it downloads them on first use.\n"
-    "Offline: on a machine with network access run\n"
+    "Offline, either put GPT-2's BPE in tiktoken's file format at {bpe_file}, fetched elsewhere with\n"
+    "    curl -o gpt2.tiktoken " + GPT2_BPE_URL + "\n"
+    "or on a machine with network access run\n"
     "    TIKTOKEN_CACHE_DIR=DIR python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\"\n"
     "copy DIR here and set TIKTOKEN_CACHE_DIR=DIR; or use tokenizer=byte."
 )
+BPE_FILE_BAD = "{path}: {problem}. Replace it with GPT-2's BPE ({url}) or delete it to use tiktoken's own."
 
 
 class DataUnavailable(RuntimeError):
@@ -121,12 +150,13 @@ def load_tokens(dataset: str, tokenizer: str = "auto", data_dir: Optional[str] =
         return _open(name, folder, vocab)
 
     source = _embedded_source() if dataset == "embedded" else _folder_source(dataset)
-    digest = hashlib.sha256(json.dumps(source.fingerprint).encode()).hexdigest()[:16]
+    fingerprint = source.fingerprint + _bpe_fingerprint(root, tokenizer)
+    digest = hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:16]
     cache = root / f"{source.cache_stem}-{digest}-{tokenizer}"
     if not _is_prepared(cache):
         with _exclusive(cache, source.label):
             if not _is_prepared(cache):  # another process may have finished while we waited
-                _prepare_text(source, tokenizer, cache)
+                _prepare_text(source, _encoder(tokenizer, root), tokenizer, cache)
     return _open(name, cache, vocab)
 
 
@@ -187,17 +217,66 @@ def _folder_source(dataset: str) -> _TextSource:
 
 # ---- tokenizers ----------------------------------------------------------------------------------
 
-def _gpt2_encoding() -> tiktoken.Encoding:
+def _gpt2_encoding(root: Path) -> tiktoken.Encoding:
+    """GPT-2's BPE: from ``root/gpt2.tiktoken`` where it exists, else tiktoken's (cached or downloaded)."""
+    bpe_file = root / GPT2_BPE_FILE
+    if bpe_file.exists():
+        return tiktoken.Encoding(name=f"gpt2 from {bpe_file}", pat_str=r50k_pat_str,
+                                 mergeable_ranks=_read_bpe_file(bpe_file),
+                                 special_tokens={ENDOFTEXT: GPT2_EOT})
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as exc:  # tiktoken surfaces network failures as whatever its HTTP client raises
-        raise DataUnavailable(GPT2_UNAVAILABLE.format(error=f"{type(exc).__name__}: {exc}")) from exc
+        raise DataUnavailable(GPT2_UNAVAILABLE.format(error=f"{type(exc).__name__}: {exc}",
+                                                      bpe_file=bpe_file)) from exc
 
 
-def _encoder(tokenizer: str) -> Callable[[bytes], np.ndarray]:
+def _read_bpe_file(path: Path) -> dict[bytes, int]:
+    """A tiktoken-format BPE file's ranks, checked so that every text encodes to ids below <|endoftext|>.
+
+    Parsed here rather than by ``tiktoken.load.load_tiktoken_bpe``, which copies a local file into
+    tiktoken's cache keyed by its path and then reads that copy: an edited file would go unseen."""
+    def bad(problem: str) -> DataUnavailable:
+        return DataUnavailable(BPE_FILE_BAD.format(path=path, problem=problem, url=GPT2_BPE_URL))
+
+    ranks: dict[bytes, int] = {}
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            token, rank = line.split()
+            token, rank = base64.b64decode(token, validate=True), int(rank)
+        except ValueError as exc:  # binascii.Error is one too
+            raise bad(f"line {number} ({line[:60]!r}) is not 'base64(token bytes) rank' ({exc})") from exc
+        if token in ranks:
+            raise bad(f"line {number} repeats the token {token!r}")
+        ranks[token] = rank
+    if not ranks:
+        raise bad("it holds no ranks")
+    # a byte-level BPE encodes any text only if every single byte is a token
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise bad(f"{len(missing)} of the 256 single bytes have no rank (first: {missing[0]:#04x})")
+    if len(set(ranks.values())) < len(ranks):
+        raise bad("two tokens share a rank")
+    if min(ranks.values()) < 0 or max(ranks.values()) >= GPT2_EOT:
+        raise bad(f"its ranks run from {min(ranks.values())} to {max(ranks.values())}; GPT-2's lie in "
+                  f"0..{GPT2_EOT - 1}, below <|endoftext|> ({GPT2_EOT}), so ids fit the model's vocab")
+    return ranks
+
+
+def _bpe_fingerprint(root: Path, tokenizer: str) -> list:
+    """What a text cache depends on besides its text: the BPE file's contents, where one is used."""
+    bpe_file = root / GPT2_BPE_FILE
+    if tokenizer != "gpt2" or not bpe_file.exists():
+        return []
+    return [GPT2_BPE_FILE, hashlib.sha256(bpe_file.read_bytes()).hexdigest()]
+
+
+def _encoder(tokenizer: str, root: Path) -> Callable[[bytes], np.ndarray]:
     if tokenizer == "byte":
         return lambda data: np.frombuffer(data, dtype=np.uint8).astype(TOKEN_DTYPE)
-    encoding = _gpt2_encoding()
+    encoding = _gpt2_encoding(root)
 
     def encode(data: bytes) -> np.ndarray:
         ids = encoding.encode_ordinary(data.decode("utf-8", errors="replace"))
@@ -292,8 +371,8 @@ def _move_tail(stream: Path, tail: Path, keep: int) -> None:
         src.truncate(keep * itemsize)
 
 
-def _prepare_text(source: _TextSource, tokenizer: str, cache: Path) -> None:
-    encode = _encoder(tokenizer)
+def _prepare_text(source: _TextSource, encode: Callable[[bytes], np.ndarray], tokenizer: str,
+                  cache: Path) -> None:
     total_bytes = sum(p.stat().st_size for p in source.files)
     _log(f"[data] preparing {source.label} ({len(source.files)} files, {total_bytes / 1e6:.1f} MB, "
          f"tokenizer {tokenizer}) in {cache} ...")
@@ -324,47 +403,142 @@ def _prepare_text(source: _TextSource, tokenizer: str, cache: Path) -> None:
          f"in {time.monotonic() - started:.1f}s")
 
 
-def _gpt2_document(example: dict) -> dict:
-    """One openwebtext document as GPT-2 ids ending in <|endoftext|>, as nanoGPT stores them."""
-    encoding = _gpt2_encoding()
-    ids = encoding.encode_ordinary(example["text"])
-    ids.append(encoding.eot_token)
-    return {"ids": ids}
+class _JsonLines(Sequence):
+    """The ``"text"`` of each non-blank line of a JSON Lines file, read when asked for: only the lines'
+    offsets stay in memory, so a corpus larger than memory can be prepared."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._offsets, self._numbers = array("q"), array("q")
+        offset = 0
+        with open(path, "rb") as lines:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    self._offsets.append(offset)
+                    self._numbers.append(number)
+                offset += len(line)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __getitem__(self, i: int) -> str:
+        with open(self.path, "rb") as lines:
+            lines.seek(self._offsets[i])
+            line = lines.readline()
+        try:
+            text = json.loads(line)["text"]
+            if not isinstance(text, str):
+                raise TypeError(f"its text is a {type(text).__name__}")
+        except (ValueError, TypeError, KeyError) as exc:
+            raise DataUnavailable(f"{self.path} line {self._numbers[i]}: not a JSON object with a string "
+                                  f"\"text\" ({line[:60]!r}: {exc!r})") from exc
+        return text
 
 
-def prepare_openwebtext(data_dir: Optional[str] = None, num_proc: int = 8) -> TokenData:
-    """Downloads openwebtext with HF ``datasets`` and writes nanoGPT's train.bin/val.bin (same split)."""
+class _DatasetTexts(Sequence):
+    """A Hugging Face dataset's ``"text"`` column, row by row (the whole column would not fit memory)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> str:
+        return self.dataset[int(i)]["text"]
+
+
+def _split_documents(n: int) -> dict[str, np.ndarray]:
+    """Document indices of val and train, in writing order, as nanoGPT's openwebtext split makes them:
+    ``datasets``' ``train_test_split(test_size=0.0005, seed=2357, shuffle=True)`` permutes the rows with
+    ``np.random.default_rng(seed)``, takes the first ceil(0.0005 n) as test (nanoGPT's val) and the rest as
+    train, each kept in permutation order."""
+    order = np.random.default_rng(OPENWEBTEXT_SPLIT_SEED).permutation(n)
+    n_val = math.ceil(OPENWEBTEXT_VAL_FRACTION * n)
+    return {"val": order[:n_val], "train": order[n_val:]}
+
+
+def _gpt2_chunks(documents: Sequence[str], indices: np.ndarray, encoding: tiktoken.Encoding,
+                 threads: int, split: str) -> Iterator[np.ndarray]:
+    """The ids of the documents at ``indices``, each followed by <|endoftext|>, a batch at a time."""
+    last_report = time.monotonic()
+    for first in range(0, len(indices), DOCUMENTS_PER_BATCH):
+        texts = [documents[int(i)] for i in indices[first:first + DOCUMENTS_PER_BATCH]]
+        ids = encoding.encode_ordinary_batch(texts, num_threads=threads)
+        for doc in ids:
+            doc.append(encoding.eot_token)
+        yield np.fromiter(itertools.chain.from_iterable(ids), dtype=TOKEN_DTYPE)
+        if time.monotonic() - last_report > PROGRESS_EVERY_S:
+            last_report = time.monotonic()
+            _log(f"[data]   {split}: {first + len(texts):,}/{len(indices):,} documents tokenized")
+
+
+def _write_gpt2_documents(documents: Sequence[str], label: str, encoding: tiktoken.Encoding,
+                          folder: Path, threads: int) -> None:
+    """Documents -> GPT-2 ids, each document's followed by <|endoftext|> -> ``folder``'s val.bin and
+    train.bin (uint16), split by ``_split_documents``. Any sized sequence of strings will do (a list,
+    ``_JsonLines``, ``_DatasetTexts``): the split needs the count, and reads documents out of order."""
+    if len(documents) < 2:
+        raise DataUnavailable(f"{label} holds {len(documents)} document(s): openwebtext needs at least 2, "
+                              "one of them for val")
+    _log(f"[data] preparing openwebtext from {label} ({len(documents):,} documents, {encoding.name}) "
+         f"in {folder} ...")
+    started = time.monotonic()
+    scratch = _scratch(folder)
+    meta = {"source": label, "documents": len(documents), "bpe": encoding.name,
+            "split": f"datasets' train_test_split(test_size={OPENWEBTEXT_VAL_FRACTION}, "
+                     f"seed={OPENWEBTEXT_SPLIT_SEED}), as nanoGPT's data/openwebtext/prepare.py"}
+    for split, indices in _split_documents(len(documents)).items():
+        meta[f"{split}_documents"] = len(indices)
+        meta[f"{split}_tokens"] = _write_stream(
+            scratch / f"{split}.bin", _gpt2_chunks(documents, indices, encoding, threads, split))
+    (scratch / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    _publish(scratch, folder)
+    _log(f"[data] prepared openwebtext: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
+         f"in {time.monotonic() - started:.1f}s")
+
+
+def _import_datasets(folder: Path, root: Path):
+    try:
+        import datasets  # optional: only the download needs it
+    except ImportError as exc:
+        raise DataUnavailable(
+            "downloading openwebtext needs the `datasets` package (pip install datasets) and network "
+            "access.\n" + OPENWEBTEXT_MISSING.format(folder=folder, data_dir=root)) from exc
+    return datasets
+
+
+def _download_openwebtext(datasets, num_proc: int, folder: Path, root: Path) -> _DatasetTexts:
+    _log("[data] downloading openwebtext (~54 GB; takes hours) ...")
+    try:
+        return _DatasetTexts(datasets.load_dataset("openwebtext", num_proc=num_proc)["train"])
+    except Exception as exc:
+        raise DataUnavailable(f"downloading openwebtext failed ({type(exc).__name__}: {exc}).\n"
+                              + OPENWEBTEXT_MISSING.format(folder=folder, data_dir=root)) from exc
+
+
+def prepare_openwebtext(data_dir: Optional[str] = None, num_proc: int = 8,
+                        source: Optional[str] = None) -> TokenData:
+    """Writes ``DATA_DIR/openwebtext/{train,val}.bin`` once: from ``source``, a JSON Lines file of
+    documents, or else from openwebtext downloaded with Hugging Face ``datasets``."""
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     folder = root / "openwebtext"
+    if source is not None and not Path(source).is_file():
+        raise DataUnavailable(f"--from {source}: no such file (a JSON Lines file of documents)")
     if not _is_prepared(folder):
-        try:
-            import datasets  # optional: only this preparation needs it
-        except ImportError as exc:
-            raise DataUnavailable(
-                "preparing openwebtext needs the `datasets` package (pip install datasets) and network "
-                "access.\n" + OPENWEBTEXT_MISSING.format(folder=folder, data_dir=root)) from exc
+        datasets = _import_datasets(folder, root) if source is None else None
         with _exclusive(folder, "openwebtext"):
             if not _is_prepared(folder):
-                _gpt2_encoding()  # fail early, before a 54 GB download
-                _log(f"[data] preparing openwebtext in {folder} (downloads ~54 GB; takes hours) ...")
-                try:
-                    owt = datasets.load_dataset("openwebtext", num_proc=num_proc)
-                except Exception as exc:
-                    raise DataUnavailable(
-                        f"downloading openwebtext failed ({type(exc).__name__}: {exc}).\n"
-                        + OPENWEBTEXT_MISSING.format(folder=folder, data_dir=root)) from exc
-                split = owt["train"].train_test_split(test_size=0.0005, seed=2357, shuffle=True)
-                scratch = _scratch(folder)
-                for name, docs in (("train", split["train"]), ("val", split["test"])):
-                    ids = docs.map(_gpt2_document, remove_columns=["text"], num_proc=num_proc,
-                                   desc=f"tokenizing {name}")
-                    shards = min(1024, len(ids))
-                    count = _write_stream(scratch / f"{name}.bin", (
-                        np.concatenate(ids.shard(num_shards=shards, index=i, contiguous=True)
-                                       .with_format("numpy")["ids"])
-                        for i in range(shards)))
-                    _log(f"[data]   {name}: {count:,} tokens")
-                _publish(scratch, folder)
+                encoding = _gpt2_encoding(root)  # fail early, before reading or downloading documents
+                if source is not None:
+                    path = Path(source).resolve()
+                    documents, label = _JsonLines(path), str(path)
+                else:
+                    documents = _download_openwebtext(datasets, num_proc, folder, root)
+                    label = "openwebtext (datasets)"
+                _write_gpt2_documents(documents, label, encoding, folder, num_proc)
+    elif source is not None:
+        _log(f"[data] {folder} is prepared already; delete it to prepare it from {source}")
     return load_tokens("openwebtext", "gpt2", str(root))
 
 
@@ -378,12 +552,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     prepare.add_argument("--data-dir", default=None, help=f"cache folder (default {default_data_dir()})")
     prepare.add_argument("--tokenizer", default="auto", choices=TOKENIZERS)
     prepare.add_argument("--num-proc", type=int, default=min(8, os.cpu_count() or 1),
-                         help="processes for openwebtext's download and tokenization")
+                         help="processes for openwebtext's download, threads for its tokenization")
+    prepare.add_argument("--from", dest="source", metavar="FILE.jsonl", default=None,
+                         help="openwebtext only: prepare it from these local documents, one JSON object "
+                              "with a string \"text\" per line, instead of downloading it")
     args = parser.parse_args(argv)
+    if args.source is not None and args.dataset != "openwebtext":
+        parser.error("--from prepares openwebtext; a folder dataset is its own source")
     try:
         if args.dataset == "openwebtext":
             resolve_tokenizer(args.dataset, args.tokenizer)
-            data = prepare_openwebtext(args.data_dir, args.num_proc)
+            data = prepare_openwebtext(args.data_dir, args.num_proc, args.source)
         else:
             data = load_tokens(args.dataset, args.tokenizer, args.data_dir)
     except (DataUnavailable, ValueError) as exc:
