@@ -78,3 +78,11 @@ def test_soap_with_matrix_io_cites_table_3_and_shows_its_eps(capsys):
     out = by_name["lm_head.weight"]  # Table 3 output row: eta*sqrt(r_n), SOAP's eps unscaled
     assert out["table"] == "Table 3 (SOAP), output weights" and out["lr"] == 2.0 ** -7 and out["eps"] == 1e-16
     assert by_name["h.*.attn.q.bias"]["table"].startswith("Table 5 (AdamW/Lion), hidden biases")
+
+
+def test_the_header_shows_the_settings_only_this_optimizer_reads_as_it_runs_them(capsys):
+    assert main(["width=64", "depth=4", "optimizer=sophia", "hessian_interval=5"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.endswith("optimizer=sophia hessian_interval=5 sophia_rho=0.04")
+    assert main(["width=64", "depth=4", "optimizer=adamw"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("optimizer=adamw")

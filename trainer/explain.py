@@ -18,7 +18,9 @@ from .cli import load_config
 from .config import TrainConfig
 from .data import vocab_size_of
 from .model import GPT
-from .parameterization import ParamGroup, check_names, model_shape, multipliers, param_groups, ratios
+from .optimizers import optimizer_setting
+from .parameterization import (OPTIMIZER_SETTINGS, ParamGroup, check_names, model_shape, multipliers,
+                               param_groups, ratios)
 
 USAGE = "usage: python -m trainer.explain [key=value ...] [--json]"
 
@@ -41,7 +43,9 @@ def header(cfg: TrainConfig, vocab_size: int) -> str:
     r_n, r_L = ratios(cfg)
     return (f"model: width={cfg.width} depth={cfg.depth} heads={cfg.n_head()} vocab={vocab_size} "
             f"r_n={r_n:g} r_L={r_L:g} eta_base=2^{cfg.lr:g} ({cfg.eta_base:g}) "
-            f"param={cfg.param} optimizer={cfg.optimizer}")
+            f"param={cfg.param} optimizer={cfg.optimizer}"
+            + "".join(f" {name}={optimizer_setting(cfg, name)}" for name, takers in OPTIMIZER_SETTINGS.items()
+                      if cfg.optimizer in takers))
 
 
 def render(groups: list[ParamGroup]) -> str:

@@ -188,7 +188,8 @@ def build_optimizers(groups: list[ParamGroup], cfg: TrainConfig) -> list[torch.o
     return [_optimizer(update, torch_groups, cfg) for update, torch_groups in by_update.items()]
 
 
-def _setting(cfg: TrainConfig, name: str):
+def optimizer_setting(cfg: TrainConfig, name: str):
+    """An optimizer-only setting as the optimizer runs it: its default where the config leaves it unset."""
     return DEFAULTS[cfg.optimizer, name] if getattr(cfg, name) is None else getattr(cfg, name)
 
 
@@ -207,14 +208,14 @@ def _optimizer(update: str, torch_groups: list[dict], cfg: TrainConfig) -> torch
         return Lion(torch_groups, betas=LION_BETAS, weight_decay=cfg.weight_decay)
     if update == "shampoo":
         return Shampoo(torch_groups, lr=cfg.eta_base, weight_decay=cfg.weight_decay,
-                       precondition_frequency=_setting(cfg, "precondition_frequency"))
+                       precondition_frequency=optimizer_setting(cfg, "precondition_frequency"))
     if update == "soap":
         return SOAP(torch_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
-                    weight_decay=cfg.weight_decay, precondition_frequency=_setting(cfg, "precondition_frequency"))
+                    weight_decay=cfg.weight_decay, precondition_frequency=optimizer_setting(cfg, "precondition_frequency"))
     if update == "sophia":
-        return Sophia(torch_groups, rho=_setting(cfg, "sophia_rho"), seed=cfg.seed, betas=SOPHIA_BETAS,
+        return Sophia(torch_groups, rho=optimizer_setting(cfg, "sophia_rho"), seed=cfg.seed, betas=SOPHIA_BETAS,
                       eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
-                      update_period=_setting(cfg, "hessian_interval"))
+                      update_period=optimizer_setting(cfg, "hessian_interval"))
     if update == "sso":
         return SSO(torch_groups, lr=cfg.eta_base, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                    ns_dtype=newton_schulz_dtype(torch_groups))
