@@ -106,3 +106,14 @@ def test_sso_keeps_each_matrix_on_its_spectral_sphere(transposed, radius):
         # singular pair; power iteration's estimate and the next singular values allow a few %
         assert abs(torch.linalg.matrix_norm(p.detach(), 2).item() - radius) < 0.1 * radius
         assert (p.detach() - before * radius / torch.linalg.matrix_norm(before, 2)).abs().max() > 1e-3
+
+
+def test_shampoo_refuses_a_gpt2_vocabulary_under_matrix_io_and_takes_a_byte_one():
+    cfg = TrainConfig(optimizer="shampoo", matrix_io=True, width=32, depth=1)
+    for vocab, refused in [(50304, True), (256, False)]:
+        model = build_model(cfg, vocab)
+        if refused:
+            with pytest.raises(ValueError, match=r"\(50304x32\).*leave matrix_io=false"):
+                build_optimizers(param_groups(model, cfg), cfg)
+        else:
+            assert build_optimizers(param_groups(model, cfg), cfg)

@@ -19,6 +19,9 @@ import torch
 from .stepping import closure_loss, with_grads
 
 RELATIVE_FLOOR = 1e-6
+# A side longer than this needs a statistic of over 256 MiB and an eigh of hours on a CPU at every
+# root: GPT-2's 50 304-token embedding under matrix_io=true.
+MAX_SIDE = 8192
 
 
 def inverse_fourth_root(stat: torch.Tensor) -> torch.Tensor:
@@ -38,6 +41,12 @@ class Shampoo(torch.optim.Optimizer):
         for group in self.param_groups:
             if any(p.ndim != 2 for p in group["params"]):
                 raise ValueError(f"Shampoo here preconditions matrices only; group {group.get('name')} is not 2-D")
+            if any(max(p.shape) > MAX_SIDE for p in group["params"]):
+                shape = "x".join(map(str, max((p.shape for p in group["params"]), key=max)))
+                raise ValueError(
+                    f"Shampoo would hold a statistic per side of group {group.get('name')} ({shape}), and a "
+                    f"side over {MAX_SIDE} is out of reach (memory and an eigh per root); with a large "
+                    f"vocabulary leave matrix_io=false, so that AdamW updates the input and output weights")
 
     @torch.no_grad()
     def step(self, closure=None):
