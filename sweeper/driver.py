@@ -175,7 +175,7 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
         job_ids: dict[str, str] = {}
         with StoreWatcher(batch, store, land, settings.poll_s) as watcher:
             try:
-                outcomes = list(launch([list(c.cell.overrides) for c in batch],
+                outcomes = list(launch([[*c.cell.overrides, f"planned_cell={c.key}"] for c in batch],
                                        _note_submitted(batch, settings, out, job_ids)))
             except Exception as err:  # the launcher lost the whole batch (e.g. a killed array job)
                 outcomes = [err] * len(batch)

@@ -32,6 +32,11 @@ class CellFailed(RuntimeError):
     so Slurm's accounting says FAILED as the record does."""
 
 
+class PlanChanged(RuntimeError):
+    """A job whose config is not the cell its sweep planned: it trains nothing, and the sweep records
+    the planned cell as failed with this message."""
+
+
 class JobLostError(RuntimeError):
     """A job that ended without writing its cell's record (cancelled, killed for memory, its node
     lost): the submitting side records the cell as failed with what the scheduler says."""
@@ -190,6 +195,11 @@ def hydra_job(cfg: DictConfig) -> dict:
         values["tb_dir"] = str(Path(hydra.runtime.cwd) / Path(values["tb_dir"]).expanduser())
     values["project"] = values["project"] or os.environ.get("WANDB_PROJECT")
     config = TrainConfig.from_mapping(trainer_values(values))
+    key = cell_key(config.to_dict())
+    if values["planned_cell"] and values["planned_cell"] != key:
+        raise PlanChanged(f"this job's config is cell {key}, not the cell {values['planned_cell']} its sweep "
+                          f"planned: a config file changed after the sweep started (the job composed "
+                          f"it again); rerun the sweep to plan from the files as they are now")
     record = run_cell(
         config,
         store,
@@ -199,5 +209,5 @@ def hydra_job(cfg: DictConfig) -> dict:
         force=values["force"],
     )
     if record is None:
-        return {"key": cell_key(config.to_dict()), "status": "claimed"}
+        return {"key": key, "status": "claimed"}
     return {"key": record["key"], "status": record["status"]}

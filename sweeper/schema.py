@@ -34,9 +34,13 @@ class SweepAppConfig(TrainConfig):
     # search=transfer: a bracketed row also gets the half step between its best cell and the better
     # neighbour, where the budget allows; otherwise the search stays on the line's lrs
     search_refine: bool = False
+    # Set by the sweep for each job: the key of the cell it planned. Hydra composes a job's config
+    # from the files again when the job starts, so a config edited mid-sweep would otherwise train
+    # (and record) another cell than the one planned.
+    planned_cell: str = ""
 
 
-APP_FIELDS = ("store", "force", "keep_checkpoints", "search", "search_budget", "search_refine")
+APP_FIELDS = ("store", "force", "keep_checkpoints", "search", "search_budget", "search_refine", "planned_cell")
 
 ConfigStore.instance().store(name="sweep_schema", node=SweepAppConfig)
 

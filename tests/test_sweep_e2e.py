@@ -147,3 +147,35 @@ def test_submitit_local_runs_cells_side_by_side(tmp_path):
     assert "2/2 cells finished" in run.stdout
     frame = load_store(store)
     assert len(frame) == 2 and set(frame["status"]) == {"ok"}
+
+
+def test_a_preset_edited_mid_sweep_trains_no_unplanned_cell(tmp_path):
+    """Hydra composes each job's config from the files again when the job starts: a preset edited
+    while its sweep runs must not train and record cells the sweep never planned."""
+    import json
+    import shutil
+
+    app = tmp_path / "app"
+    shutil.copytree(ROOT / "conf", app / "conf")
+    shutil.copy(ROOT / "sweep.py", app / "sweep.py")
+    preset = app / "conf" / "experiment" / "edited.yaml"
+    preset.write_text((ROOT / "conf" / "experiment" / "smoke.yaml").read_text().replace("steps: 20", "steps: 300"))
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, str(app / "sweep.py"), "-m", "experiment=edited", "width=32",
+                             "lr=-10:-8", f"store={store}"], cwd=tmp_path, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = []
+    for line in proc.stdout:  # edit the preset while the first of the 3 cells trains
+        output.append(line)
+        if line.startswith("step 1/300"):
+            preset.write_text(preset.read_text().replace("steps: 300", "steps: 301"))
+            break
+    output += proc.stdout.readlines()
+    assert proc.wait(timeout=240) != 0, "".join(output)
+    records = [json.loads(p.read_text()) for p in records_dir(store).glob("*.json")]
+    assert sorted((r["config"]["lr"], r["config"]["steps"], r["status"]) for r in records) == [
+        (-10.0, 300, "ok"), (-9.0, 300, "failed"), (-8.0, 300, "failed")]
+    failed = [r for r in records if r["status"] == "failed"]
+    assert all("a config file changed after the sweep started" in json.dumps(r["error"]) for r in failed)
+    assert not (store / "attempts").exists() or all(
+        json.loads(p.read_text())["config"]["steps"] == 300 for p in (store / "attempts").rglob("*.json"))
