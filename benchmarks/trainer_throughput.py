@@ -238,6 +238,8 @@ def main() -> None:
                 continue
             steps = max(2, args.steps // 4 ** (vocab > 256))
             mfu = lambda tps: f"{tps * per_token / peaks[precision]:>6.1%}" if peaks[precision] else f"{'-':>6}"
+            shares = {optimizer: optimizer_step_share(vocab, optimizer, precision, steps, tokens, device)
+                      for optimizer in args.optimizers.split(",")}  # eager: the same for every mode
             for compiled in modes:
                 skip_first = device.type == "cuda" or compiled
                 suffix = ", compiled" if compiled else ""
@@ -257,9 +259,8 @@ def main() -> None:
                 for optimizer in args.optimizers.split(","):
                     tps = statistics.median(r[optimizer] for r in rounds)
                     ratios = [r[optimizer] / r["reference"] for r in rounds]
-                    share = optimizer_step_share(vocab, optimizer, precision, steps, tokens, device)
                     print(f"{vocab:>6} {precision:>5} {'trainer mup ' + optimizer + suffix:>32} {tps:>9,.0f} "
-                          f"{mfu(tps)} {statistics.median(ratios):>6.2f} {share:>8.0%}  (rounds: "
+                          f"{mfu(tps)} {statistics.median(ratios):>6.2f} {shares[optimizer]:>8.0%}  (rounds: "
                           + " ".join(f"{x:.2f}" for x in ratios) + ")", flush=True)
 
 

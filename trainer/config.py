@@ -135,9 +135,10 @@ class TrainConfig:
                              f"(only a non-finite loss stops a run) or a factor of at least 1")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision={self.precision!r}: choose auto, fp32 or bf16")
-        for name in ("precondition_frequency", "hessian_interval", "sophia_rho"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        # BOUNDS already keeps precondition_frequency and hessian_interval at 1 or more; sophia_rho's
+        # range includes 0, which Sophia cannot use.
+        if self.sophia_rho is not None and self.sophia_rho <= 0:
+            raise ValueError(f"sophia_rho={self.sophia_rho} must be positive")
         if self.tokenizer not in ("auto", "byte", "gpt2"):
             raise ValueError(f"tokenizer={self.tokenizer!r}: choose auto, byte or gpt2")
         if self.logger not in LOGGERS:
@@ -145,9 +146,12 @@ class TrainConfig:
         check_installed(self.logger)
         self.n_head()
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:
-            works = [d for d in range(1, self.batch_size + 1) if self.batch_size % d == 0]
             raise ValueError(f"micro_batch_size={self.micro_batch_size} does not divide batch_size="
-                             f"{self.batch_size}: use one of {works} (or 0 for auto)")
+                             f"{self.batch_size}: use one of {divisors(self.batch_size)} (or 0 for auto)")
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 # Inclusive ranges of the numeric settings. A value outside is a typo (2^70 for a width, a log2 lr of
@@ -200,9 +204,7 @@ def setting_problems(values: dict) -> list[str]:
             problems.append(f"{name}={value!r} must be {str(kind).replace('Optional[', '').rstrip(']')}")
         elif name in BOUNDS:
             low, high = BOUNDS[name]
-            if not (isinstance(value, int) or math.isfinite(value)):
-                problems.append(f"{name}={value!r} must be a finite number")
-            elif not low <= value <= high:
+            if not low <= value <= high:
                 problems.append(f"{name}={value!r} is outside its range: {_number(low)} to {_number(high)}")
     return problems
 

@@ -57,7 +57,7 @@ def check_one(cfg: TrainConfig, tokens) -> list[dict]:
         if step == cfg.steps:
             break
         x, y = get_batch(tokens.train, cfg.batch_size, cfg.seq_len, batches)
-        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        loss = model.loss(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         step_optimizers(optimizers, StepInputs(model, x, nullcontext))

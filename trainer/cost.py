@@ -10,10 +10,10 @@ chunked cross-entropy), plus the device's fixed overhead.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
-from .config import TrainConfig
+from .config import TrainConfig, divisors
 
 GIB = 2 ** 30
 # Rows of logits one cross-entropy chunk holds: above this many logits the loss runs in chunks, each
@@ -100,10 +100,16 @@ def optimizer_bytes(cfg: TrainConfig, p: Params) -> float:
     raise ValueError(f"no memory model for optimizer={opt!r}")
 
 
+def loss_chunk_rows(vocab: int, elements: int = LOSS_CHUNK_ELEMENTS) -> int:
+    """Rows of one cross-entropy chunk: as many rows of vocab logits as fit elements, at least one.
+    trainer.model passes its own LOSS_CHUNK_ELEMENTS (a test patches that one)."""
+    return max(1, elements // vocab)
+
+
 def loss_rows(cfg: TrainConfig, micro_batch_size: int, vocab: int) -> int:
     """Rows of logits alive at once: the micro-batch's tokens, or a chunk of them."""
     rows = micro_batch_size * cfg.seq_len
-    return rows if rows * vocab <= LOSS_CHUNK_ELEMENTS else max(1, LOSS_CHUNK_ELEMENTS // vocab)
+    return rows if rows * vocab <= LOSS_CHUNK_ELEMENTS else loss_chunk_rows(vocab)
 
 
 @dataclass(frozen=True)
@@ -140,10 +146,6 @@ def peak_memory(cfg: TrainConfig, vocab: int, micro_batch_size: int, precision: 
                   overhead=DEVICE_OVERHEAD.get(device_type, 0))
 
 
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
 def pick_micro_batch(cfg: TrainConfig, vocab: int, precision: str, capacity_bytes: float,
                      device_type: str = "cuda") -> Optional[int]:
     """The largest divisor of batch_size whose step fits FILL of the capacity; None when none does."""
@@ -178,8 +180,6 @@ def hours(cfg: TrainConfig, vocab: int, micro_batch_size: int, tflops: float, mf
 
 def fit_advice(cfg: TrainConfig, vocab: int, precision: str, capacity_bytes: float) -> str:
     """What would make a cell fit that does not at micro batch 1."""
-    from dataclasses import replace
-
     if not cfg.activation_checkpointing:
         ckpt = replace(cfg, activation_checkpointing=True)
         if pick_micro_batch(ckpt, vocab, precision, capacity_bytes) is not None:

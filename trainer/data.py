@@ -405,10 +405,12 @@ def _prepare_text(source: _TextSource, encode: Callable[[bytes], np.ndarray], to
 
 class _JsonLines(Sequence):
     """The ``"text"`` of each non-blank line of a JSON Lines file, read when asked for: only the lines'
-    offsets stay in memory, so a corpus larger than memory can be prepared."""
+    offsets stay in memory, so a corpus larger than memory can be prepared. The file is opened on the
+    first read and kept open for the next; use it as a context manager (or call close) to close it."""
 
     def __init__(self, path: Path):
         self.path = path
+        self._file = None
         self._offsets, self._numbers = array("q"), array("q")
         offset = 0
         with open(path, "rb") as lines:
@@ -421,10 +423,22 @@ class _JsonLines(Sequence):
     def __len__(self) -> int:
         return len(self._offsets)
 
+    def __enter__(self) -> "_JsonLines":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
     def __getitem__(self, i: int) -> str:
-        with open(self.path, "rb") as lines:
-            lines.seek(self._offsets[i])
-            line = lines.readline()
+        if self._file is None:
+            self._file = open(self.path, "rb")
+        self._file.seek(self._offsets[i])
+        line = self._file.readline()
         try:
             text = json.loads(line)["text"]
             if not isinstance(text, str):
@@ -532,11 +546,11 @@ def prepare_openwebtext(data_dir: Optional[str] = None, num_proc: int = 8,
                 encoding = _gpt2_encoding(root)  # fail early, before reading or downloading documents
                 if source is not None:
                     path = Path(source).resolve()
-                    documents, label = _JsonLines(path), str(path)
+                    with _JsonLines(path) as documents:
+                        _write_gpt2_documents(documents, str(path), encoding, folder, num_proc)
                 else:
                     documents = _download_openwebtext(datasets, num_proc, folder, root)
-                    label = "openwebtext (datasets)"
-                _write_gpt2_documents(documents, label, encoding, folder, num_proc)
+                    _write_gpt2_documents(documents, "openwebtext (datasets)", encoding, folder, num_proc)
     elif source is not None:
         _log(f"[data] {folder} is prepared already; delete it to prepare it from {source}")
     return load_tokens("openwebtext", "gpt2", str(root))

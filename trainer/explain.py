@@ -18,9 +18,8 @@ from .cli import load_config
 from .config import TrainConfig
 from .data import vocab_size_of
 from .model import GPT
-from .optimizers import optimizer_setting
 from .parameterization import (OPTIMIZER_SETTINGS, ParamGroup, check_names, model_shape, multipliers,
-                               param_groups, ratios)
+                               optimizer_setting, param_groups, ratios)
 
 USAGE = "usage: python -m trainer.explain [key=value ...] [--json]"
 

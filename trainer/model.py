@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .cost import LOSS_CHUNK_ELEMENTS
+from .cost import LOSS_CHUNK_ELEMENTS, loss_chunk_rows
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class GPT(nn.Module):
         they are made, used and dropped chunk by chunk, each chunk recomputed in backward."""
         x, _ = self._hidden(idx)
         x, targets = x.flatten(0, 1), targets.flatten()
-        rows = max(1, LOSS_CHUNK_ELEMENTS // self.shape.vocab_size)
+        rows = loss_chunk_rows(self.shape.vocab_size, LOSS_CHUNK_ELEMENTS)
         if x.shape[0] <= rows:
             return F.cross_entropy(self.lm_head(x).float(), targets)
         chunk = checkpoint if torch.is_grad_enabled() else (lambda f, *a, **_: f(*a))

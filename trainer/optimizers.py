@@ -30,7 +30,7 @@ from lion_pytorch import Lion
 from pytorch_optimizer import SOAP, SophiaH
 
 from .config import TrainConfig
-from .parameterization import OPTIMIZERS, ParamGroup, check_names
+from .parameterization import DEFAULTS, OPTIMIZERS, ParamGroup, check_names, optimizer_setting  # noqa: F401
 from .spectral import newton_schulz
 from .shampoo import Shampoo
 from .sso import SSO
@@ -41,11 +41,6 @@ __all__ = ["OPTIMIZERS", "build_optimizers", "StepInputs", "step_optimizers"]
 MUON_LR_ADJUST = {"muon_kimi": "match_rms_adamw", "muon": "original"}
 LION_BETAS = (0.9, 0.99)
 SOPHIA_BETAS = (0.965, 0.99)
-# What an optimizer-specific setting left at None means: Shampoo's roots every step, as Eq. 32
-# (stale roots amplify new gradient directions: rarer roots made training unstable here); SOAP's
-# authors' 10 (Vyas et al.); Sophia's authors' k = 10 and gamma = 0.04 (Liu et al.).
-DEFAULTS = {("shampoo", "precondition_frequency"): 1, ("soap", "precondition_frequency"): 10,
-            ("sophia", "hessian_interval"): 10, ("sophia", "sophia_rho"): 0.04}
 
 
 @functools.lru_cache(maxsize=1)
@@ -186,11 +181,6 @@ def build_optimizers(groups: list[ParamGroup], cfg: TrainConfig) -> list[torch.o
             torch_group["transposed"] = group.role == "input"  # nn.Embedding stores W_0 as vocab x n
         by_update.setdefault(group.update, []).append(torch_group)
     return [_optimizer(update, torch_groups, cfg) for update, torch_groups in by_update.items()]
-
-
-def optimizer_setting(cfg: TrainConfig, name: str):
-    """An optimizer-only setting as the optimizer runs it: its default where the config leaves it unset."""
-    return DEFAULTS[cfg.optimizer, name] if getattr(cfg, name) is None else getattr(cfg, name)
 
 
 def _optimizer(update: str, torch_groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:

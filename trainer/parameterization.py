@@ -184,6 +184,17 @@ OPTIMIZER_SETTINGS: dict[str, tuple[str, ...]] = {
     "sophia_rho": ("sophia",),
 }
 
+# What an optimizer-specific setting left at None means: Shampoo's roots every step, as Eq. 32
+# (stale roots amplify new gradient directions: rarer roots made training unstable here); SOAP's
+# authors' 10 (Vyas et al.); Sophia's authors' k = 10 and gamma = 0.04 (Liu et al.).
+DEFAULTS = {("shampoo", "precondition_frequency"): 1, ("soap", "precondition_frequency"): 10,
+            ("sophia", "hessian_interval"): 10, ("sophia", "sophia_rho"): 0.04}
+
+
+def optimizer_setting(cfg: TrainConfig, name: str):
+    """An optimizer-only setting as the optimizer runs it: its default where the config leaves it unset."""
+    return DEFAULTS[cfg.optimizer, name] if getattr(cfg, name) is None else getattr(cfg, name)
+
 
 # The update kinds that read a group's eps (Lion has none; Table 5's eps row is AdamW's and Sophia's).
 EPS_UPDATES = ("adamw", "soap", "sophia")
@@ -311,10 +322,12 @@ def model_shape(cfg: TrainConfig, vocab_size: int) -> ModelShape:
 
 
 def build_model(cfg: TrainConfig, vocab_size: int, generator: Optional[torch.Generator] = None) -> GPT:
-    """A CPU model with the parameterization's multipliers, every parameter initialised per its group."""
+    """A CPU model with the parameterization's multipliers, every parameter initialised per its group,
+    recomputing its blocks in backward where cfg.activation_checkpointing asks."""
     with torch.device("meta"):  # skip nn's default init: every parameter is set below
         model = GPT(model_shape(cfg, vocab_size), multipliers(cfg))
     model = model.to_empty(device="cpu")
+    model.activation_checkpointing = cfg.activation_checkpointing
     with torch.no_grad():
         for group in param_groups(model, cfg):
             for p in group.params:

@@ -27,7 +27,6 @@ def _one_step(cfg: TrainConfig, vocab: int, device: torch.device, precision: str
     from .parameterization import build_model, param_groups
 
     model = build_model(cfg, vocab).to(device)
-    model.activation_checkpointing = cfg.activation_checkpointing
     optimizers = build_optimizers(param_groups(model, cfg), cfg)
     x = torch.randint(0, vocab, (cfg.batch_size, cfg.seq_len), device=device)
     autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16")  # noqa: E731

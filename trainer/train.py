@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import signal
+import statistics
 import sys
 import time
 from contextlib import nullcontext
@@ -166,18 +167,17 @@ def standard_error(values: list[float]) -> Optional[float]:
     n = len(values)
     if n < 2 or not all(math.isfinite(v) for v in values):
         return None
-    mean = sum(values) / n
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+    return statistics.stdev(values) / math.sqrt(n)
 
 
 def is_diverged(loss: float, first_loss: Optional[float], cfg: TrainConfig) -> bool:
-    return not math.isfinite(loss) or (first_loss is not None and cfg.divergence_factor > 0
-                                       and loss > cfg.divergence_factor * first_loss)
+    """A non-finite loss, or one above divergence_factor x the first (when the factor is not 0)."""
+    return bool(device_divergence(torch.tensor(loss, dtype=torch.float64), None, first_loss, cfg))
 
 
 def device_divergence(loss: torch.Tensor, pending: Optional[torch.Tensor], first_loss: Optional[float],
                       cfg: TrainConfig) -> torch.Tensor:
-    """is_diverged as a device tensor, or-ed into ``pending``: no host sync."""
+    """The divergence rule (is_diverged) as a device tensor, or-ed into ``pending``: no host sync."""
     bad = ~torch.isfinite(loss)
     if first_loss is not None and cfg.divergence_factor > 0:
         bad = bad | (loss > cfg.divergence_factor * first_loss)
@@ -210,7 +210,6 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
     micro_batch_size = resolve_micro_batch(cfg, vocab_size, device, precision)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, vocab_size, torch.Generator().manual_seed(cfg.seed)).to(device)
-    model.activation_checkpointing = cfg.activation_checkpointing
     optimizers = build_optimizers(param_groups(model, cfg), cfg)
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in optimizers]
     params = list(model.parameters())
@@ -293,8 +292,7 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
                 state["curves"]["val"].append([step + 1, evaluate(model, val_batches, device, autocast)])
                 hooks.on_eval(step + 1, {"val/loss": state["curves"]["val"][-1][1]})
             state["wall_time_s"] = time.perf_counter() - started
-            if checkpoint is not None and (stop.signum is not None or (
-                    cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0)):
+            if saved or (checkpoint is not None and stop.signum is not None):
                 save_checkpoint(checkpoint, snapshot())
             if stop.signum is not None:
                 print(f"signal {stop.signum}: checkpoint saved at step {step + 1}", file=sys.stderr)
@@ -316,7 +314,7 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
         steps_done=state["step"], tokens=state["step"] * tokens_per_step, wall_time_s=wall,
         tokens_per_s=state["step"] * tokens_per_step / max(state["train_time_s"], 1e-9),
         device=str(device), precision=precision, versions=library_versions(), curves=state["curves"],
-        val_loss_se=val_loss_se if status == "ok" else None,
+        val_loss_se=val_loss_se,
     )
     if run_dir is not None:
         (run_dir / RESULT).write_text(json.dumps(result.to_dict(), indent=1))
