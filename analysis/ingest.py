@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 from sweeper.experiments import CONF_DIR, compose_sweep, has_experiment, sweep_settings
-from sweeper.record import check_name, config_problems, make_record, result_config, setting_kinds
+from sweeper.record import check_name, make_record, result_config, setting_kinds
 from sweeper.result_store import StoreError, check_writable_store, write_record
+from trainer.config import setting_problems
 
 from . import AnalysisError
 
@@ -149,7 +150,7 @@ def _parse_row(line: int, values: dict, parsers: dict) -> tuple[Row | None, list
         except ValueError as err:
             reason = str(err) if "must" in str(err) else "is not a number"
             problems.append(f"line {line}: {name}={text!r} {reason}")
-    problems += [f"line {line}: {p}" for p in config_problems(parsed)]
+    problems += [f"line {line}: {p}" for p in setting_problems(parsed)]
     if problems:
         return None, problems
     extra = {k: _extra_value((v or "").strip()) for k, v in values.items()

@@ -65,10 +65,11 @@ def _settle(cell: PlannedCell, outcome: Optional[BaseException], settings: Sweep
     if attempt is not None and (outcome is None or (
             job_id is not None and (attempt["runtime"].get("slurm") or {}).get("job_id") == job_id)):
         return attempt
-    claim = read_claim(settings.store, cell.key)
-    if outcome is None and claim is not None and is_live(claim):
-        return None
-    if outcome is None:  # a job that left the cell alone: it was finished when the job looked
+    if outcome is None:
+        claim = read_claim(settings.store, cell.key)
+        if claim is not None and is_live(claim):
+            return None
+        # a job that left the cell alone: it was finished when the job looked
         try:
             done = read_record(settings.store, cell.key)
             if done["status"] in DONE:
@@ -112,12 +113,18 @@ def sweep_cells(overrides: list[str], settings: SweepSettings) -> list[Cell]:
     return expand([*overrides, f"store={hydra_quote(str(settings.store))}"])
 
 
+def report_cleanup(store: Path, out: TextIO) -> None:
+    """Removes what dead jobs left in the store (sweeper.leftovers), a line for each kind."""
+    for line in clean(store):
+        print(f"[sweep] {line}", file=out)
+
+
 def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[list[str]], DictConfig],
               launch: Launch, out: TextIO = sys.stdout, cells: Optional[list[Cell]] = None) -> list[dict]:
     """Runs the sweep (``cells`` of it, when given: a search's round); returns the records of the
     cells it ran. Raises SweepError before launching anything for a bad grid, and after the last
     batch if any cell failed."""
-    store = settings.store
+    store, search_round = settings.store, cells is not None
     try:
         cells = sweep_cells(overrides, settings) if cells is None else cells
         # The queue before the store: a job that ends in between has its record seen by plan.
@@ -125,8 +132,8 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
         todo, skipped = plan(cells, compose, store, settings.force)
     except (GridError, SchemaError, StoreError) as err:
         raise SweepError(str(err)) from None
-    for line in clean(store):
-        print(f"[sweep] {line}", file=out)
+    if not search_round:  # a search cleans once, when it starts (sweeper.search_sweep)
+        report_cleanup(store, out)
     total = len(todo) + len(skipped)
     note = f" ({len(cells) - total} duplicate cells dropped)" if len(cells) > total else ""
     print(f"[sweep] {total} cells{note}, store {store}", file=out)
@@ -146,11 +153,11 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
 
     progress = Progress({cell.key: config_cost(cell.config) for cell in todo}, out)
     landed: dict[str, dict] = {}
-    elsewhere: list[str] = []
+    elsewhere: set[str] = set()
 
     def land(cell: PlannedCell, record: Optional[dict]) -> None:
         if record is None:
-            elsewhere.append(cell.key)
+            elsewhere.add(cell.key)
             progress.add(cell.key, "elsewhere")
             return
         landed[cell.key] = record
@@ -168,8 +175,9 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
             land(cell, None)
         return [cell for cell in cells if cell.key not in claims]
 
-    for batch in _batches(unclaimed(todo), settings.batch_size):
-        batch = unclaimed(batch)  # claimed since the sweep started (another sweep's job)
+    for n, batch in enumerate(_batches(unclaimed(todo), settings.batch_size)):
+        if n:
+            batch = unclaimed(batch)  # claimed since the sweep started (another sweep's job)
         if not batch:
             continue
         job_ids: dict[str, str] = {}

@@ -6,7 +6,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from trainer.config import CONF_DIR
 
 
 def has_experiment(name: Optional[str], conf_dir: Path = CONF_DIR) -> bool:

@@ -160,9 +160,10 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
                                    wall_time_s=time.perf_counter() - started)
         write_record(store, record)
         line = describe(record)
-        kept = read_record(store, key)
-        if kept["status"] != record["status"]:
-            line += f" (the cell keeps its earlier {kept['status']} result; status lists its attempts)"
+        if record["status"] not in DONE:  # a finished record always becomes the cell's result
+            kept = read_record(store, key)
+            if kept["status"] != record["status"]:
+                line += f" (the cell keeps its earlier {kept['status']} result; status lists its attempts)"
         print(line, flush=True)
         if record["status"] != "failed" and not keep_checkpoint:
             (Path(config.run_dir) / CHECKPOINT).unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from trainer.config import CHECKPOINT
 
 from .claims import CLAIMS, STALE_S, is_live, read_claim
 from .record import DONE, KEY_PATTERN
-from .result_store import ATTEMPTS, RECORDS, RUNS, StoreError, record_status
+from .result_store import ATTEMPTS, RECORDS, RUNS, record_status
 
 KEEP = "keep_checkpoint"  # in a run dir: keep its checkpoint after the record (keep_checkpoints=true)
 
@@ -23,13 +23,6 @@ def _old(path: Path, now: float, stale_s: float) -> bool:
     try:
         return now - path.stat().st_mtime > stale_s
     except FileNotFoundError:
-        return False
-
-
-def _finished(store: Path, key: str) -> bool:
-    try:
-        return record_status(store, key) in DONE
-    except StoreError:
         return False
 
 
@@ -50,7 +43,7 @@ def clean(store: Path, stale_s: float = STALE_S) -> list[str]:
     for run in (store / RUNS).glob("*"):
         checkpoint = run / CHECKPOINT
         if (not KEY_PATTERN.fullmatch(run.name) or not checkpoint.is_file() or (run / KEEP).exists()
-                or not _finished(store, run.name)):
+                or record_status(store, run.name) not in DONE):
             continue
         claim = read_claim(store, run.name)
         if claim is not None and is_live(claim, stale_s, now):

@@ -14,7 +14,6 @@ from collections import Counter
 from typing import Callable, Mapping, TextIO
 
 import numpy as np
-from scipy.optimize import nnls
 
 from trainer.config import TrainConfig
 
@@ -36,13 +35,16 @@ class Progress:
 
     def __init__(self, costs: Mapping[str, float], out: TextIO, now: Callable[[], float] = time.monotonic) -> None:
         self.costs = dict(costs)
-        self.total = len(self.costs)
         self.out = out
         self.now = now
         self.started = now()
         self.counts: Counter[str] = Counter()
         self.cost_done = 0.0
         self.history: list[tuple[int, float, float]] = []  # (cells done, compute done, elapsed)
+
+    @property
+    def total(self) -> int:
+        return len(self.costs)
 
     @property
     def done(self) -> int:
@@ -62,6 +64,8 @@ class Progress:
               f"elapsed {clock(elapsed)} | {eta}", file=self.out, flush=True)
 
     def time_left(self) -> float:
+        from scipy.optimize import nnls  # slow to import: only once a cell has finished
+
         cells, cost, elapsed = (np.array(column, dtype=float) for column in zip(*self.history))
         scale = max(cost[-1], 1e-300)  # compute in units of what is done: a well-conditioned fit
         (per_cell, per_cost), _ = nnls(np.stack([cells, cost / scale], axis=1), elapsed)

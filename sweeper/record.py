@@ -28,7 +28,7 @@ import socket
 import typing
 from typing import Any, Optional
 
-from trainer.config import TrainConfig, result_fields, setting_problems
+from trainer.config import TrainConfig, result_fields
 
 SCHEMA_VERSION = 2
 STATUSES = ("ok", "diverged", "failed")
@@ -88,11 +88,6 @@ def setting_kinds() -> dict[str, str]:
         return next(k for k in (*typing.get_args(kind), kind) if k is not type(None)).__name__
 
     return {name: word(kind) for name, kind in _field_types().items() if name in result_fields()}
-
-
-def config_problems(config: dict) -> list[str]:
-    """One line per setting of a record's config of the wrong type or out of range (None: unknown)."""
-    return setting_problems(config)
 
 
 def result_config(config: dict, unknown_missing: bool = False) -> dict:

@@ -24,7 +24,7 @@ import math
 import os
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -32,10 +32,10 @@ import pandas as pd
 if TYPE_CHECKING:
     import pyarrow as pa
 
-from trainer.config import result_fields
+from trainer.config import result_fields, setting_problems
 
 from .record import (DONE, SCHEMA_VERSION, STATUSES, NewerSchemaError, SchemaError, cell_key,
-                     check_key, config_problems, migrate, origin_of)
+                     check_key, migrate, origin_of)
 
 PathLike = Union[str, os.PathLike]
 
@@ -182,7 +182,7 @@ def _read_file(path: Path) -> dict:
         raise
     except SchemaError as err:  # not a record at all: as corrupt as a torn file
         raise StoreError(f"corrupt record {path}: {err}") from None
-    problems = config_problems(record["config"])
+    problems = setting_problems(record["config"])
     if record.get("status") not in STATUSES:
         problems.append(f"status={record.get('status')!r} is none of {', '.join(STATUSES)}")
     if not isinstance(record.get("metrics"), dict) or not isinstance(record.get("curves"), dict):

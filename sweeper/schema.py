@@ -12,7 +12,7 @@ from hydra.core.config_store import ConfigStore
 
 from trainer.config import TrainConfig
 
-from .transfer import BUDGET
+from .budget import BUDGET
 
 
 class Search(Enum):

@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, TextIO
+from pathlib import Path
+from typing import Callable, Optional, TextIO
 
 from omegaconf import DictConfig
 
+from analysis.tables import SIZE_AXES
+
 from .claims import live_claims
-from .driver import Launch, SweepError, SweepSettings, queued_jobs, run_sweep, sweep_cells
+from .driver import (Launch, SweepError, SweepSettings, queued_jobs, report_cleanup, run_sweep,
+                     sweep_cells)
 from .grid import Cell, GridError
 from .plan import PlannedCell, plan
+from .progress import config_cost
 from .record import DONE, SchemaError, cell_key
 from .result_store import StoreError, read_record
-from .search import Ask, SearchError, SearchTable, cell_cost, journal_storage, run_search, summary
+from .search import LR, Ask, SearchError, SearchTable, journal_storage, run_search, summary
 from .transfer import DIVERGED, TREND_PARAMS, Line
-
-LR = "lr"
-SIZE_AXES = ("width", "depth")
 
 
 class SweepOracle:
@@ -38,18 +40,25 @@ class SweepOracle:
 
     def answer(self, asks: list[Ask]) -> list[float]:
         planned = [self._cell(a) for a in asks]
+        finished: dict[str, dict] = {}  # key -> the cell's ok or diverged record, read once
         todo = planned
         while todo:  # run_sweep leaves cells to the jobs already training them: their records come
             run_sweep([], self.settings, self.compose, self.launch, self.out, cells=[p.cell for p in todo])
-            todo = self._unfinished(todo)
-        return [_outcome(read_record(self.settings.store, p.key)) for p in planned]
+            todo = self._unfinished(todo, finished)
+        return [_outcome(finished[p.key]) for p in planned]
 
-    def _unfinished(self, planned: list[PlannedCell]) -> list[PlannedCell]:
+    def _unfinished(self, planned: list[PlannedCell], finished: dict[str, dict]) -> list[PlannedCell]:
         """The cells without an ok or diverged record once no Slurm job queued earlier and no other
-        run is on them (those are waited for): the cells such a job or run left, to train here."""
+        run is on them (those are waited for): the cells such a job or run left, to train here.
+        ``finished`` gets the records of the cells that have one."""
         store, told = self.settings.store, False
         while True:
-            left = [p for p in planned if not self._finished(p.key)]
+            for p in planned:
+                if p.key not in finished:
+                    record = _done_record(store, p.key)
+                    if record is not None:
+                        finished[p.key] = record
+            left = [p for p in planned if p.key not in finished]
             others = queued_jobs(store, self.out).keys() | live_claims(store).keys() if left else set()
             busy = [p for p in left if p.key in others]
             if not busy:
@@ -60,12 +69,6 @@ class SweepOracle:
                       file=self.out, flush=True)
                 told = True
             time.sleep(self.settings.poll_s)
-
-    def _finished(self, key: str) -> bool:
-        try:
-            return read_record(self.settings.store, key)["status"] in DONE
-        except StoreError:
-            return False
 
     def _cell(self, ask: Ask) -> PlannedCell:
         """The grid's cell, or for a refining half step off the line its row's cell at that lr."""
@@ -78,6 +81,16 @@ class SweepOracle:
             todo, skipped = plan([cell], self.compose, self.settings.store, self.settings.force)
             cells[ask.row, ask.lr] = (todo + skipped)[0]
         return cells[ask.row, ask.lr]
+
+
+def _done_record(store: Path, key: str) -> Optional[dict]:
+    """Cell ``key``'s record when it is ok or diverged; None when it has none, or a failed, corrupt
+    or invalid one (as sweeper.result_store.record_status)."""
+    try:
+        record = read_record(store, key)
+    except StoreError:
+        return None
+    return record if record["status"] in DONE else None
 
 
 def _outcome(record: dict) -> float:
@@ -106,8 +119,7 @@ def _tables(planned: list[PlannedCell]) -> tuple[list[SearchTable], list[dict]]:
         lrs = sorted({float(c.lr) for c in configs})
         by_cell = {(sizes.index(float(getattr(p.config, axis))), float(p.config.lr)): p for p in members}
         first = {sizes.index(float(getattr(p.config, axis))): p.config for p in members}
-        costs = tuple(cell_cost(c.width, c.depth, c.steps * c.batch_size * c.seq_len)
-                      for _, c in sorted(first.items()))
+        costs = tuple(config_cost(c) for _, c in sorted(first.items()))
         line = Line(axis, tuple(sizes), tuple(lrs), costs, trend=configs[0].param in TREND_PARAMS)
         # a row's study: the row's settings, every lr alike
         row_ids = tuple("row-" + cell_key({**c.to_dict(), LR: 0.0}) for _, c in sorted(first.items()))
@@ -127,6 +139,7 @@ def run_transfer_sweep(overrides: list[str], settings: SweepSettings,
         tables, cells = _tables(todo + skipped)
     except (GridError, SchemaError, SearchError) as err:
         raise SweepError(str(err)) from None
+    report_cleanup(settings.store, out)
     print(f"[search] transfer search over {len(tables)} table(s) of {len(todo) + len(skipped)} grid cells, "
           f"budget {budget:g} of the grid's compute{', refining' if refine else ''}; studies in {settings.store / 'search'}",
           file=out, flush=True)

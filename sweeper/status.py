@@ -64,10 +64,8 @@ def queue_cells(queued: list[dict]) -> pd.DataFrame:
 
 def claimed_cells(store: Path) -> pd.DataFrame:
     """Cells whose claim is live: running, wherever their job was launched from."""
-    rows = [{**{k: v for k, v in (claim.config or {}).items() if k in POSITION},
-             "experiment": claim.experiment, "state": "running", "error": None}
-            for claim in live_claims(store).values() if claim.config]
-    return pd.DataFrame(rows, columns=[*POSITION, "state", "error"])
+    return queue_cells([{"config": claim.config, "experiment": claim.experiment, "state": "running"}
+                        for claim in live_claims(store).values() if claim.config])
 
 
 def render_attempts(store: Path, frame: pd.DataFrame, out: TextIO, limit: int = 20) -> None:

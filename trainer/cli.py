@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import difflib
 import re
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from .config import TrainConfig
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from .config import CONF_DIR, TrainConfig
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from .tracking import LOGGERS, check_installed
 
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the Hydra configs (trainer's and sweep's)
 
 # Files of a run_dir: the checkpoint a restarted run resumes from, and the finished run's Result.
 CHECKPOINT = "checkpoint.pt"
