@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from . import AnalysisError
+from sweeper.experiments import CONF_DIR
 from sweeper.transfer import BUDGET
 
-from .next_cells import CONF_DIR
 from .optima import MAX_DRIFT_LOG2, MAX_REGRET_FRACTION
 
 DESCRIPTION = """Turns a result store into the paper's tables, optimal learning rates, transfer verdicts

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import stats
 
 from .optima import LEVEL, RowOptimum, refit, row_optimum
 
@@ -49,6 +48,8 @@ class Interval:
         if self.draws is not None:
             low, high = np.quantile(self.draws, [(1 - level) / 2, (1 + level) / 2])
             return float(low), float(high)
+        from scipy import stats  # here: importing scipy.stats takes ~0.5 s, which `--help` need not wait for
+
         half = float(stats.t.ppf((1 + level) / 2, self.df)) * self.scale
         return self.center - half, self.center + half
 

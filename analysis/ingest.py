@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from sweeper.experiments import CONF_DIR, compose_sweep, has_experiment, sweep_settings
+from sweeper.experiments import CONF_DIR, has_experiment, sweep_settings
 from sweeper.record import check_name, make_record, result_config, setting_kinds
 from sweeper.result_store import StoreError, check_writable_store, write_record
 from trainer.config import setting_problems
 
 from . import AnalysisError
+from .next_cells import compose
 
 REQUIRED = ("width", "depth", "lr", "param", "optimizer", "layernorm", "val_loss")
 OPTIONAL = ("val_loss_se",)  # besides the settings: a column that is no setting, yet no extra
@@ -88,10 +89,15 @@ def _boolean(text: str) -> bool:
 
 
 def _seed(text: str) -> int:
-    value = float(text)
-    if not value.is_integer() or value < 0:
+    try:
+        value = _integer(text)
+    except ValueError as err:
+        if "must" not in str(err):
+            raise  # no number at all: the row says so
+        value = -1
+    if value < 0:
         raise ValueError("must be an integer >= 0")
-    return int(value)
+    return value
 
 
 def _standard_error(text: str) -> float | None:
@@ -210,19 +216,19 @@ def experiment_settings(experiment: str | None, conf_dir: Path) -> dict:
     """The result settings of ``experiment`` as a sweep composes it; {} when there is no such config."""
     if not has_experiment(experiment, conf_dir):
         return {}
-    return result_config(sweep_settings(compose_sweep(experiment, conf_dir)))
+    return result_config(sweep_settings(compose(experiment, conf_dir)))
 
 
 def ingest(path: Path, store: Path, experiment: str | None = None, conf_dir: Path = CONF_DIR) -> list[dict]:
     """Checks every row of ``path``, then writes one record per row into ``store``. Settings a row
     does not give come from ``experiment``'s config (when it names one), else are unknown."""
-    settings = experiment_settings(experiment, conf_dir)
-    experiment = experiment or path.stem
+    name = experiment or path.stem
     try:
-        check_name("experiment", experiment)
+        check_name("experiment", name)
     except ValueError as err:
         raise IngestError(f"{err}; name it with --experiment") from None
     rows = read_rows(path)
+    settings = experiment_settings(experiment, conf_dir)  # after the rows: a bad CSV fails before composing
     try:
         check_writable_store(store)
     except StoreError as err:
@@ -231,7 +237,7 @@ def ingest(path: Path, store: Path, experiment: str | None = None, conf_dir: Pat
         make_record(
             {**settings, **row.config},
             "ok" if row.val_loss is not None else "diverged",
-            experiment=experiment,
+            experiment=name,
             source="ingest",
             metrics={"val_loss": row.val_loss},
             extra=row.extra,

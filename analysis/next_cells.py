@@ -1,7 +1,7 @@
 """Which cells to run next: the transfer search's next round on the store's tables, as sweep commands.
 
 The same strategy as ``python sweep.py -m ... search=transfer`` (sweeper.transfer), seeing each of
-the report's tables (same groups, rows and optima, from analysis.report.analyse) as the search
+the report's tables (same groups, rows and optima as analysis.report.analyse) as the search
 would on resuming from this store: rows settle size by size -- bracketed by worse or diverged
 cells, on the line's edge, or by transfer where the budget says so -- and the first row that is not
 settled yet gets the cells the search would run next, on the table's own lrs. Rows after it wait
@@ -20,6 +20,7 @@ import re
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,10 @@ from sweeper.transfer import BUDGET, RowResult, step
 
 from . import AnalysisError
 from .optima import RowOptimum
-from .tables import LR, SEED, SIZE_AXES, Table, group_columns, value_text
+from .tables import LR, SEED, SIZE_AXES, Table, build_tables, group_columns, row_optima, value_text
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 
@@ -84,18 +88,38 @@ def override_value(value) -> str:
     return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text) + "'"
 
 
-def sweep_defaults(experiment: str | None, conf_dir: Path) -> tuple[dict, set[str]]:
-    """Result settings a sweep gets without overrides (with ``experiment=``, when given), and the keys
-    the experiment's default grid sweeps."""
+def compose(experiment: str | None, conf_dir: Path) -> DictConfig:
+    """The sweep config (with ``experiment=``, when given) as sweeper.experiments.compose_sweep
+    composes it; Hydra's errors become an AnalysisError that says to pass --conf."""
     from hydra.errors import HydraException
 
     try:
-        cfg = compose_sweep(experiment, conf_dir)
+        return compose_sweep(experiment, conf_dir)
     except HydraException as err:
         raise AnalysisError(f"cannot compose the sweep config {f'experiment={experiment}' if experiment else ''} "
                             f"from {conf_dir}: {str(err).splitlines()[0]} Pass the sweep's config dir with --conf.") from None
+
+
+def sweep_defaults(experiment: str | None, conf_dir: Path) -> tuple[dict, set[str]]:
+    """Result settings a sweep gets without overrides (with ``experiment=``, when given), and the keys
+    the experiment's default grid sweeps."""
+    cfg = compose(experiment, conf_dir)
     swept = set(cfg.hydra.sweeper.params or {})
     return result_config(sweep_settings(cfg)), swept
+
+
+def sweep_lookup(frame: pd.DataFrame, conf_dir: Path) -> tuple[list[str], Callable]:
+    """The group columns of ``frame`` as build_tables groups them, and sweep_defaults per experiment,
+    composed once each: what row_records and command need."""
+    groups = group_columns(frame[frame[LR].notna()])
+    cache: dict = {}
+
+    def defaults_of(experiment):
+        if experiment not in cache:
+            cache[experiment] = sweep_defaults(experiment, conf_dir)
+        return cache[experiment]
+
+    return groups, defaults_of
 
 
 def known_experiment(experiment, conf_dir: Path) -> str | None:
@@ -173,7 +197,7 @@ def plan_row(table: Table, r: int, opt: RowOptimum, records: pd.DataFrame, settl
 def plan_next(options: NextOptions) -> list[RowPlan]:
     if not 0 < options.budget <= 1:
         raise AnalysisError(f"--budget {options.budget:g}: give a fraction of the grid's compute in (0, 1]")
-    from .report import analyse, load  # here: report loads matplotlib, which `--help` and ingest need not
+    from .report import load  # here: report loads matplotlib, which `--help` and ingest need not
 
     if not (options.conf_dir / "sweep.yaml").is_file():
         raise AnalysisError(f"{options.conf_dir} holds no sweep.yaml: pass the sweep's config dir with --conf")
@@ -184,20 +208,12 @@ def plan_next(options: NextOptions) -> list[RowPlan]:
         if frame.empty:
             raise AnalysisError(f"no records of experiment '{options.experiment}' in {options.store}; "
                                 f"its experiments: {', '.join(named) or '(none named)'}")
-    groups = group_columns(frame[frame[LR].notna()])  # as build_tables groups them
-    cache: dict = {}
-
-    def defaults_of(experiment):
-        if experiment not in cache:
-            cache[experiment] = sweep_defaults(experiment, options.conf_dir)
-        return cache[experiment]
-
+    groups, defaults_of = sweep_lookup(frame, options.conf_dir)
     plans = []
-    for analysed in analyse(frame):
-        table = analysed.table
+    for table in build_tables(frame):  # the report's tables and optima (analysis.report.analyse)
         state = table_state(table)
         wanted = step(state, options.budget)  # settles rows up to the one that needs cells
-        for r, opt in enumerate(analysed.optima):
+        for r, opt in enumerate(row_optima(table)):
             records = row_records(frame, groups, table, table.sizes[r])
             settled = state.settled[r] if r < len(state.settled) else None
             plans.append(plan_row(table, r, opt, records, settled, wanted if r == state.row else [],

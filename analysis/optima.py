@@ -102,12 +102,9 @@ def row_optimum(size: float, lrs: np.ndarray, loss: np.ndarray, diverged: np.nda
         edge = "below"
     elif i == len(lrs) - 1 or not (finite[i + 1] or diverged[i + 1]):
         edge = "above"
-    refined = lr
-    if edge is None and finite[i - 1] and finite[i + 1]:
-        vertex = parabola_vertex(tuple(lrs[i - 1 : i + 2]), tuple(loss[i - 1 : i + 2]))
-        if vertex is not None:
-            refined = vertex
-    return RowOptimum(float(size), lr, best, float(refined), edge)
+    # refit's vertex where both neighbours are finite (then the row has no edge), else the grid's lr
+    refined = float(refit(np.asarray(lrs), np.asarray(loss)[None, :])[0])
+    return RowOptimum(float(size), lr, best, refined, edge)
 
 
 class Interval(Protocol):

@@ -29,10 +29,10 @@ from sweeper.result_store import load_store, read_record
 
 from . import AnalysisError, figures
 from .confidence import TableNoise
-from .next_cells import CONF_DIR, command, row_records, sweep_defaults
-from .optima import MAX_DRIFT_LOG2, MAX_REGRET_FRACTION, RowOptimum, Verdict, row_optimum, verdict
-from .tables import (LR, Table, build_tables, group_columns, interval_bounds, to_frame, to_latex, to_markdown,
-                     value_text)
+from .next_cells import CONF_DIR, command, row_records, sweep_lookup
+from .optima import MAX_DRIFT_LOG2, MAX_REGRET_FRACTION, RowOptimum, Verdict, verdict
+from .tables import (Table, build_tables, interval_bounds, row_optima, table_facts, to_frame, to_latex,
+                     to_markdown, value_text)
 
 COORD_CHECK_GLOB = "coord_check*.json"
 COORD_CHECK_COLUMNS = {"param", "optimizer", "width", "depth", "seed", "step", "block", "rms"}
@@ -79,7 +79,7 @@ def analyse(frame: pd.DataFrame, max_drift: float = MAX_DRIFT_LOG2,
             max_regret: float = MAX_REGRET_FRACTION) -> list[Analysed]:
     out = []
     for table in build_tables(frame):
-        optima = [row_optimum(s, table.lrs, table.loss[r], table.diverged[r]) for r, s in enumerate(table.sizes)]
+        optima = row_optima(table)
         noise = TableNoise(table, optima)
         out.append(Analysed(table, optima, verdict(table.axis, table.lrs, table.loss, table.diverged, optima,
                                                     max_drift, max_regret, noise), noise))
@@ -89,14 +89,7 @@ def analyse(frame: pd.DataFrame, max_drift: float = MAX_DRIFT_LOG2,
 def decide_commands(analysed: list[Analysed], frame: pd.DataFrame, store: Path, conf_dir: Path) -> list[Analysed]:
     """Each undecided verdict with its suggestion as a sweep line: the rows' settings and lrs with new
     seeds (after the table's highest), or the one lr whose regret is unknown with the rows' seeds."""
-    groups = group_columns(frame[frame[LR].notna()])  # as build_tables groups them
-    cache: dict = {}
-
-    def defaults_of(experiment):
-        if experiment not in cache:
-            cache[experiment] = sweep_defaults(experiment, conf_dir)
-        return cache[experiment]
-
+    groups, defaults_of = sweep_lookup(frame, conf_dir)
     out = []
     for a in analysed:
         decide = a.verdict.decide
@@ -140,7 +133,9 @@ def write_tables(analysed: list[Analysed], out: Path) -> str:
     (out / "tables").mkdir(parents=True, exist_ok=True)
     markdown, latex = [], []
     for a in analysed:
-        md, tex = to_markdown(a.table, a.optima, a.verdict, a.noise), to_latex(a.table, a.optima, a.verdict, a.noise)
+        facts = table_facts(a.table, a.optima, a.noise)  # once for both formats
+        md = to_markdown(a.table, a.optima, a.verdict, a.noise, facts)
+        tex = to_latex(a.table, a.optima, a.verdict, a.noise, facts)
         stem = out / "tables" / a.table.slug
         Path(f"{stem}.md").write_text(md)
         Path(f"{stem}.tex").write_text(tex)

@@ -30,9 +30,9 @@ from .optima import LEVEL, RowOptimum, Verdict, row_optimum
 
 SIZE_AXES = ("width", "depth")
 LR, SEED = "lr", "seed"
-# The final eval's standard error: a trainer record keeps it in extra (the store's column
-# extra_val_loss_se); a store whose records carry it as a metric has the column val_loss_se.
-LOSS_SE_COLUMNS = ("val_loss_se", "extra_val_loss_se")
+# The final eval's standard error: a trainer or ingested record keeps it in extra (the store's column
+# extra_val_loss_se); load_store makes no column of any other metric.
+LOSS_SE_COLUMNS = ("extra_val_loss_se",)
 TITLE_FIRST = ("experiment", "source", "param", "optimizer", "layernorm")
 
 
@@ -132,6 +132,11 @@ def build_tables(frame: pd.DataFrame) -> list[Table]:
             tables.append(_grid(line, axis, {**title, fixed: line[fixed].iloc[0]}))
     tables.sort(key=lambda t: [(k, _sort_key(v)) for k, v in t.title.items()])
     return tables
+
+
+def row_optima(table: Table) -> list[RowOptimum]:
+    """Each row's optimum (analysis.optima.row_optimum), as the report and ``analysis next`` take it."""
+    return [row_optimum(s, table.lrs, table.loss[r], table.diverged[r]) for r, s in enumerate(table.sizes)]
 
 
 def _sort_key(value):
@@ -267,11 +272,19 @@ def seeds_note(table: Table) -> str:
 
 
 def notes(table: Table, optima: list[RowOptimum], verdict: Verdict, noise: TableNoise,
-          command=lambda c: c) -> list[str]:
-    """The table's notes; ``command`` formats a suggested sweep line (None: leave it out)."""
+          command=lambda c: c, facts: list[str] | None = None) -> list[str]:
+    """The table's notes; ``command`` formats a suggested sweep line (None: leave it out); ``facts``:
+    table_facts of the table, when already computed."""
     lines = [f"verdict: {verdict.summary}"]
     if verdict.command and command:
         lines.append(f"to decide, run: {command(verdict.command)}")
+    return lines + (table_facts(table, optima, noise) if facts is None else facts)
+
+
+def table_facts(table: Table, optima: list[RowOptimum], noise: TableNoise) -> list[str]:
+    """The notes after the verdict, the same in every format: sparse rows, edges, seeds, interval
+    methods, failed runs."""
+    lines = []
     sparse = _sparse_note(table)
     if sparse:
         lines.append(sparse)
@@ -287,14 +300,15 @@ def notes(table: Table, optima: list[RowOptimum], verdict: Verdict, noise: Table
     return lines
 
 
-def to_markdown(table: Table, optima: list[RowOptimum], verdict: Verdict, noise: TableNoise) -> str:
+def to_markdown(table: Table, optima: list[RowOptimum], verdict: Verdict, noise: TableNoise,
+                facts: list[str] | None = None) -> str:
     header = [f"{table.axis} \\ log2 eta", *[f"{lr:g}" for lr in table.lrs], *_header(noise, "eta* grid", "eta* fit", f"eta* {LEVEL:.0%}")]
     rows = [header, *_rows(table, optima, verdict, noise, lambda s: f"**{s}**")]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["| " + " | ".join(cell.rjust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
     body = "\n".join(lines)
-    text = notes(table, optima, verdict, noise, command=lambda c: f"`{c}`")
+    text = notes(table, optima, verdict, noise, command=lambda c: f"`{c}`", facts=facts)
     return f"### {table.name}\n\n{body}\n\n" + "".join(f"- {n}\n" for n in text)
 
 
@@ -307,12 +321,13 @@ def _latex_escape(text: str) -> str:
     return text.replace("$<$=", "$\\le$").replace("$>$=", "$\\ge$").replace("eta*", "$\\eta^*$")
 
 
-def to_latex(table: Table, optima: list[RowOptimum], verdict: Verdict, noise: TableNoise) -> str:
+def to_latex(table: Table, optima: list[RowOptimum], verdict: Verdict, noise: TableNoise,
+             facts: list[str] | None = None) -> str:
     symbol = {"width": "n", "depth": "L"}[table.axis]
     header = [f"${symbol}$ / $\\log_2\\eta_{{\\mathrm{{base}}}}$", *[f"${lr:g}$" for lr in table.lrs],
               *_header(noise, "$\\log_2\\eta^*$ grid", "fit", f"{100 * LEVEL:.0f}\\% interval")]
     rows = _rows(table, optima, verdict, noise, lambda s: f"\\textbf{{{s}}}", _latex_escape)
-    caption = _latex_escape(table.name + ". " + "; ".join(notes(table, optima, verdict, noise, command=None)) + ".")
+    caption = _latex_escape(table.name + ". " + "; ".join(notes(table, optima, verdict, noise, command=None, facts=facts)) + ".")
     lines = [
         "\\begin{table}[ht]", "\\centering", f"\\caption{{{caption}}}", f"\\label{{tab:{table.slug}}}",
         f"\\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}", "\\toprule", " & ".join(header) + " \\\\",
