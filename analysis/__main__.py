@@ -16,7 +16,7 @@ from .optima import MAX_DRIFT_LOG2, MAX_REGRET_FRACTION
 DESCRIPTION = """Turns a result store into the paper's tables, optimal learning rates, transfer verdicts
 and figures, and brings external results (e.g. published tables) into a store."""
 
-REPORT_EPILOG = f"""Tables: one per experiment group (every config setting that varies across the store, except
+REPORT_EPILOG = """Tables: one per experiment group (every config setting that varies across the store, except
 width/depth, lr and seed) and sweep line; rows are sizes, columns log2 eta_base, cells the final
 validation loss averaged over seeds, '± sd' over them where a cell has several, the seed count in
 brackets where cells differ in it (NaN: diverged, blank: not run, bold: the row's best).

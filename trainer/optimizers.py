@@ -30,7 +30,7 @@ from lion_pytorch import Lion
 from pytorch_optimizer import SOAP, SophiaH
 
 from .config import TrainConfig
-from .parameterization import DEFAULTS, OPTIMIZERS, ParamGroup, check_names, optimizer_setting  # noqa: F401
+from .parameterization import OPTIMIZERS, ParamGroup, check_names, optimizer_setting
 from .spectral import newton_schulz
 from .shampoo import Shampoo
 from .sso import SSO
