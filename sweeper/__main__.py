@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
     if args.command == "replay":
         return _replay(args)
 
-    from .leftovers import clean
+    from .leftovers import clean, unwritten_line
     from .queue import QueueError, queued_cells, squeue_available
     from .result_store import StoreError
     from .record import SchemaError
@@ -44,8 +44,12 @@ def main(argv: list[str]) -> int:
         print(f"error: store {args.store} is not a directory", file=sys.stderr)
         return 2
     try:
-        for line in clean(args.store):
+        done = clean(args.store)
+        for line in done.lines:
             print(f"note: {line}", file=sys.stderr)
+        if done.unwritten:  # those cells show as missing until their record is written
+            print(f"warning: {unwritten_line(done.unwritten)}; the next sweep or status writes it "
+                  f"once the store is writable", flush=True)
     except OSError as err:  # a read-only store is still shown
         print(f"note: leftovers not cleaned: {err}", file=sys.stderr)
 

@@ -5,9 +5,13 @@
 A claim is made by hard-linking a complete temp file to that name: link() fails when the name
 exists, atomically, on local disks and on NFS alike (O_EXCL is not reliable on old NFS clients).
 
-A claim is live while its heartbeat is fresh and, on the same host, its process exists. A dead one
-(a killed job, a lost node) is taken over: under a second linked file, ``<key>.takeover``, so that
-of two sweeps finding the same dead claim only one replaces it.
+A claim is live while its heartbeat is fresh and, on the same host, its process exists. Fresh means
+within ``STALE_S`` either way: a heartbeat from the future (another host's clock, a touched file)
+is as suspect as an old one. Ages are taken by the store filesystem's clock (``store_now``), the one
+that stamps the heartbeats, so a node whose own clock runs ahead takes over no live claim. A dead one (a killed job, a lost node) is taken over: under a second
+linked file, ``<key>.takeover``, so that of two sweeps finding the same dead claim only one replaces
+it. A claim file that is no claim (empty, garbage) is dead too: claims are linked complete, so
+nothing is still writing it.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Union
 
 from .record import KEY_PATTERN, check_key
 
@@ -44,20 +48,39 @@ class Claim:
         return f"{self.host} pid {self.pid}{job}"
 
 
+@dataclass(frozen=True)
+class BrokenClaim:
+    """A claim file that cannot be read as a claim: dead, whoever wrote it."""
+
+    path: Path
+    reason: str
+
+
 def claim_path(store: Path, key: str) -> Path:
     return Path(store) / CLAIMS / f"{check_key(key)}.json"
 
 
-def read_claim(store: Path, key: str) -> Optional[Claim]:
-    """The cell's claim, or None when there is none (or only a torn one, which counts as none)."""
+def inspect_claim(store: Path, key: str) -> Union[Claim, BrokenClaim, None]:
+    """The cell's claim; BrokenClaim for a file that is none; None when there is no file (or it
+    cannot be opened just now)."""
     path = claim_path(store, key)
     try:
         heartbeat = path.stat().st_mtime
-        data = json.loads(path.read_text())
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    try:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        data = json.loads(raw.decode())
         return Claim(key, str(data["host"]), int(data["pid"]), data.get("job_id"), str(data["token"]),
                      heartbeat, data.get("experiment"), data.get("config"))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    except (ValueError, KeyError, TypeError) as err:
+        return BrokenClaim(path, "an empty file" if not raw.strip() else f"no claim ({type(err).__name__}: {err})")
+
+
+def read_claim(store: Path, key: str) -> Optional[Claim]:
+    """The cell's claim, or None when there is none (or only a broken one, which is dead)."""
+    claim = inspect_claim(store, key)
+    return claim if isinstance(claim, Claim) else None
 
 
 def _pid_exists(pid: int) -> bool:
@@ -70,9 +93,24 @@ def _pid_exists(pid: int) -> bool:
     return True
 
 
+def store_now(store: Path) -> float:
+    """The time by the clock that stamps the store's heartbeats: the mtime of a file made just now.
+    On a shared filesystem that is the server's clock (NFS stamps with it), so a node whose clock is
+    off still ages claims right; this node's clock where nothing can be written there."""
+    probe = Path(store) / CLAIMS / f".now.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        probe.touch()
+        return probe.stat().st_mtime
+    except OSError:
+        return time.time()
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def is_live(claim: Claim, stale_s: float = STALE_S, now: Optional[float] = None) -> bool:
-    if (now if now is not None else time.time()) - claim.heartbeat > stale_s:
-        return False
+    """``now``: store_now of the claim's store (this node's clock when None)."""
+    if abs((now if now is not None else time.time()) - claim.heartbeat) > stale_s:
+        return False  # silent for too long, or stamped by a clock that is off by as much
     return claim.host != socket.gethostname() or _pid_exists(claim.pid)
 
 
@@ -90,23 +128,35 @@ def _link_new(path: Path, data: dict) -> bool:
         tmp.unlink(missing_ok=True)
 
 
-def _take_over(store: Path, dead: Claim, stale_s: float) -> None:
-    """Removes ``dead`` if it is still the cell's claim, unless another process is taking it over."""
-    path = claim_path(store, dead.key)
+def _take_over(store: Path, key: str, stale_s: float,
+               still: Callable[[Union[Claim, BrokenClaim, None]], bool]) -> bool:
+    """Removes the cell's claim file if it is ``still`` the dead one, unless another process is
+    taking it over; True when this call removed it."""
+    path = claim_path(store, key)
     lock = path.with_suffix(".takeover")
     if not _link_new(lock, {"host": socket.gethostname(), "pid": os.getpid()}):
         try:
-            if time.time() - lock.stat().st_mtime > stale_s:  # a taker that died in these lines
+            if store_now(store) - lock.stat().st_mtime > stale_s:  # a taker that died in these lines
                 lock.unlink(missing_ok=True)
         except FileNotFoundError:
             pass
-        return
+        return False
     try:
-        current = read_claim(store, dead.key)
-        if current is not None and current.token == dead.token:
+        if still(inspect_claim(store, key)):
             path.unlink(missing_ok=True)
+            return True
+        return False
     finally:
         lock.unlink(missing_ok=True)
+
+
+def remove_dead(store: Path, dead: Union[Claim, BrokenClaim], stale_s: float = STALE_S) -> bool:
+    """Removes ``dead`` (a claim that is not live, or a broken one) if it is still the cell's claim;
+    True when this call removed it."""
+    if isinstance(dead, BrokenClaim):
+        return _take_over(store, dead.path.stem, stale_s, lambda now: isinstance(now, BrokenClaim))
+    return _take_over(store, dead.key, stale_s,
+                      lambda now: isinstance(now, Claim) and now.token == dead.token)
 
 
 def try_claim(store: Path, key: str, job_id: Optional[str] = None, experiment: Optional[str] = None,
@@ -119,14 +169,19 @@ def try_claim(store: Path, key: str, job_id: Optional[str] = None, experiment: O
     for _ in range(3):
         if _link_new(claim_path(store, key), me):
             return Held(store, key, me["token"]), None
-        other = read_claim(store, key)
+        other = inspect_claim(store, key)
         if other is None:  # released in between: try again
+            continue
+        if isinstance(other, BrokenClaim):
+            if remove_dead(store, other, stale_s):
+                print(f"removed the claim file {other.path}: {other.reason}, so no run owns it",
+                      flush=True)
             continue
         if other.job_id is not None and other.job_id == job_id:  # this job, requeued on a node
             return Held(store, key, other.token), None
-        if is_live(other, stale_s):
+        if is_live(other, stale_s, store_now(store)):
             return None, other
-        _take_over(store, other, stale_s)
+        remove_dead(store, other, stale_s)
     other = read_claim(store, key)
     return None, other
 
@@ -166,11 +221,12 @@ class Held:
 def live_claims(store: Path, stale_s: float = STALE_S) -> dict[str, Claim]:
     """Cell key -> the live claim on it, for every claimed cell of the store."""
     folder = Path(store) / CLAIMS
+    now = store_now(store) if folder.is_dir() else time.time()
     claims = {}
     for path in folder.glob("*.json") if folder.is_dir() else []:
         if not KEY_PATTERN.fullmatch(path.stem):
             continue
         claim = read_claim(store, path.stem)
-        if claim is not None and is_live(claim, stale_s):
+        if claim is not None and is_live(claim, stale_s, now):
             claims[claim.key] = claim
     return claims

@@ -18,15 +18,16 @@ from typing import Callable, Optional, Sequence, TextIO
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
-from .claims import is_live, live_claims, read_claim
+from .claims import is_live, live_claims, read_claim, store_now
 from .grid import Cell, GridError, expand
 from .job import JobLostError, describe, failed_record
-from .leftovers import clean
+from .leftovers import clean, unwritten_line
 from .plan import DONE, PlannedCell, plan
 from .progress import Progress, clock, config_cost
 from .queue import QueueError, queued_cells, squeue_available, write_entry
 from .record import SchemaError
-from .result_store import StoreError, newest_attempt, read_record, run_dir, write_record
+from .result_store import (RecordWriteError, StoreError, newest_attempt, promote, read_record, run_dir,
+                           write_record)
 from .watch import StoreWatcher
 
 Submitted = Callable[[list[str]], None]
@@ -57,21 +58,29 @@ def _batches(cells: list[PlannedCell], size: Optional[int]) -> list[list[Planned
 
 def _settle(cell: PlannedCell, outcome: Optional[BaseException], settings: SweepSettings,
             job_id: Optional[str], before: set[str]) -> Optional[dict]:
-    """The attempt of a cell whose job wrote none that the watcher saw: the job's own when the job
-    finished, or when it failed after recording its cell (a Slurm job whose cell raised); None when
+    """The attempt of a cell whose record the watcher did not see take in a new attempt: the job's
+    own when the job finished, failed to write its record, or failed after recording its cell (a
+    Slurm job whose cell raised), its record written here from it where it is missing; None when
     the job left the cell to another run that is training it; else a failed attempt written here.
+    A record that cannot be written makes the cell failed (RecordWriteError), never finished.
     ``before``: the cell's attempt files when its batch was launched."""
-    attempt = newest_attempt(settings.store, cell.key, before)
-    if attempt is not None and (outcome is None or (
+    store = settings.store
+    attempt = newest_attempt(store, cell.key, before)
+    if attempt is not None and (outcome is None or isinstance(outcome, RecordWriteError)
+                                or attempt["status"] in DONE or (
             job_id is not None and (attempt["runtime"].get("slurm") or {}).get("job_id") == job_id)):
+        try:
+            promote(store, cell.key)
+        except RecordWriteError as err:
+            return failed_record(cell.config.to_dict(), err, experiment=settings.experiment)
         return attempt
     if outcome is None:
-        claim = read_claim(settings.store, cell.key)
-        if claim is not None and is_live(claim):
+        claim = read_claim(store, cell.key)
+        if claim is not None and is_live(claim, now=store_now(store)):
             return None
         # a job that left the cell alone: it was finished when the job looked
         try:
-            done = read_record(settings.store, cell.key)
+            done = read_record(store, cell.key)
             if done["status"] in DONE:
                 return done
         except StoreError:
@@ -79,8 +88,16 @@ def _settle(cell: PlannedCell, outcome: Optional[BaseException], settings: Sweep
     record = failed_record(cell.config.to_dict(),
                            outcome or JobLostError("the job ended without writing a record (killed? see its log)"),
                            experiment=settings.experiment)
-    write_record(settings.store, record)
+    try:
+        write_record(store, record)
+    except RecordWriteError as err:
+        return failed_record(cell.config.to_dict(), err, experiment=settings.experiment)
     return record
+
+
+def _unrecorded(record: dict) -> bool:
+    """Whether a cell failed because the store could not write its record."""
+    return (record.get("error") or {}).get("type") == RecordWriteError.__name__
 
 
 def _note_submitted(batch: list[PlannedCell], settings: SweepSettings, out: TextIO,
@@ -114,9 +131,14 @@ def sweep_cells(overrides: list[str], settings: SweepSettings) -> list[Cell]:
 
 
 def report_cleanup(store: Path, out: TextIO) -> None:
-    """Removes what dead jobs left in the store (sweeper.leftovers), a line for each kind."""
-    for line in clean(store):
+    """Removes what dead jobs left in the store (sweeper.leftovers), a line for each kind; raises
+    SweepError, before anything trains, where a finished attempt's record cannot be written."""
+    done = clean(store)
+    for line in done.lines:
         print(f"[sweep] {line}", file=out)
+    if done.unwritten:
+        raise SweepError(f"{unwritten_line(done.unwritten)}\nnothing was trained: fix the store "
+                         f"(disk space, quota, permissions) and rerun")
 
 
 def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[list[str]], DictConfig],
@@ -125,6 +147,8 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
     cells it ran. Raises SweepError before launching anything for a bad grid, and after the last
     batch if any cell failed."""
     store, search_round = settings.store, cells is not None
+    if not search_round:  # a search cleans once, when it starts (sweeper.search_sweep)
+        report_cleanup(store, out)  # before the plan: it promotes finished attempts to records
     try:
         cells = sweep_cells(overrides, settings) if cells is None else cells
         # The queue before the store: a job that ends in between has its record seen by plan.
@@ -132,8 +156,6 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
         todo, skipped = plan(cells, compose, store, settings.force)
     except (GridError, SchemaError, StoreError) as err:
         raise SweepError(str(err)) from None
-    if not search_round:  # a search cleans once, when it starts (sweeper.search_sweep)
-        report_cleanup(store, out)
     total = len(todo) + len(skipped)
     note = f" ({len(cells) - total} duplicate cells dropped)" if len(cells) > total else ""
     print(f"[sweep] {total} cells{note}, store {store}", file=out)
@@ -154,6 +176,7 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
     progress = Progress({cell.key: config_cost(cell.config) for cell in todo}, out)
     landed: dict[str, dict] = {}
     elsewhere: set[str] = set()
+    unrecorded: list[dict] = []  # cells whose record the store could not write
 
     def land(cell: PlannedCell, record: Optional[dict]) -> None:
         if record is None:
@@ -162,6 +185,8 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
             return
         landed[cell.key] = record
         progress.add(cell.key, record["status"])
+        if _unrecorded(record):
+            unrecorded.append(record)
 
     def unclaimed(cells: list[PlannedCell]) -> list[PlannedCell]:
         """The cells no other run is training now; the others are left to it, and said so."""
@@ -175,7 +200,14 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
             land(cell, None)
         return [cell for cell in cells if cell.key not in claims]
 
-    for n, batch in enumerate(_batches(unclaimed(todo), settings.batch_size)):
+    batches = _batches(unclaimed(todo), settings.batch_size)
+    not_launched = 0
+    for n, batch in enumerate(batches):
+        if unrecorded:  # every later cell would train only to fail the same way
+            not_launched = sum(len(b) for b in batches[n:])
+            print(f"[sweep] stopping: the store cannot record results; {not_launched} cells not "
+                  f"launched", file=out, flush=True)
+            break
         if n:
             batch = unclaimed(batch)  # claimed since the sweep started (another sweep's job)
         if not batch:
@@ -203,7 +235,10 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
               f"`python -m sweeper status --store {shlex.quote(str(store))}` shows when they land", file=out)
     out.flush()
     if failed:
+        stopped = (f"; {not_launched} cells were not launched: the store cannot record results, fix "
+                   f"it and rerun (finished attempts are recorded then, not trained again)"
+                   if not_launched else "")
         raise SweepError(
             f"{len(failed)} of {len(records)} cells failed (their records say why; rerunning the "
-            f"sweep retries them):\n  " + "\n  ".join(describe(r) for r in failed))
+            f"sweep retries them){stopped}:\n  " + "\n  ".join(describe(r) for r in failed))
     return records

@@ -21,7 +21,7 @@ from .claims import try_claim
 from .leftovers import KEEP
 from .queue import write_entry
 from .record import DONE, cell_key, make_record, result_config
-from .result_store import StoreError, read_record, run_dir, write_record
+from .result_store import RecordWriteError, StoreError, read_record, run_dir, write_record
 from .schema import trainer_values
 
 LOG_TAIL_LINES = 25
@@ -123,8 +123,9 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
     is not trained again unless ``force``. A stop signal (SystemExit from the trainer after it
     checkpoints) is not a failure: it passes. On Slurm the cell's queue entry is rewritten first,
     so status finds the job (sweeper.queue), and a failed cell raises CellFailed once recorded, so
-    that the job ends FAILED. A finished cell's checkpoint goes once its record is written, unless
-    ``keep_checkpoint``."""
+    that the job ends FAILED. A record the store cannot write raises RecordWriteError: the cell is
+    not finished (its attempt, where written, becomes the record later: result_store.promote). A
+    finished cell's checkpoint goes once its record is written, unless ``keep_checkpoint``."""
     key = cell_key(config.to_dict())
     held, owner = try_claim(store, key, job_id=(slurm or {}).get("job_id"), experiment=experiment,
                             config=result_config(config.to_dict()))
@@ -158,7 +159,11 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
         except Exception as err:  # any failure of the cell is recorded; the sweep goes on
             record = failed_record(config.to_dict(), err, experiment=experiment, slurm=slurm,
                                    wall_time_s=time.perf_counter() - started)
-        write_record(store, record)
+        try:
+            write_record(store, record)
+        except RecordWriteError as err:  # not finished: the job fails, its checkpoint stays
+            print(f"{describe(record)}; NOT RECORDED: {err}", flush=True)
+            raise
         line = describe(record)
         if record["status"] not in DONE:  # a finished record always becomes the cell's result
             kept = read_record(store, key)

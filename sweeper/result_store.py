@@ -34,15 +34,15 @@ if TYPE_CHECKING:
 
 from trainer.config import result_fields, setting_problems
 
-from .record import (DONE, SCHEMA_VERSION, STATUSES, NewerSchemaError, SchemaError, cell_key,
-                     check_key, migrate, origin_of)
+from .record import (DONE, KEY_PATTERN, SCHEMA_VERSION, STATUSES, NewerSchemaError, SchemaError,
+                     cell_key, check_key, migrate, origin_of)
 
 PathLike = Union[str, os.PathLike]
 
 RECORDS = "records"
 ATTEMPTS = "attempts"
 RUNS = "runs"
-_INDEX_VERSION = 2  # bump when flat_row's columns or the index layout change
+_INDEX_VERSION = 3  # bump when flat_row's columns, the index layout or what reads as a record change
 _INDEX = Path(".cache") / f"index-v{_INDEX_VERSION}.parquet"
 
 BASE_COLUMNS = [
@@ -54,6 +54,11 @@ BASE_COLUMNS = [
 
 class StoreError(ValueError):
     """A store that cannot be read as asked: missing record, corrupt file, a path that is no store."""
+
+
+class RecordWriteError(StoreError):
+    """A record (or attempt) the store could not write: a full disk, a quota, a read-only folder.
+    The cell is not finished: its result is whatever reads back from records/."""
 
 
 def _key(key: str) -> str:
@@ -82,17 +87,21 @@ def run_dir(store_dir: PathLike, key: str) -> Path:
 
 def check_writable_store(store_dir: PathLike) -> None:
     """Raises StoreError unless ``store_dir`` is (or can be made) a directory this process can write
-    records into: checked before anything trains, not after."""
+    records into, its records/ and attempts/ folders included: checked before anything trains, not
+    after."""
     store_dir = Path(store_dir)
     if store_dir.exists() and not store_dir.is_dir():
         raise StoreError(f"store {store_dir} is a file, not a directory: pass a directory as store=")
-    probe = store_dir / f".probe.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        probe.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise StoreError(f"store {store_dir} is not writable: {err.strerror or err}") from None
+    for folder in (store_dir, store_dir / RECORDS, store_dir / ATTEMPTS):
+        if folder != store_dir and not folder.exists():
+            continue  # made by the first write, in a store that is writable
+        probe = folder / f".probe.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise StoreError(f"store {store_dir} is not writable ({folder}: {err.strerror or err})") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -150,26 +159,75 @@ def _attempt_name() -> str:
     return f"{now}-{uuid.uuid4().hex[:8]}.json"
 
 
+def _write(path: Path, data: bytes, what: str) -> None:
+    """The store's one write of a result file: a failure (full disk, quota, read-only folder) is a
+    RecordWriteError naming the file, never lost."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as err:
+        raise RecordWriteError(f"cannot write {what} {path}: {err.strerror or err}") from None
+
+
 def write_record(store_dir: PathLike, record: dict) -> Path:
     """Stores ``record`` (from make_record) as one more attempt of its cell, and as the cell's result
     (records/<key>.json, replaced atomically) unless it failed and the cell has a finished result.
-    Returns the result's path."""
+    Returns the result's path. RecordWriteError when either file cannot be written: an attempt
+    written without its record is promoted to it later (``promote``), so the run is not lost."""
     _check_writable(record)
+    key = record["key"]
     data = json.dumps(_plain_json(record), indent=1, allow_nan=False).encode()
-    atomic_write_bytes(attempts_dir(store_dir, record["key"]) / _attempt_name(), data)
-    path = record_path(store_dir, record["key"])
+    attempt = attempts_dir(store_dir, key) / _attempt_name()
+    _write(attempt, data, f"cell {key}'s attempt")
+    path = record_path(store_dir, key)
     if record["status"] not in DONE:
         try:
-            if _read_file(path)["status"] in DONE:
+            if _read_file(path, key)["status"] in DONE:
                 return path
         except (OSError, StoreError):  # none, or unreadable: this attempt replaces it
             pass
-    atomic_write_bytes(path, data)
+    try:
+        _write(path, data, f"cell {key}'s record")
+    except RecordWriteError as err:
+        raise RecordWriteError(f"{err}; its attempt is kept ({attempt}): the next sweep or "
+                               f"`python -m sweeper status` writes the record from it") from None
     return path
 
 
-def _read_file(path: Path) -> dict:
-    """A record file, migrated and checked; StoreError (or SchemaError) names the file and why."""
+def result_of(found: list[dict]) -> Optional[dict]:
+    """The cell's result among its attempts (oldest first): the latest ok or diverged one, else the
+    latest failed one; None for none."""
+    done = [a for a in found if a["status"] in DONE]
+    return (done or found or [None])[-1]
+
+
+def promote(store_dir: PathLike, key: str) -> Optional[dict]:
+    """Writes cell ``key``'s record from its attempts where it is missing, unreadable or behind them
+    (a job killed, or a write that failed, between the attempt and the record); returns the record
+    written, None when there was nothing to write. RecordWriteError when it cannot be written."""
+    folder = attempts_dir(store_dir, key)
+    found = []
+    for name in sorted(attempt_names(store_dir, key)):
+        try:
+            found.append((name, _read_file(folder / name, key)))
+        except (OSError, StoreError):
+            continue
+    best = result_of([a for _, a in found])
+    if best is None:
+        return None
+    try:
+        if _read_file(record_path(store_dir, key), key) == best:
+            return None
+    except (OSError, StoreError):
+        pass  # none, or unreadable: the attempts replace it
+    name = next(n for n, a in reversed(found) if a is best)
+    _write(record_path(store_dir, key), (folder / name).read_bytes(), f"cell {key}'s record")
+    return best
+
+
+def _read_file(path: Path, key: str) -> dict:
+    """A record (or attempt) file of cell ``key``, migrated and checked: a record whose settings
+    are another cell's (edited by hand, copied under another name) never stands for ``key``.
+    StoreError (or SchemaError) names the file and why."""
     try:
         raw = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -187,6 +245,12 @@ def _read_file(path: Path) -> dict:
         problems.append(f"status={record.get('status')!r} is none of {', '.join(STATUSES)}")
     if not isinstance(record.get("metrics"), dict) or not isinstance(record.get("curves"), dict):
         problems.append("its metrics or curves are not mappings")
+    if not problems:
+        holds = cell_key(record["config"], origin_of(record.get("source", "trainer"), record.get("experiment")))
+        if record.get("key") != holds or holds != key:
+            problems.append(f"its settings are cell {holds}, but it is filed as cell {key}"
+                            + (f" and says {record.get('key')}" if record.get("key") not in (key, holds) else "")
+                            + " (edited or copied by hand? delete it and rerun the sweep to redo the cell)")
     if problems:
         raise StoreError(f"invalid record {path}: {'; '.join(problems)}")
     return record
@@ -199,7 +263,7 @@ def attempts(store_dir: PathLike, key: str) -> list[dict]:
     found = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            found.append(_read_file(path))
+            found.append(_read_file(path, key))
         except (OSError, StoreError, NewerSchemaError):
             continue
     if not found:
@@ -223,9 +287,25 @@ def newest_attempt(store_dir: PathLike, key: str, before: set[str]) -> Optional[
     """The cell's newest readable attempt whose file is not in ``before``, or None."""
     for name in sorted(attempt_names(store_dir, key) - before, reverse=True):
         try:
-            return _read_file(attempts_dir(store_dir, key) / name)
+            return _read_file(attempts_dir(store_dir, key) / name, key)
         except (OSError, StoreError):
             continue
+    return None
+
+
+def recorded_attempt(store_dir: PathLike, key: str, before: set[str]) -> Optional[dict]:
+    """The cell's newest attempt whose file is not in ``before``, once its record reads back from
+    records/ with it: the record is that attempt, or a finished result that a failed attempt leaves
+    in place. None until then: a cell is finished only when its record is readable."""
+    attempt = newest_attempt(store_dir, key, before)
+    if attempt is None:
+        return None
+    try:
+        record = read_record(store_dir, key)
+    except StoreError:
+        return None
+    if record == attempt or (attempt["status"] not in DONE and record["status"] in DONE):
+        return attempt
     return None
 
 
@@ -243,7 +323,7 @@ def read_record(store_dir: PathLike, key: str) -> dict:
     """The full record of cell ``key`` (with curves), migrated to the current schema."""
     path = record_path(store_dir, key)
     try:
-        return _read_file(path)
+        return _read_file(path, key)
     except FileNotFoundError:
         raise StoreError(f"no record for cell {key} in {store_dir}") from None
 
@@ -252,7 +332,7 @@ def record_status(store_dir: PathLike, key: str) -> Optional[str]:
     """Status of cell ``key``'s record, or None when it has none (or only a corrupt or invalid one,
     which a rerun replaces). A record of a newer schema raises SchemaError."""
     try:
-        return _read_file(record_path(store_dir, key))["status"]
+        return _read_file(record_path(store_dir, key), key)["status"]
     except (FileNotFoundError, StoreError):
         return None
 
@@ -357,9 +437,10 @@ def _flat_rows(folder: Path, files: list[tuple[str, tuple[int, int, int]]]) -> l
     rows = []
     for name, stamp in files:
         try:
-            record = _read_file(folder / name)
-            if record["key"] != name.removesuffix(".json"):
-                raise StoreError(f"invalid record {folder / name}: it holds cell {record['key']!r}")
+            key = name.removesuffix(".json")
+            if not KEY_PATTERN.fullmatch(key):
+                raise StoreError(f"invalid record {folder / name}: its name is no cell key")
+            record = _read_file(folder / name, key)
             row = flat_row(record)
         except FileNotFoundError:
             continue

@@ -22,11 +22,12 @@ from .claims import live_claims
 from .driver import (Launch, SweepError, SweepSettings, queued_jobs, report_cleanup, run_sweep,
                      sweep_cells)
 from .grid import Cell, GridError
+from .journal import repair_journal
 from .plan import PlannedCell, plan
 from .progress import config_cost
 from .record import DONE, SchemaError, cell_key
 from .result_store import StoreError, read_record
-from .search import LR, Ask, SearchError, SearchTable, journal_storage, run_search, summary
+from .search import JOURNAL, LR, Ask, SearchError, SearchTable, journal_storage, run_search, summary
 from .transfer import DIVERGED, TREND_PARAMS, Line
 
 
@@ -134,15 +135,18 @@ def run_transfer_sweep(overrides: list[str], settings: SweepSettings,
                        refine: bool = False, out: TextIO = sys.stdout) -> list:
     """Runs the transfer search over the grid line; returns its per-table results. Raises SweepError
     before anything runs for a bad line, and after a round with failed cells."""
+    report_cleanup(settings.store, out)  # before the plan: it promotes finished attempts to records
     try:
         todo, skipped = plan(sweep_cells(overrides, settings), compose, settings.store, settings.force)
         tables, cells = _tables(todo + skipped)
     except (GridError, SchemaError, SearchError) as err:
         raise SweepError(str(err)) from None
-    report_cleanup(settings.store, out)
     print(f"[search] transfer search over {len(tables)} table(s) of {len(todo) + len(skipped)} grid cells, "
           f"budget {budget:g} of the grid's compute{', refining' if refine else ''}; studies in {settings.store / 'search'}",
           file=out, flush=True)
+    repaired = repair_journal(settings.store / JOURNAL)
+    if repaired:
+        print(f"[search] {repaired}", file=out, flush=True)
     try:
         results = run_search(tables, SweepOracle(cells, settings, compose, launch, out),
                              storage=journal_storage(settings.store), budget=budget, refine=refine,

@@ -3,7 +3,8 @@
 Launchers block until a whole batch is done (a Slurm array can be the whole grid); the store is
 where finished cells show first, so watching it gives a live progress line for any launcher. What
 is watched is the cell's attempts, not its result: a rerun that fails lands as failed even where the
-cell keeps its earlier result.
+cell keeps its earlier result. An attempt lands only once the cell's record reads back with it: a
+record that could not be written leaves the cell to the batch's settling (sweeper.driver).
 """
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from pathlib import Path
 from typing import Callable
 
 from .plan import PlannedCell
-from .result_store import attempt_names, newest_attempt
+from .result_store import attempt_names, recorded_attempt
 
 
 class StoreWatcher:
-    """Calls ``on_record(cell, attempt)`` once for each cell that gets a new attempt while the
-    watcher runs; use as a context manager around the launch. ``before[key]``: the cell's attempt
+    """Calls ``on_record(cell, attempt)`` once for each cell that gets a new, recorded attempt while
+    the watcher runs; use as a context manager around the launch. ``before[key]``: the cell's attempt
     files when the watcher started, so a batch can be settled against them afterwards."""
 
     def __init__(self, cells: list[PlannedCell], store: Path,
@@ -36,7 +37,7 @@ class StoreWatcher:
 
     def poll(self) -> None:
         for key, cell in list(self.pending.items()):
-            attempt = newest_attempt(self.store, key, self.before[key])
+            attempt = recorded_attempt(self.store, key, self.before[key])
             if attempt is None:
                 continue
             del self.pending[key]
