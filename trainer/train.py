@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import platform
 import signal
 import statistics
@@ -198,6 +199,9 @@ def run(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> Result:
 
 
 def _train(cfg: TrainConfig, hooks: Callback) -> Result:
+    if cfg.run_dir and Path(cfg.run_dir).exists() and not Path(cfg.run_dir).is_dir():
+        raise FileExistsError(f"run_dir={cfg.run_dir} is a file: give a directory (new or a run's) for "
+                              f"the run's checkpoints")
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
@@ -223,8 +227,17 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
              "curves": {"train": [], "val": []}}
     run_dir = Path(cfg.run_dir) if cfg.run_dir else None
     checkpoint = run_dir / CHECKPOINT if run_dir else None
+    saved = None
     if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        try:
+            saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as err:  # torn by a kill or a full disk
+            corrupt = checkpoint.with_name(checkpoint.name + ".corrupt")
+            os.replace(checkpoint, corrupt)
+            why = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+            print(f"checkpoint {checkpoint} is unreadable ({why}): moved to {corrupt.name}, the run "
+                  f"restarts from step 0", file=sys.stderr)
+    if saved is not None:
         check_checkpoint_owner(saved, cfg, checkpoint)
         model.load_state_dict(saved["model"])
         for opt, s in zip(optimizers, saved["optimizers"]):
@@ -327,7 +340,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_config(argv)
         result = run(cfg)
-    except (ValueError, DataUnavailable) as err:
+    except (ValueError, DataUnavailable, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     summary = {k: v for k, v in result.to_dict().items() if k not in ("curves", "config")}
