@@ -48,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
         "the store into --out (report.md, tables.tex, summary.csv,\ntables/<table>.{md,tex,csv}, "
         "figures/*.{png,pdf}) and prints its tables. It only reads the store.", epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     report.add_argument("--store", type=Path, required=True, metavar="DIR", help="the result store directory")
-    report.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for the report (created)")
+    report.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="directory for the report (created; an earlier report there is replaced)")
+    report.add_argument("--force", action="store_true",
+                        help="write into a --out that holds other files and no report")
     report.add_argument("--coord-check", type=Path, action="append", default=[], metavar="FILE",
                         help="coordinate-check records to plot (repeatable)")
     report.add_argument("--curves", action="append", default=[], metavar="KEY",
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(report(ReportOptions(args.store, args.out, args.coord_check, args.curves, args.figures,
                                        args.jobs, args.max_drift, args.max_regret, strict=args.strict,
-                                       conf_dir=args.conf)))
+                                       conf_dir=args.conf, force=args.force)))
         elif args.command == "ingest":
             from .ingest import ingest
 

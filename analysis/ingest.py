@@ -183,6 +183,10 @@ def read_rows(path: Path) -> list[Row]:
 def _read(path: Path, handle) -> list[Row]:
     reader = csv.DictReader(handle)
     header = [h.strip() for h in reader.fieldnames or []]
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:  # csv.DictReader would keep the last of them, silently
+        raise IngestError(f"{path}: line 1 names the column(s) {', '.join(map(repr, twice))} more than once; "
+                          f"give each column once")
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise IngestError(f"{path}: line 1 lacks the column(s) {', '.join(missing)}; "
@@ -244,6 +248,9 @@ def ingest(path: Path, store: Path, experiment: str | None = None, conf_dir: Pat
         )
         for row in rows
     ]
-    for record in records:
-        write_record(store, record)
+    try:
+        for record in records:
+            write_record(store, record)
+    except StoreError as err:  # RecordWriteError: a full disk or a folder turned read-only
+        raise IngestError(f"{err}\nrerun the ingest once the store is writable") from None
     return records

@@ -11,7 +11,9 @@ Layout of ``out``::
     figures/transfer_<slug>.{png,pdf}, figures/eta_star_<axis>.{png,pdf},
     figures/coord_check_<...>.{png,pdf}, figures/curves_<key>.{png,pdf}
 
-It reads the store only.
+It reads the store only. A folder that holds an earlier report gets this one instead: the files of
+that layout are removed first (others are left); a folder that holds other files and no report is
+refused unless asked (``force``), so a mistyped --out never mixes a report into unrelated files.
 """
 from __future__ import annotations
 
@@ -36,6 +38,10 @@ from .tables import (Table, build_tables, interval_bounds, row_optima, table_fac
 
 COORD_CHECK_GLOB = "coord_check*.json"
 COORD_CHECK_COLUMNS = {"param", "optimizer", "width", "depth", "seed", "step", "block", "rms"}
+TITLE = "# Report of "  # report.md's first line: what marks a folder as a report's
+LAYOUT = ("report.md", "tables.tex", "summary.csv", "tables/*.md", "tables/*.tex", "tables/*.csv",
+          *(f"figures/{stem}*.{ext}" for stem in ("transfer_", "eta_star_", "coord_check", "curves_")
+            for ext in ("png", "pdf")))
 
 
 @dataclass
@@ -50,6 +56,7 @@ class ReportOptions:
     max_regret: float = MAX_REGRET_FRACTION
     strict: bool = False  # an unreadable record stops the report instead of being named and left out
     conf_dir: Path = CONF_DIR  # the sweep's configs, for the sweep line that decides an undecided verdict
+    force: bool = False  # write into a folder that holds other files and no report
 
 
 @dataclass
@@ -200,6 +207,33 @@ def curves_job(store: Path, key: str, out: Path) -> figures.Job:
     return figures.training_curves, (record,), out / "figures" / f"curves_{key}"
 
 
+def holds_report(out: Path) -> bool:
+    try:
+        with open(out / "report.md", encoding="utf-8") as handle:
+            return handle.readline().startswith(TITLE)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def clear_out(out: Path, force: bool) -> int:
+    """Makes ``out`` ready for a report: removes an earlier report's files (its layout, nothing else);
+    raises AnalysisError for a file, or a folder with other files and no report, unless ``force``.
+    Returns how many files were removed."""
+    if out.exists() and not out.is_dir():
+        raise AnalysisError(f"--out {out} is a file: give a folder for the report")
+    if not out.is_dir():
+        return 0
+    if not holds_report(out):
+        if any(out.iterdir()) and not force:
+            raise AnalysisError(f"--out {out} holds files and no report: give a new or empty folder, or "
+                                f"--force to write the report among them")
+        return 0
+    old = {path for pattern in LAYOUT for path in out.glob(pattern) if path.is_file()}
+    for path in old:
+        path.unlink()
+    return len(old)
+
+
 def report(options: ReportOptions) -> str:
     """Writes the report into options.out; returns the text to print."""
     frame = load(options.store, options.strict)
@@ -211,10 +245,12 @@ def report(options: ReportOptions) -> str:
         for path in dict.fromkeys([*options.coord_checks, *sorted(options.store.glob(COORD_CHECK_GLOB))]):
             jobs += coord_check_jobs(path, options.out)
         jobs += [curves_job(options.store, key, options.out) for key in options.curves]
+    replaced = clear_out(options.out, options.force)
     options.out.mkdir(parents=True, exist_ok=True)
     text = write_tables(analysed, options.out)
     written = figures.render(jobs, options.workers)
     figure_list = "".join(f"- [{p.name}]({p.relative_to(options.out)})\n" for p in written if p.suffix == ".png")
-    body = f"# Report of {options.store}\n\n{len(frame)} records, {len(analysed)} tables.\n\n{text}"
+    body = f"{TITLE}{options.store}\n\n{len(frame)} records, {len(analysed)} tables.\n\n{text}"
     (options.out / "report.md").write_text(body + (f"\n## Figures\n\n{figure_list}" if figure_list else ""))
-    return body + f"\nwrote {options.out}/report.md, tables.tex, summary.csv, tables/ ({len(written)} figure files)"
+    note = f", replacing the earlier report's {replaced} files" if replaced else ""
+    return body + f"\nwrote {options.out}/report.md, tables.tex, summary.csv, tables/ ({len(written)} figure files){note}"
