@@ -17,7 +17,7 @@ from trainer.config import CHECKPOINT
 
 from .claims import (CLAIMS, STALE_S, BrokenClaim, inspect_claim, is_live, read_claim, remove_dead,
                      store_now)
-from .record import DONE, KEY_PATTERN
+from .record import DONE, KEY_PATTERN, SchemaError
 from .result_store import ATTEMPTS, RECORDS, RUNS, RecordWriteError, promote, record_path, record_status
 
 KEEP = "keep_checkpoint"  # in a run dir: keep its checkpoint after the record (keep_checkpoints=true)
@@ -65,6 +65,8 @@ def _promote_finished(store: Path, stale_s: float, now: float, done: Cleanup) ->
             written += promote(store, key) is not None
         except RecordWriteError as err:
             done.unwritten.append(str(err))
+        except SchemaError:  # a newer mutransfer's files: never replaced here (the plan says so)
+            continue
     if written:
         done.lines.append(f"wrote the records of {written} cell(s) from their attempts (a job stopped, or "
                           f"a write failed, between the two): not trained again")

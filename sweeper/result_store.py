@@ -10,6 +10,9 @@ Layout of a store directory::
 
 A cell's result is its latest ok or diverged attempt; a failed attempt becomes the result only
 while the cell has no other: a rerun that fails never hides a finished result.
+A cell is finished only when its record reads back: a file the store cannot write is a
+RecordWriteError, and an attempt whose record is missing (a failed write, a job killed between the
+two) is turned into the record by ``promote`` rather than trained again.
 
 Writers never touch each other's files and never rewrite the store: a record is written to a
 temporary file, fsync'ed and renamed over its final name, so a reader sees either the old record,
