@@ -7,11 +7,11 @@ exists, atomically, on local disks and on NFS alike (O_EXCL is not reliable on o
 
 A claim is live while its heartbeat is fresh and, on the same host, its process exists. Fresh means
 within ``STALE_S`` either way: a heartbeat from the future (another host's clock, a touched file)
-is as suspect as an old one. Ages are taken by the store filesystem's clock (``store_now``), the one
-that stamps the heartbeats, so a node whose own clock runs ahead takes over no live claim. A dead one (a killed job, a lost node) is taken over: under a second
-linked file, ``<key>.takeover``, so that of two sweeps finding the same dead claim only one replaces
-it. A claim file that is no claim (empty, garbage) is dead too: claims are linked complete, so
-nothing is still writing it.
+is as suspect as an old one. Ages are taken by the store filesystem's clock (``store_now``), the
+one that stamps the heartbeats, so a node whose own clock runs ahead takes over no live claim. A
+dead one (a killed job, a lost node) is taken over: under a second linked file, ``<key>.takeover``,
+so that of two sweeps finding the same dead claim only one replaces it. A claim file that is no
+claim (empty, garbage) is dead too: claims are linked complete, so nothing is still writing it.
 """
 from __future__ import annotations
 
@@ -154,9 +154,9 @@ def remove_dead(store: Path, dead: Union[Claim, BrokenClaim], stale_s: float = S
     """Removes ``dead`` (a claim that is not live, or a broken one) if it is still the cell's claim;
     True when this call removed it."""
     if isinstance(dead, BrokenClaim):
-        return _take_over(store, dead.path.stem, stale_s, lambda now: isinstance(now, BrokenClaim))
+        return _take_over(store, dead.path.stem, stale_s, lambda current: isinstance(current, BrokenClaim))
     return _take_over(store, dead.key, stale_s,
-                      lambda now: isinstance(now, Claim) and now.token == dead.token)
+                      lambda current: isinstance(current, Claim) and current.token == dead.token)
 
 
 def try_claim(store: Path, key: str, job_id: Optional[str] = None, experiment: Optional[str] = None,
@@ -221,7 +221,7 @@ class Held:
 def live_claims(store: Path, stale_s: float = STALE_S) -> dict[str, Claim]:
     """Cell key -> the live claim on it, for every claimed cell of the store."""
     folder = Path(store) / CLAIMS
-    now = store_now(store) if folder.is_dir() else time.time()
+    now = store_now(store)
     claims = {}
     for path in folder.glob("*.json") if folder.is_dir() else []:
         if not KEY_PATTERN.fullmatch(path.stem):

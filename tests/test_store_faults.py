@@ -55,18 +55,9 @@ def _chattr(flag: str, folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def unwritable(folder: Path):
-    """``folder`` as a full disk or a lost quota leaves it: no file can be made in it, even by root."""
-    _chattr("+i", folder)
-    try:
-        yield
-    finally:
-        _chattr("-i", folder)
-
-
-@contextlib.contextmanager
 def records_turn_unwritable(store: Path):
-    """records/ turns unwritable once the first cell is being trained (its claim is there)."""
+    """records/ turns unwritable, as a full disk or a lost quota leaves it (chattr +i: no file can be
+    made in it, even by root), once the first cell is being trained (its claim is there)."""
     records_dir(store).mkdir(parents=True)
     stop, frozen = threading.Event(), threading.Event()
 
@@ -98,13 +89,11 @@ def test_a_sweep_whose_records_turn_unwritable_fails_fast_and_the_rerun_trains_n
     store = tmp_path / "store"
     grid = ["width=32,64", "lr=-10:-9", "steps=4", f"store={store}"]
     with records_turn_unwritable(store) as frozen:
-        started = time.monotonic()
-        broken = sweep(grid, tmp_path)
-        took = time.monotonic() - started
+        broken = sweep(grid, tmp_path)  # how soon it ends: benchmarks/unwritable_records.py
         assert frozen.is_set()
         status = cli(["-m", "sweeper", "status", "--store", str(store)], ROOT)
         again = sweep(grid, tmp_path)  # still unwritable: stops before training anything
-    assert broken.returncode != 0 and took < 60
+    assert broken.returncode != 0
     assert "RecordWriteError" in broken.stderr and "Operation not permitted" in broken.stderr
     assert "[sweep] 1/4 cells finished: 0 ok, 0 diverged, 1 failed" in broken.stdout
     assert "[sweep] stopping: the store cannot record results; 3 cells not launched" in broken.stdout
