@@ -125,8 +125,9 @@ def test_a_force_rerun_that_fails_keeps_the_ok_record_and_status_shows_both_atte
     first = sweep([*TINY, "lr=-8", f"store={store}"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     (key,) = trained_keys(first.stdout)
-    # device is a runtime setting: the same cell, and on this CUDA-less machine the run fails.
-    rerun = sweep([*TINY, "lr=-8", "force=true", "device=cuda", f"store={store}"], tmp_path)
+    # device is a runtime setting (at the precision the first run resolved): the same cell, and on
+    # this CUDA-less machine the run fails.
+    rerun = sweep([*TINY, "lr=-8", "force=true", "device=cuda", "precision=fp32", f"store={store}"], tmp_path)
     assert rerun.returncode != 0 and "1 of 1 cells failed" in rerun.stderr
     assert "keeps its earlier ok result" in rerun.stdout
     assert read_record(store, key)["status"] == "ok"
