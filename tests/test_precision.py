@@ -33,3 +33,20 @@ def test_tf32_is_set_for_the_run_only(precision, inside):
     finally:
         for f, value in zip(flags, before):
             f.allow_tf32 = value
+
+
+def test_a_sweep_plans_auto_for_its_cells_device_and_tells_each_job():
+    from sweeper.grid import Cell
+    from sweeper.plan import PlannedCell, job_overrides, resolved_config
+    from sweeper.record import cell_key
+    from trainer.config import TrainConfig
+
+    on_gpus = resolved_config(TrainConfig(), "cuda")  # a launcher that gives each cell a GPU
+    assert on_gpus.precision == "bf16"
+    assert resolved_config(TrainConfig(device="cpu"), "cuda").precision == "fp32"  # the cell's own device wins
+    assert resolved_config(TrainConfig(precision="fp32"), "cuda").precision == "fp32"
+    assert resolved_config(TrainConfig(device="cpu"), None).precision == "fp32"
+    cell = Cell(("width=64", "precision=auto"), (("width", "64"),))
+    planned = PlannedCell(cell, on_gpus, cell_key(on_gpus.to_dict()), None)
+    # the job composes the cell at the planned precision, so it computes the planned key on any node
+    assert job_overrides(planned) == ["width=64", "precision=bf16", f"planned_cell={planned.key}"]
