@@ -3,7 +3,10 @@ another device, fused AdamW kept across a resume, no host read of a device value
 steps, pinned batches copied without waiting, step time from device events."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ from trainer.optimizers import build_optimizers
 from trainer.parameterization import build_model, param_groups
 from trainer.train import load_optimizer_state, restore_checkpoint, run
 
+REPO = Path(__file__).resolve().parent.parent
 TINY = dict(width=64, depth=2, batch_size=4, seq_len=32, eval_batches=2, threads=1, eval_interval=0,
             warmup_steps=1, optimizer="adamw", precision="fp32")
 
@@ -128,3 +132,11 @@ def test_between_read_backs_the_loop_never_reads_a_device_value(monkeypatch, dat
     assert during_steps <= logged, f"host reads at steps {sorted(during_steps - logged)}"
     assert len(pinned) == 2 * steps  # x and y of every step's batch, fetched once each
     assert FakeEvent.made == 2 * len(logged)  # one span per read-back, timed by events
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the script runs its checks (minutes)")
+def test_the_gpu_check_says_it_needs_cuda_and_exits_nonzero_on_a_cpu():
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "gpu_check needs CUDA" in proc.stderr and "PASS" not in proc.stdout
