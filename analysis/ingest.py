@@ -220,7 +220,11 @@ def experiment_settings(experiment: str | None, conf_dir: Path) -> dict:
     """The result settings of ``experiment`` as a sweep composes it; {} when there is no such config."""
     if not has_experiment(experiment, conf_dir):
         return {}
-    return result_config(sweep_settings(compose(experiment, conf_dir)))
+    composed = sweep_settings(compose(experiment, conf_dir))
+    settings = result_config(composed)
+    if composed.get("precision") == "auto":  # what this machine would resolve, not what the authors ran
+        settings["precision"] = None
+    return settings
 
 
 def ingest(path: Path, store: Path, experiment: str | None = None, conf_dir: Path = CONF_DIR) -> list[dict]:

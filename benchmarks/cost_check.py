@@ -2,8 +2,11 @@
 
     python benchmarks/cost_check.py [--threads 2]
 
-Each cell trains a few fp32 steps in its own process. Memory: the process's peak RSS (getrusage)
-over its RSS before the model was built, against trainer.cost.peak_memory (device overhead 0). Time:
+Each cell trains a few fp32 steps in its own process. Memory: the tensors' peak over two training
+steps (trainer.probe.measured_peak_bytes: torch's profiler, what tests/test_memory_model.py checks),
+and the process's peak RSS (getrusage) over its RSS before the model was built (tensors plus the
+data, the C allocator's slack and libraries), each against trainer.cost.peak_memory (device overhead
+0). Time:
 seconds per step against trainer.cost's FLOPs per step over this CPU's measured fp32 matmul peak at
 --mfu. Prints measured, estimated and their ratio per cell.
 """
@@ -27,6 +30,7 @@ def child(settings: dict) -> None:
 
     from trainer.config import TrainConfig
     from trainer.data import load_tokens
+    from trainer.probe import measured_peak_bytes
     from trainer.train import run
 
     cfg = TrainConfig(**settings)
@@ -35,7 +39,9 @@ def child(settings: dict) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result = run(cfg)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak_bytes": peak - before, "step_s": cfg.batch_size * cfg.seq_len / result.tokens_per_s}))
+    tensors = measured_peak_bytes(cfg, 256, torch.device("cpu"), "fp32", cfg.batch_size)  # after: RSS is a max
+    print(json.dumps({"peak_bytes": peak - before, "tensor_bytes": tensors,
+                      "step_s": cfg.batch_size * cfg.seq_len / result.tokens_per_s}))
 
 
 def matmul_peak_flops(n: int = 1024, reps: int = 5) -> float:
@@ -71,7 +77,8 @@ def main() -> None:
         memory = peak_memory(cfg, 256, cfg.batch_size, "fp32", "cpu").total
         step_s = flops_per_token(cfg, 256) * cfg.batch_size * cfg.seq_len / (peak * args.mfu)
         print(f"width {cfg.width:>4} depth {cfg.depth:>2} batch {cfg.batch_size:>2} {cfg.optimizer:>9}: "
-              f"memory {measured['peak_bytes'] / GIB:.3f} GiB measured, {memory / GIB:.3f} estimated "
+              f"memory {memory / GIB:.3f} GiB estimated, tensors {measured['tensor_bytes'] / GIB:.3f} "
+              f"(x{measured['tensor_bytes'] / memory:.2f}), RSS {measured['peak_bytes'] / GIB:.3f} "
               f"(x{measured['peak_bytes'] / memory:.2f}); step {measured['step_s']:.3f} s measured, "
               f"{step_s:.3f} estimated (x{measured['step_s'] / step_s:.2f})")
 

@@ -14,7 +14,7 @@ the trainer's own model and optimizers). FLOPs per token are trainer.cost's.
 --compile: time the models eager (off, the default), under torch.compile (on), or both; each
 compiled row's ratio is against the compiled reference.
 
-Runs on CUDA when present, as the trainer does (fused AdamW, TF32 for fp32 matmuls, bf16 autocast),
+Runs on CUDA when present, as the trainer does (fused AdamW, bf16 autocast, fp32 in full fp32),
 with MFU against the GPU's dense bf16 peak from trainer.cost.GPUS, found by its name (or
 --peak-tflops), for both precisions. There, and for compiled models anywhere, the first step (CUDA's
 lazy setup, compilation) is left out of the timing. On a CPU, MFU is against this CPU's measured
@@ -195,8 +195,8 @@ def peaks_of(device: torch.device, peak_tflops: Optional[float]) -> dict[str, Op
     else:
         print(f"GPU {name}: no peak known (trainer.cost.GPUS), so no MFU; give --peak-tflops")
         return {"fp32": None, "bf16": None}
-    # one yardstick for both precisions: fp32 runs TF32 matmuls here, whose dense peak is half of bf16's
-    print(f"GPU {name}: MFU against {source}, {peak_tflops:g} TFLOP/s, for fp32 (TF32) and bf16 alike")
+    # one yardstick for both precisions: bf16's dense peak (full fp32 matmuls reach a fraction of it)
+    print(f"GPU {name}: MFU against {source}, {peak_tflops:g} TFLOP/s, for fp32 and bf16 alike")
     return {"fp32": peak_tflops * 1e12, "bf16": peak_tflops * 1e12}
 
 

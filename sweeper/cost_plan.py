@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, resolve_precision
 
 from .experiments import CONF_DIR
 
@@ -73,7 +73,7 @@ def cell_cost(cfg: TrainConfig, device: Device, mfu: float) -> CellCost:
     from trainer.data import vocab_size_of
 
     vocab = cfg.model_vocab(vocab_size_of(cfg.dataset, cfg.tokenizer))
-    precision = "fp32" if cfg.precision == "fp32" else "bf16"  # auto on CUDA: bf16
+    precision = resolve_precision(cfg.precision, "cuda")
     capacity = device.memory_gb * GIB
     micro = cfg.micro_batch_size or pick_micro_batch(cfg, vocab, precision, capacity)
     p = params(cfg, vocab)

@@ -22,7 +22,7 @@ from .claims import is_live, live_claims, read_claim, store_now
 from .grid import Cell, GridError, expand
 from .job import JobLostError, describe, failed_record
 from .leftovers import clean, unwritten_line
-from .plan import DONE, PlannedCell, plan
+from .plan import DONE, PlannedCell, job_overrides, plan
 from .progress import Progress, clock, config_cost
 from .queue import QueueError, queued_cells, squeue_available, write_entry
 from .record import SchemaError
@@ -45,6 +45,7 @@ class SweepSettings:
     experiment: Optional[str]
     batch_size: Optional[int]  # cells launched together; None: all at once
     poll_s: float = 2.0  # how often a running batch's new records are looked for
+    cells_on: Optional[str] = None  # "cuda": the launcher gives each cell a GPU; None: this machine
 
 
 def hydra_quote(text: str) -> str:
@@ -153,7 +154,7 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
         cells = sweep_cells(overrides, settings) if cells is None else cells
         # The queue before the store: a job that ends in between has its record seen by plan.
         queued = queued_jobs(store, out)
-        todo, skipped = plan(cells, compose, store, settings.force)
+        todo, skipped = plan(cells, compose, store, settings.force, settings.cells_on)
     except (GridError, SchemaError, StoreError) as err:
         raise SweepError(str(err)) from None
     total = len(todo) + len(skipped)
@@ -215,7 +216,7 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
         job_ids: dict[str, str] = {}
         with StoreWatcher(batch, store, land, settings.poll_s) as watcher:
             try:
-                outcomes = list(launch([[*c.cell.overrides, f"planned_cell={c.key}"] for c in batch],
+                outcomes = list(launch([job_overrides(c) for c in batch],
                                        _note_submitted(batch, settings, out, job_ids)))
             except Exception as err:  # the launcher lost the whole batch (e.g. a killed array job)
                 outcomes = [err] * len(batch)

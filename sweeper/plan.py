@@ -9,7 +9,7 @@ groups) at a millisecond a cell instead of a full composition.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, device_type, resolve_precision
 
 from .grid import Cell, GridError
 from .record import DONE, cell_key
@@ -43,6 +43,22 @@ def check_trainable(config: TrainConfig) -> None:
     check_names(config)
 
 
+def resolved_config(config: TrainConfig, cells_on: Optional[str]) -> TrainConfig:
+    """``config`` with its precision as its job will run it: auto is resolved here, for the device the
+    cells run on (``cells_on``: "cuda" when the launcher gives each cell a GPU; None: this machine),
+    and the job is told the result (job_overrides), so its key is the planned one wherever it lands."""
+    if config.precision != "auto":
+        return config
+    where = cells_on if config.device == "auto" and cells_on else device_type(config.device)
+    return replace(config, precision=resolve_precision("auto", where))
+
+
+def job_overrides(planned: "PlannedCell") -> list[str]:
+    """What a cell's job composes: the cell's overrides, its resolved precision and its key."""
+    kept = [o for o in planned.cell.overrides if o.split("=", 1)[0] != "precision"]
+    return [*kept, f"precision={planned.config.precision}", f"planned_cell={planned.key}"]
+
+
 def _cell_config(base: DictConfig, cell: Cell, parser: OverridesParser) -> TrainConfig:
     cfg = base.copy()
     for key, value in cell.axes:
@@ -66,10 +82,10 @@ def _raise_problems(problems: dict[str, list[str]], total: int) -> None:
 
 
 def plan(cells: list[Cell], compose: Callable[[list[str]], DictConfig], store: Path,
-         force: bool) -> tuple[list[PlannedCell], list[PlannedCell]]:
+         force: bool, cells_on: Optional[str] = None) -> tuple[list[PlannedCell], list[PlannedCell]]:
     """(cells to run, cells skipped because the store has them done). Cells that are the same run
     (same key) as an earlier one are dropped. ``compose(overrides)`` gives the app config without
-    its hydra node, unresolved, or raises ValueError."""
+    its hydra node, unresolved, or raises ValueError. ``cells_on``: see resolved_config."""
     if not cells:
         return [], []
     try:
@@ -81,7 +97,7 @@ def plan(cells: list[Cell], compose: Callable[[list[str]], DictConfig], store: P
     problems: dict[str, list[str]] = {}
     for cell in cells:
         try:
-            config = _cell_config(base, cell, parser)
+            config = resolved_config(_cell_config(base, cell, parser), cells_on)
         except ValueError as err:
             problems.setdefault(str(err), []).append(cell.label())
             continue

@@ -14,8 +14,13 @@ Schema history (``migrate`` reads every older layout):
   v1  nested metrics / curves / timings / runtime / error, as built by ``make_record``.
   v2  as v1; an ingested record's settings that its CSV did not give are None (unknown), where v1
       invented the trainer's defaults (the v1 CSV gave exactly ``INGEST_V1_COLUMNS``). Keys unchanged.
-Reading any version, a setting the record lacks (added after it was written) reads as its default,
-or as unknown (None) in an ingested record.
+Reading any version, a setting the record lacks (added after it was written) reads as what runs then
+did (trainer.config.recorded_default: its default, or fp32 for precision), or as unknown (None) in an
+ingested record.
+
+``precision`` is the one setting a run resolves: a config's ``auto`` is keyed as the precision its run
+takes (bf16 on CUDA, fp32 on a CPU; trainer.config.resolve_precision), and the key hashes it only
+where it is not fp32, so every record from before precision was a result setting keeps its key.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ import socket
 import typing
 from typing import Any, Optional
 
-from trainer.config import TrainConfig, result_fields
+from trainer.config import TrainConfig, device_type, recorded_default, resolve_precision, result_fields
 
 SCHEMA_VERSION = 2
 STATUSES = ("ok", "diverged", "failed")
@@ -97,19 +102,22 @@ def result_config(config: dict, unknown_missing: bool = False) -> dict:
     Keys that are not trainer settings are ignored (a resolved Hydra config carries more)."""
     defaults = TrainConfig().to_dict()
     types = _field_types()
-    return {
+    values = {
         name: _coerce(name, config.get(name, None if unknown_missing else defaults[name]), types[name])
         for name in result_fields()
     }
+    if values["precision"] == "auto":
+        values["precision"] = resolve_precision("auto", device_type(config.get("device") or "auto"))
+    return values
 
 
 def key_settings(config: dict) -> dict:
-    """What a key hashes: every v1 setting, and each later one only where it is not its default."""
-    defaults = TrainConfig().to_dict()
+    """What a key hashes: every v1 setting, and each later one only where it differs from what runs
+    did before it existed (trainer.config.recorded_default)."""
     settings = {}
     for name, value in result_config(config).items():
-        value = defaults[name] if value is None else value
-        if name in V1_KEY_FIELDS or value != defaults[name]:
+        value = recorded_default(name) if value is None else value
+        if name in V1_KEY_FIELDS or value != recorded_default(name):
             settings[name] = value
     return settings
 
@@ -217,13 +225,12 @@ _MIGRATIONS = {0: _from_v0, 1: _from_v1}  # version -> function lifting it to th
 
 
 def _with_every_setting(record: dict) -> dict:
-    """A record written before a setting existed reads as having its default (unknown if ingested)."""
+    """A record written before a setting existed reads as what runs did then (unknown if ingested)."""
     missing = [name for name in result_fields() if name not in record["config"]]
     if not missing:
         return record
-    defaults = TrainConfig().to_dict()
     ingested = record.get("source") == "ingest"
-    config = {**record["config"], **{name: None if ingested else defaults[name] for name in missing}}
+    config = {**record["config"], **{name: None if ingested else recorded_default(name) for name in missing}}
     return {**record, "config": config}
 
 

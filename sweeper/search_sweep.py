@@ -79,7 +79,8 @@ class SweepOracle:
             value = repr(ask.lr)
             cell = Cell(tuple(f"{LR}={value}" if o.startswith(f"{LR}=") else o for o in row.overrides),
                         tuple((k, value if k == LR else v) for k, v in row.axes))
-            todo, skipped = plan([cell], self.compose, self.settings.store, self.settings.force)
+            todo, skipped = plan([cell], self.compose, self.settings.store, self.settings.force,
+                                 self.settings.cells_on)
             cells[ask.row, ask.lr] = (todo + skipped)[0]
         return cells[ask.row, ask.lr]
 
@@ -137,7 +138,8 @@ def run_transfer_sweep(overrides: list[str], settings: SweepSettings,
     before anything runs for a bad line, and after a round with failed cells."""
     report_cleanup(settings.store, out)  # before the plan: it promotes finished attempts to records
     try:
-        todo, skipped = plan(sweep_cells(overrides, settings), compose, settings.store, settings.force)
+        todo, skipped = plan(sweep_cells(overrides, settings), compose, settings.store, settings.force,
+                             settings.cells_on)
         tables, cells = _tables(todo + skipped)
     except (GridError, SchemaError, SearchError) as err:
         raise SweepError(str(err)) from None

@@ -104,3 +104,15 @@ def test_activation_checkpointing_gives_the_same_gradients():
     assert torch.equal(ckpt_loss, plain_loss)
     for name in plain:
         torch.testing.assert_close(ckpt[name], plain[name], rtol=0, atol=0, msg=name)
+
+
+def test_evaluation_runs_in_the_training_micro_batches(data_dir, monkeypatch):
+    # an eval pass over the whole batch would need the memory that made the step micro-batch
+    from trainer.model import GPT
+
+    rows, real = [], GPT.loss
+    monkeypatch.setattr(GPT, "loss", lambda self, idx, targets: (rows.append(idx.shape[0]) if not self.training
+                                                                 else None) or real(self, idx, targets))
+    run(TrainConfig(**{**TINY, "micro_batch_size": 4, "eval_batches": 2, "checkpoint_interval": 0,
+                       "data_dir": data_dir}))
+    assert rows == [4] * (2 * 16 // 4)

@@ -1,23 +1,52 @@
-"""precision=auto reads the CPU's flags: bf16 on a CPU with AMX, fp32 elsewhere."""
+"""precision: auto resolves by device alone (bf16 on CUDA, fp32 on every CPU, AMX or not); tf32 is
+CUDA's; TF32 is on for a precision=tf32 run only, never left on for the process."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from trainer.optimizers import cpu_has_fast_bf16
-from trainer.train import resolve_precision
-
-# /proc/cpuinfo lines of a Sapphire Rapids Xeon (AMX; torch's get_cpu_capability() says "AVX512" there)
-# and of an AVX2 machine, trimmed.
-AMX = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
-       "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 avx512_fp16 amx_tile amx_int8\n\n")
-AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC 7B12\nflags\t\t: fpu sse2 avx2 fma\n\n"
-# avx512_bf16 alone (Cooper Lake, Zen 4) has no tiles: not taken as fast bf16
-AVX512_BF16 = "processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16\n"
+from trainer.config import resolve_precision
+from trainer.device import matmul_precision
 
 
-def test_auto_precision_is_bf16_exactly_on_a_cpu_with_amx():
-    cpu = torch.device("cpu")
-    assert cpu_has_fast_bf16(AMX) and resolve_precision("auto", cpu, AMX) == "bf16"
-    assert not cpu_has_fast_bf16(AVX2) and resolve_precision("auto", cpu, AVX2) == "fp32"
-    assert not cpu_has_fast_bf16(AVX512_BF16) and not cpu_has_fast_bf16("")
-    assert resolve_precision("fp32", cpu, AMX) == "fp32"
+def test_auto_precision_depends_on_the_device_type_only():
+    assert resolve_precision("auto", "cuda") == "bf16"
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("fp32", "cuda") == "fp32"
+    assert resolve_precision("tf32", "cuda") == "tf32"
+    with pytest.raises(ValueError, match="tf32 needs CUDA"):
+        resolve_precision("tf32", "cpu")
+
+
+@pytest.mark.parametrize("precision, inside", [("fp32", False), ("bf16", False), ("tf32", True)])
+def test_tf32_is_set_for_the_run_only(precision, inside):
+    # Setting the flags needs no GPU; a torch.device("cuda") object is enough to take the CUDA path.
+    flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    before = [f.allow_tf32 for f in flags]
+    try:
+        for start in (True, False):
+            for f in flags:
+                f.allow_tf32 = start
+            with matmul_precision(precision, torch.device("cuda")):
+                assert [f.allow_tf32 for f in flags] == [inside, inside]
+            assert [f.allow_tf32 for f in flags] == [start, start]
+    finally:
+        for f, value in zip(flags, before):
+            f.allow_tf32 = value
+
+
+def test_a_sweep_plans_auto_for_its_cells_device_and_tells_each_job():
+    from sweeper.grid import Cell
+    from sweeper.plan import PlannedCell, job_overrides, resolved_config
+    from sweeper.record import cell_key
+    from trainer.config import TrainConfig
+
+    on_gpus = resolved_config(TrainConfig(), "cuda")  # a launcher that gives each cell a GPU
+    assert on_gpus.precision == "bf16"
+    assert resolved_config(TrainConfig(device="cpu"), "cuda").precision == "fp32"  # the cell's own device wins
+    assert resolved_config(TrainConfig(precision="fp32"), "cuda").precision == "fp32"
+    assert resolved_config(TrainConfig(device="cpu"), None).precision == "fp32"
+    cell = Cell(("width=64", "precision=auto"), (("width", "64"),))
+    planned = PlannedCell(cell, on_gpus, cell_key(on_gpus.to_dict()), None)
+    # the job composes the cell at the planned precision, so it computes the planned key on any node
+    assert job_overrides(planned) == ["width=64", "precision=bf16", f"planned_cell={planned.key}"]

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from sweeper.record import SCHEMA_VERSION, SchemaError, cell_key, make_record
+from sweeper.record import SCHEMA_VERSION, SchemaError, cell_key, make_record, migrate
 from sweeper.result_store import (
     StoreError, load_store, read_record, record_path, records_dir, write_record,
 )
@@ -23,11 +23,26 @@ def record(width=64, lr=-8.0, status="ok", **kw):
 def test_key_depends_only_on_result_settings_with_normalised_types():
     base = TrainConfig(width=64).to_dict()
     assert cell_key(base) == cell_key({**base, "lr": int(base["lr"])})
-    assert cell_key(base) == cell_key({**base, "run_dir": "/x", "threads": 7, "device": "cuda"})
+    fp32 = {**base, "precision": "fp32"}
+    assert cell_key(fp32) == cell_key({**fp32, "run_dir": "/x", "threads": 7, "device": "cuda"})
     assert cell_key(base) == cell_key({"width": 64})  # defaults filled in
     for name in ("width", "lr", "param", "steps", "seed"):
         changed = {**base, name: "sp" if name == "param" else base[name] + 1}
         assert cell_key(changed) != cell_key(base), name
+
+
+def test_precision_is_part_of_a_cell_and_auto_is_keyed_as_the_device_resolves_it():
+    fp32, bf16, tf32 = (TrainConfig(width=64, precision=p).to_dict() for p in ("fp32", "bf16", "tf32"))
+    assert len({cell_key(fp32), cell_key(bf16), cell_key(tf32)}) == 3
+    auto = TrainConfig(width=64).to_dict()
+    assert cell_key({**auto, "device": "cuda"}) == cell_key(bf16)
+    assert cell_key({**auto, "device": "cpu"}) == cell_key(fp32)
+    # fp32 is hashed as before precision was a result setting: a record without it keeps its key
+    old = make_record(fp32, "ok")
+    del old["config"]["precision"]
+    assert migrate(old)["config"]["precision"] == "fp32"
+    assert cell_key(migrate(old)["config"]) == old["key"] == cell_key(fp32)
+    assert make_record(bf16, "ok")["key"] != old["key"]
 
 
 def test_a_record_round_trips_with_its_curves(tmp_path):

@@ -106,6 +106,22 @@ def test_a_setting_added_later_changes_no_key_and_old_records_read_it_as_its_def
     assert cell_key({**trained, "micro_batch_size": 4}) != keys[0]  # a non-default value is a new cell
 
 
+def test_every_committed_store_is_keyed_as_a_cpu_sweep_plans_its_cells_now():
+    # precision became a result setting: a CPU sweep plans auto as fp32, which stays out of keys, so
+    # results/ and the v1 fixture (all fp32) keep every key: nothing retrains
+    from sweeper.plan import resolved_config
+
+    paths = sorted((ROOT / "results").glob("*/records/*.json")) + sorted((FIXTURE / "records").glob("*.json"))
+    trained = [(p, json.loads(p.read_text())) for p in paths]
+    trained = [(p, r) for p, r in trained if r.get("source", "trainer") == "trainer"]
+    assert len(trained) > 280
+    for path, record in trained:
+        config = {k: v for k, v in record["config"].items() if k != "precision"}
+        planned = resolved_config(TrainConfig.from_mapping({**config, "device": "cpu"}), None)
+        assert planned.precision == "fp32" == migrate(record)["config"]["precision"]
+        assert cell_key(planned.to_dict()) == record["key"] == path.stem, path
+
+
 # ---- never lose a finished result ---------------------------------------------------------------
 
 def test_a_failed_attempt_never_hides_a_finished_result_and_attempts_are_kept(tmp_path):
@@ -125,8 +141,9 @@ def test_a_force_rerun_that_fails_keeps_the_ok_record_and_status_shows_both_atte
     first = sweep([*TINY, "lr=-8", f"store={store}"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     (key,) = trained_keys(first.stdout)
-    # device is a runtime setting: the same cell, and on this CUDA-less machine the run fails.
-    rerun = sweep([*TINY, "lr=-8", "force=true", "device=cuda", f"store={store}"], tmp_path)
+    # device is a runtime setting (at the precision the first run resolved): the same cell, and on
+    # this CUDA-less machine the run fails.
+    rerun = sweep([*TINY, "lr=-8", "force=true", "device=cuda", "precision=fp32", f"store={store}"], tmp_path)
     assert rerun.returncode != 0 and "1 of 1 cells failed" in rerun.stderr
     assert "keeps its earlier ok result" in rerun.stdout
     assert read_record(store, key)["status"] == "ok"

@@ -9,12 +9,13 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from trainer.config import TrainConfig
+from trainer.config import CHECKPOINT, TrainConfig
 from trainer.model import GPT, ModelShape, Multipliers
 from trainer.train import run, standard_error
 
@@ -40,7 +41,8 @@ def test_run_learns_and_reports_everything_a_record_needs(data_dir):
     assert record["val_loss"] == record["curves"]["val"][-1][1]
     assert 0 < record["val_loss_se"] < 0.1 * record["val_loss"]  # 2 eval batches: their spread, not 0
     assert record["tokens"] == 30 * 4 * 32 and record["steps_done"] == 30
-    assert record["precision"] == "fp32" and record["device"] == "cpu"
+    # precision=auto is fp32 on every CPU (AMX or not), so this holds on any machine without CUDA
+    assert record["precision"] == "fp32" == record["config"]["precision"] and record["device"] == "cpu"
     assert record["tokens_per_s"] > 0 and record["wall_time_s"] > 0
     assert record["versions"]["torch"] == torch.__version__
     assert record["config"]["width"] == 64
@@ -166,3 +168,39 @@ def test_new_optimizer_learns_the_smoke_cell_and_resumes_to_the_same_result(tmp_
     assert resumed.returncode == 0 and "resuming from" in err, err
     got = json.loads((tmp_path / "cut" / "result.json").read_text())
     assert got["curves"] == expected["curves"] and got["val_loss"] == expected["val_loss"]
+
+
+def test_bf16_autocast_learns_and_is_recorded_as_bf16(data_dir):
+    settings = dict(steps=12, warmup_steps=2, eval_interval=0, lr=-6)
+    bf16 = run(tiny(data_dir, precision="bf16", **settings))
+    fp32 = run(tiny(data_dir, precision="fp32", **settings))
+    assert bf16.precision == bf16.config["precision"] == "bf16" and bf16.status == "ok"
+    train = [loss for _, loss in bf16.curves["train"]]
+    assert train[-1] < train[0] - 0.5
+    # the same cell in bf16 computes other numbers than in fp32, close to them
+    assert bf16.val_loss != fp32.val_loss and abs(bf16.val_loss - fp32.val_loss) < 0.2
+
+
+def test_compile_trains_the_same_steps_as_eager(data_dir):
+    # inductor on a CPU: ~15 s here once its cache is warm (the first compile on a machine, ~2 min)
+    settings = dict(width=32, depth=1, batch_size=2, seq_len=16, steps=3, warmup_steps=1, eval_interval=0,
+                    eval_batches=1, precision="fp32")
+    compiled = run(tiny(data_dir, compile=True, **settings))
+    eager = run(tiny(data_dir, **settings))
+    for (_, a), (_, b) in zip(compiled.curves["train"] + compiled.curves["val"], eager.curves["train"] + eager.curves["val"]):
+        assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_a_checkpoint_resumes_only_at_the_precision_it_was_written_at(tmp_path, data_dir):
+    cfg = tiny(data_dir, steps=2, warmup_steps=1, eval_interval=0, checkpoint_interval=2, run_dir=str(tmp_path),
+               precision="fp32")
+    run(cfg)
+    with pytest.raises(ValueError, match="precision='fp32' there, 'bf16' here"):
+        run(replace(cfg, precision="bf16"))
+    # a checkpoint from before precision was recorded was written by an fp32 run
+    saved = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    del saved["run"]["precision"]
+    torch.save(saved, tmp_path / CHECKPOINT)
+    assert run(cfg).steps_done == 2  # resumed at its last step: nothing left but the evaluation
+    with pytest.raises(ValueError, match="precision='fp32' there, 'bf16' here"):
+        run(replace(cfg, precision="bf16"))

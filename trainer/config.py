@@ -72,9 +72,12 @@ class TrainConfig:
     # 0: only a non-finite loss does (the paper's runs: Tables 12-13 report finite losses of 11.6 to 345).
     divergence_factor: float = 2.0
 
+    # Matmul precision: fp32 | tf32 (CUDA) | bf16 (autocast) | auto: bf16 on CUDA, fp32 on a CPU. Part
+    # of a result: a run records the precision it resolved to, and its cell's key says it (sweeper.record).
+    precision: str = "auto"
+
     # Runtime: none of these change the result.
     device: str = _runtime("auto")  # auto | cpu | cuda
-    precision: str = _runtime("auto")  # auto | fp32 | bf16
     compile: bool = _runtime(False)
     # Gradient accumulation: batch_size / micro_batch_size forward/backward passes per step, the same
     # step as one batch (trainer.microbatch); 0: the largest divisor of batch_size that fits the device.
@@ -136,8 +139,8 @@ class TrainConfig:
         if 0 < self.divergence_factor < 1:
             raise ValueError(f"divergence_factor={self.divergence_factor:g} would stop every run: use 0 "
                              f"(only a non-finite loss stops a run) or a factor of at least 1")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision={self.precision!r}: choose auto, fp32 or bf16")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}: choose {', '.join(PRECISIONS)}")
         # BOUNDS already keeps precondition_frequency and hessian_interval at 1 or more; sophia_rho's
         # range includes 0, which Sophia cannot use.
         if self.sophia_rho is not None and self.sophia_rho <= 0:
@@ -151,6 +154,36 @@ class TrainConfig:
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:
             raise ValueError(f"micro_batch_size={self.micro_batch_size} does not divide batch_size="
                              f"{self.batch_size}: use one of {divisors(self.batch_size)} (or 0 for auto)")
+
+
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+# What a record or checkpoint written before a result setting existed ran with, where that is not the
+# setting's default: every run before precision was recorded in the config was keyed as fp32.
+RECORDED_DEFAULTS = {"precision": "fp32"}
+
+
+def recorded_default(name: str) -> Any:
+    """The value a record or checkpoint that lacks setting ``name`` ran with."""
+    return RECORDED_DEFAULTS.get(name, getattr(TrainConfig, name))
+
+
+def resolve_precision(name: str, device_type: str) -> str:
+    """auto: bf16 on CUDA, fp32 on a CPU (also one with AMX, where precision=bf16 trains faster: a CPU
+    store means the same on every CPU). tf32 exists on CUDA only."""
+    if name == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    if name == "tf32" and device_type != "cuda":
+        raise ValueError("precision=tf32 needs CUDA: use fp32 or bf16 on a CPU")
+    return name
+
+
+def device_type(device: str) -> str:
+    """"cuda" or "cpu": where device=auto|cpu|cuda[:N] runs on this machine (auto asks torch)."""
+    if device == "auto":
+        import torch  # only here: the sweeper reads configs without torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device.split(":")[0]
 
 
 def divisors(n: int) -> list[int]:

@@ -5,7 +5,9 @@ Counts follow trainer.model exactly (tests compare them with a built model). FLO
 layer) plus 12 L n T for attention's score and value products (PaLM, Chowdhery et al. 2022, App. B).
 Memory at a step's peak: fp32 weights and gradients, the optimizer's states (per optimizer below),
 the activations autograd keeps per token, and the logits of one loss chunk (trainer.model's
-chunked cross-entropy), plus the device's fixed overhead.
+chunked cross-entropy; Sophia's Hessian step makes a whole micro-batch's), plus the device's fixed
+overhead. tests/test_memory_model.py checks that this never underestimates the measured tensor peak
+of small CPU cells (trainer.probe.measured_peak_bytes); benchmarks/gpu_check.py does on a GPU.
 """
 from __future__ import annotations
 
@@ -27,11 +29,13 @@ LOGIT_BYTES = 16
 BLOCK_ACTIVATIONS = 17
 # Bytes per kept activation element: fp32, or under bf16 autocast about half (LayerNorm and the
 # residual stream stay fp32, the matmul inputs and outputs are bf16).
-ACTIVATION_BYTES = {"fp32": 4, "bf16": 2.4}
+ACTIVATION_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2.4}
 # Fixed cost of the device: the CUDA context, cuBLAS workspaces and allocator slack.
 DEVICE_OVERHEAD = {"cuda": 2 * GIB, "cpu": 0}
-# The share of a device's memory a plan may fill: the allocator fragments what is left.
-FILL = 0.9
+# The share of a device's memory a plan may fill with the model's estimate. The estimate bounds the
+# tensors a CPU step allocates (tests/test_memory_model.py: 0.7-0.95 of it measured); on a GPU the
+# caching allocator's fragmentation and library workspaces come on top, so a fifth stays free.
+FILL = 0.8
 MFU = 0.4  # model FLOPs utilisation assumed for hours: a well-run GPT-2 step on an H100/A100
 
 
@@ -80,11 +84,12 @@ def flops_per_token(cfg: TrainConfig, vocab: int) -> float:
 
 
 def optimizer_bytes(cfg: TrainConfig, p: Params) -> float:
-    """fp32 states: AdamW m, v; Muon and SSO a momentum per matrix; Lion m; Sophia m, h and the
-    estimate between steps; Shampoo L, R and their roots; SOAP Adam's m, v, G G^T, G^T G and their
-    eigenbases. Matrix optimizers leave the rest (the io matrices unless matrix_io, vectors) to AdamW."""
+    """fp32 states: AdamW m, v; Muon and SSO a momentum per matrix; Lion m; Sophia m, h, the estimate
+    between steps and the Hessian step's gradients; Shampoo L, R and their roots; SOAP Adam's m, v,
+    G G^T, G^T G and their eigenbases. Matrix optimizers leave the rest (the io matrices unless
+    matrix_io, vectors) to AdamW."""
     opt = cfg.optimizer
-    per_element = {"adamw": 8, "sgd": 0, "lion": 4, "sophia": 12}
+    per_element = {"adamw": 8, "sgd": 0, "lion": 4, "sophia": 16}
     if opt in per_element:
         return per_element[opt] * p.total
     matrices = p.hidden_matrices + (p.io_matrices if cfg.matrix_io else [])
@@ -107,9 +112,16 @@ def loss_chunk_rows(vocab: int, elements: int = LOSS_CHUNK_ELEMENTS) -> int:
 
 
 def loss_rows(cfg: TrainConfig, micro_batch_size: int, vocab: int) -> int:
-    """Rows of logits alive at once: the micro-batch's tokens, or a chunk of them."""
+    """Rows of logits alive at once in the loss: the micro-batch's tokens, or a chunk of them."""
     rows = micro_batch_size * cfg.seq_len
-    return rows if rows * vocab <= LOSS_CHUNK_ELEMENTS else loss_chunk_rows(vocab)
+    return rows if rows * vocab <= LOSS_CHUNK_ELEMENTS else loss_chunk_rows(vocab, LOSS_CHUNK_ELEMENTS)
+
+
+def logit_rows(cfg: TrainConfig, micro_batch_size: int, vocab: int) -> int:
+    """Rows of logits alive at a step's peak: the loss's, or under Sophia a whole micro-batch's in the
+    Hessian estimate (trainer.optimizers.Sophia, unchunked)."""
+    rows = loss_rows(cfg, micro_batch_size, vocab)
+    return max(rows, micro_batch_size * cfg.seq_len) if cfg.optimizer == "sophia" else rows
 
 
 @dataclass(frozen=True)
@@ -142,7 +154,7 @@ def peak_memory(cfg: TrainConfig, vocab: int, micro_batch_size: int, precision: 
     # bf16 autocast keeps a bf16 copy of each weight for the step
     weights += 2 * p.total if precision == "bf16" else 0
     return Memory(weights=weights, grads=4 * p.total, optimizer=optimizer_bytes(cfg, p),
-                  activations=activations, logits=loss_rows(cfg, micro_batch_size, vocab) * vocab * LOGIT_BYTES,
+                  activations=activations, logits=logit_rows(cfg, micro_batch_size, vocab) * vocab * LOGIT_BYTES,
                   overhead=DEVICE_OVERHEAD.get(device_type, 0))
 
 

@@ -19,17 +19,18 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
 from .callbacks import Callback, Callbacks
-from .config import CHECKPOINT, RESULT, TrainConfig, result_fields
-from .data import DataUnavailable, fixed_batches, get_batch, load_tokens
+from .config import CHECKPOINT, RESULT, TrainConfig, recorded_default, resolve_precision, result_fields
+from .data import DataUnavailable, fixed_batches, load_tokens
+from .device import DeviceBatches, StepTimer, is_async, matmul_precision
 from .microbatch import forward_backward, resolve_micro_batch
-from .optimizers import StepInputs, build_optimizers, cpu_has_fast_bf16, step_optimizers
+from .optimizers import StepInputs, build_optimizers, step_optimizers
 from .parameterization import build_model, param_groups
 from .tracking import trackers
 
@@ -62,15 +63,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} but CUDA is not available: use device=cpu or auto")
     return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device, cpuinfo: Optional[str] = None) -> str:
-    """auto: bf16 on CUDA and on a CPU with AMX (its flags: /proc/cpuinfo, or ``cpuinfo``), else fp32."""
-    if name != "auto":
-        return name
-    if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16(cpuinfo)):
-        return "bf16"
-    return "fp32"
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -142,25 +134,66 @@ def check_checkpoint_owner(saved: dict, cfg: TrainConfig, path: Path) -> None:
         print(f"note: {path} does not say which run wrote it (an older mutransfer); resuming it",
               file=sys.stderr)
         return
-    defaults, mine = TrainConfig().to_dict(), run_settings(cfg)
-    differ = [f"{k}={saved['run'].get(k, defaults[k])!r} there, {v!r} here"
-              for k, v in mine.items() if saved["run"].get(k, defaults[k]) != v]
+    mine = run_settings(cfg)
+    differ = [f"{k}={saved['run'].get(k, recorded_default(k))!r} there, {v!r} here"
+              for k, v in mine.items() if saved["run"].get(k, recorded_default(k)) != v]
     if differ:
         raise ValueError(f"{path} belongs to another run ({'; '.join(differ)}): use another "
                          f"run_dir, or delete the checkpoint to start this run afresh")
 
 
-def batch_losses(model, batches, device, autocast) -> list[float]:
+def batch_losses(model, batches, device, autocast, micro_batch_size: int) -> list[float]:
+    """Each batch's mean loss, in passes of micro_batch_size rows (as training's) and read back
+    once for all batches."""
     model.eval()
     with torch.no_grad(), autocast():
-        losses = [model.loss(x.to(device), y.to(device)).item() for x, y in batches]
+        losses = []
+        for x, y in batches:
+            parts = [model.loss(xs.to(device), ys.to(device))
+                     for xs, ys in zip(x.split(micro_batch_size), y.split(micro_batch_size))]
+            losses.append(parts[0] if len(parts) == 1 else torch.stack(parts).mean())
     model.train()
-    return losses
+    return torch.stack(losses).tolist()
 
 
-def evaluate(model, batches, device, autocast) -> float:
-    losses = batch_losses(model, batches, device, autocast)
+def evaluate(model, batches, device, autocast, micro_batch_size: int) -> float:
+    losses = batch_losses(model, batches, device, autocast, micro_batch_size)
     return sum(losses) / len(losses)
+
+
+# Optimizer group settings that say how a step is computed here, not what it computes: a checkpoint
+# keeps the optimizer's own (a CPU checkpoint resumed on CUDA stays fused).
+IMPLEMENTATION_SETTINGS = ("fused", "foreach", "capturable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    groups = [{**s, **{k: g[k] for k in IMPLEMENTATION_SETTINGS if k in g}}
+              for s, g in zip(saved["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({**saved, "param_groups": groups})
+
+
+def restore_checkpoint(path: Path, cfg: TrainConfig, model, optimizers, schedules
+                       ) -> Optional[tuple[dict, torch.Tensor]]:
+    """Loads ``path`` onto the CPU and into the model, optimizers and schedules on their device;
+    returns the loop's state and the data generator's (a CPU tensor, as torch.Generator needs).
+    The loaded copy is dropped on return, before the first resumed step allocates anything.
+    An unreadable file is moved aside (None: the run starts from step 0)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:  # torn by a kill or a full disk
+        corrupt = path.with_name(path.name + ".corrupt")
+        os.replace(path, corrupt)
+        why = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+        print(f"checkpoint {path} is unreadable ({why}): moved to {corrupt.name}, the run "
+              f"restarts from step 0", file=sys.stderr)
+        return None
+    check_checkpoint_owner(saved, cfg, path)
+    model.load_state_dict(saved["model"])
+    for opt, s in zip(optimizers, saved["optimizers"]):
+        load_optimizer_state(opt, s)
+    for sched, s in zip(schedules, saved["schedules"]):
+        sched.load_state_dict(s)
+    return saved["state"], saved["batches"]
 
 
 def standard_error(values: list[float]) -> Optional[float]:
@@ -203,11 +236,16 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
         raise FileExistsError(f"run_dir={cfg.run_dir} is a file: give a directory (new or a run's) for "
                               f"the run's checkpoints")
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+    # The resolved precision is part of what the run is: its config, record key and checkpoint say it.
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device.type))
+    with matmul_precision(cfg.precision, device):
+        return _train_on(cfg, device, hooks)
+
+
+def _train_on(cfg: TrainConfig, device: torch.device, hooks: Callback) -> Result:
+    precision = cfg.precision
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if device.type == "cuda":  # TF32 for fp32 matmuls (bf16 autocast is precision=auto's choice there)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     data = load_tokens(cfg.dataset, cfg.tokenizer, cfg.data_dir)
     vocab_size = cfg.model_vocab(data.vocab_size)
 
@@ -217,7 +255,7 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
     optimizers = build_optimizers(param_groups(model, cfg), cfg)
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in optimizers]
     params = list(model.parameters())
-    batches = torch.Generator().manual_seed(cfg.seed + 1)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
     val_batches = fixed_batches(data.val, cfg.eval_batches, cfg.batch_size, cfg.seq_len, seed=0)
     loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
     autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16))
@@ -227,32 +265,20 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
              "curves": {"train": [], "val": []}}
     run_dir = Path(cfg.run_dir) if cfg.run_dir else None
     checkpoint = run_dir / CHECKPOINT if run_dir else None
-    saved = None
+    restored = None
     if checkpoint is not None and checkpoint.exists():
-        try:
-            saved = torch.load(checkpoint, map_location=device, weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as err:  # torn by a kill or a full disk
-            corrupt = checkpoint.with_name(checkpoint.name + ".corrupt")
-            os.replace(checkpoint, corrupt)
-            why = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
-            print(f"checkpoint {checkpoint} is unreadable ({why}): moved to {corrupt.name}, the run "
-                  f"restarts from step 0", file=sys.stderr)
-    if saved is not None:
-        check_checkpoint_owner(saved, cfg, checkpoint)
-        model.load_state_dict(saved["model"])
-        for opt, s in zip(optimizers, saved["optimizers"]):
-            opt.load_state_dict(s)
-        for sched, s in zip(schedules, saved["schedules"]):
-            sched.load_state_dict(s)
-        batches.set_state(saved["batches"])
-        state = saved["state"]
+        restored = restore_checkpoint(checkpoint, cfg, model, optimizers, schedules)
+    if restored is not None:
+        state, generator_state = restored
+        generator.set_state(generator_state)
         print(f"resuming from {checkpoint} at step {state['step']}", file=sys.stderr)
+    batches = DeviceBatches(data.train, cfg.batch_size, cfg.seq_len, generator, device)
     hooks.on_start(cfg.to_dict(), state["step"])
 
     def snapshot() -> dict:
         return {"run": run_settings(cfg), "model": model.state_dict(),
                 "optimizers": [o.state_dict() for o in optimizers],
-                "schedules": [s.state_dict() for s in schedules], "batches": batches.get_state(),
+                "schedules": [s.state_dict() for s in schedules], "batches": batches.state(),
                 "state": state}
 
     if run_dir is not None:
@@ -261,12 +287,13 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
     started = time.perf_counter() - state["wall_time_s"]
     tokens_per_step = cfg.batch_size * cfg.seq_len
     train_loss = state["curves"]["train"][-1][1] if state["curves"]["train"] else None
-    pending = None  # on CUDA: whether a loss since the last read-back diverged, on the device
+    timer = StepTimer(device)
+    timer.seconds = state["train_time_s"]
+    pending = None  # on an async device: whether a loss since the last read-back diverged, there
     with StopRequest() as stop:
         for step in range(state["step"], cfg.steps):
-            t0 = time.perf_counter()
-            x, y = get_batch(data.train, cfg.batch_size, cfg.seq_len, batches)
-            x, y = x.to(device), y.to(device)
+            timer.step_started()
+            x, y = batches.next(prefetch=step + 1 < cfg.steps)
             loss = forward_backward(loss_fn, x, y, micro_batch_size, autocast)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -275,20 +302,18 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
                 opt.zero_grad(set_to_none=True)
             for sched in schedules:
                 sched.step()
+            state["step"] = step + 1
             logged = (step + 1) % cfg.log_interval == 0 or step == 0 or step + 1 == cfg.steps
             evaluated = cfg.eval_interval and (step + 1) % cfg.eval_interval == 0 and step + 1 < cfg.steps
-            saved = checkpoint is not None and cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0
-            if device.type == "cuda" and not (logged or evaluated or saved or stop.signum is not None):
+            saving = checkpoint is not None and cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0
+            if is_async(device) and not (logged or evaluated or saving or stop.signum is not None):
                 # no host sync: the divergence check stays on the device until the next read-back
                 pending = device_divergence(loss, pending, state["first_loss"], cfg)
-                state["train_time_s"] += time.perf_counter() - t0
-                state["step"] = step + 1
                 continue
+            state["train_time_s"] = timer.read_back()
             train_loss = loss.item()
             if pending is not None and pending.item():  # a loss since the last read-back diverged
                 train_loss, pending = math.nan, None
-            state["train_time_s"] += time.perf_counter() - t0
-            state["step"] = step + 1
             if state["first_loss"] is None:
                 state["first_loss"] = train_loss
             if logged:
@@ -302,10 +327,11 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
                 status = "diverged"
                 break
             if evaluated:
-                state["curves"]["val"].append([step + 1, evaluate(model, val_batches, device, autocast)])
-                hooks.on_eval(step + 1, {"val/loss": state["curves"]["val"][-1][1]})
+                val = evaluate(model, val_batches, device, autocast, micro_batch_size)
+                state["curves"]["val"].append([step + 1, val])
+                hooks.on_eval(step + 1, {"val/loss": val})
             state["wall_time_s"] = time.perf_counter() - started
-            if saved or (checkpoint is not None and stop.signum is not None):
+            if saving or (checkpoint is not None and stop.signum is not None):
                 save_checkpoint(checkpoint, snapshot())
             if stop.signum is not None:
                 print(f"signal {stop.signum}: checkpoint saved at step {step + 1}", file=sys.stderr)
@@ -313,7 +339,7 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
 
     val_loss = val_loss_se = None
     if status == "ok":
-        losses = batch_losses(model, val_batches, device, autocast)
+        losses = batch_losses(model, val_batches, device, autocast, micro_batch_size)
         val_loss, val_loss_se = sum(losses) / len(losses), standard_error(losses)
         state["curves"]["val"].append([state["step"], val_loss])
         hooks.on_eval(state["step"], {"val/loss": val_loss})

@@ -65,6 +65,13 @@ class MutransferSweeper(Sweeper):
             return max(1, (os.cpu_count() or 1) // (launcher.get("cpus_per_task") or 1))
         return None
 
+    def _cells_on(self) -> Optional[str]:
+        """"cuda" when the launcher gives each cell a GPU (Slurm's gpus_per_task, gpus_per_node or a
+        gpu gres): there precision=auto means bf16 whatever the machine the sweep plans on."""
+        launcher = self.config.hydra.launcher
+        gpus = launcher.get("gpus_per_task") or launcher.get("gpus_per_node") or "gpu" in str(launcher.get("gres") or "")
+        return "cuda" if gpus else None
+
     def _compose(self, overrides: List[str]) -> DictConfig:
         from sweeper.schema import SweepAppConfig
         from trainer.cli import explain_hydra_error
@@ -107,6 +114,7 @@ class MutransferSweeper(Sweeper):
             force=bool(cfg.force),
             experiment=cfg.hydra.runtime.choices.get("experiment"),
             batch_size=self._batch_size(),
+            cells_on=self._cells_on(),
         )
         self._launched = 0
         overrides = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)

@@ -1,0 +1,214 @@
+"""The claims the CUDA path makes, checked on one GPU in under 10 minutes: one PASS/FAIL line each.
+
+    python benchmarks/gpu_check.py [--quick]
+
+  resume      a run stopped by SIGTERM at step 20 and resumed ends as the uninterrupted run does:
+              every logged train loss and the final val loss within RESUME_TOLERANCE (relative)
+  no-sync     20 training steps between two read-backs under torch.cuda.set_sync_debug_mode("error")
+  throughput  bf16 trainer tokens/s against the nanoGPT-style reference of
+              benchmarks/trainer_throughput.py in the same process (target >= 1.0x), and MFU
+  memory      measured peak (allocator's reserved bytes over two steps, trainer.probe) <= the memory
+              model's estimate (trainer.cost) for three cells: a small one, a Sophia cell (its
+              Hessian step) and Table 9's largest cell at the micro batch the plan gives it on this
+              GPU (narrower, if not even micro batch 1 fits)
+  compile     compile=true trains the same losses as eager (PASS) and how their tokens/s compare
+
+It exits 1 if any line fails; on a machine without CUDA it says so and exits 2. --quick times fewer
+steps. Nothing here is specific to a GPU model: peaks and memory come from torch and trainer.cost.GPUS.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+RESUME_TOLERANCE = 1e-3  # relative: bf16 kernels may add in another order after a restart
+COMPILE_TOLERANCE = 2e-2  # relative: inductor fuses bf16 ops into other roundings
+
+
+def line(ok: bool, claim: str, detail: str) -> bool:
+    print(f"{'PASS' if ok else 'FAIL'} {claim}: {detail}", flush=True)
+    return ok
+
+
+def small_cell(**overrides):
+    from trainer.config import TrainConfig
+
+    return TrainConfig(**{**dict(width=256, depth=4, batch_size=16, seq_len=256, steps=40, warmup_steps=4,
+                                 eval_interval=0, eval_batches=4, log_interval=10, checkpoint_interval=10**6,
+                                 dataset="embedded", tokenizer="byte", precision="auto"), **overrides})
+
+
+def check_resume(work: Path) -> bool:
+    from trainer.callbacks import Callback
+    from trainer.train import run
+
+    class StopAt(Callback):
+        def on_log(self, step: int, metrics: dict) -> None:
+            if step == 20:
+                os.kill(os.getpid(), signal.SIGTERM)  # the loop checkpoints at this step and exits
+
+    whole = run(small_cell(run_dir=str(work / "whole")))
+    try:
+        run(small_cell(run_dir=str(work / "cut")), callbacks=[StopAt()])
+        return line(False, "resume", "the run was not stopped at step 20")
+    except SystemExit:
+        pass
+    resumed = run(small_cell(run_dir=str(work / "cut")))
+    pairs = list(zip([l for _, l in whole.curves["train"]], [l for _, l in resumed.curves["train"]]))
+    pairs.append((whole.val_loss, resumed.val_loss))
+    worst = max(abs(a - b) / abs(a) for a, b in pairs)
+    return line(len(whole.curves["train"]) == len(resumed.curves["train"]) and worst <= RESUME_TOLERANCE,
+                "resume", f"stopped at step 20 of 40 and resumed: largest relative difference {worst:.2e} "
+                          f"(tolerance {RESUME_TOLERANCE:g}), val loss {whole.val_loss:.5f} vs {resumed.val_loss:.5f}")
+
+
+def check_no_sync() -> bool:
+    import torch
+
+    import trainer.device as device_module
+    from trainer.callbacks import Callback
+    from trainer.train import run
+
+    class ErrorOnSync(Callback):  # from each read-back's log line until the next read-back
+        def on_log(self, step: int, metrics: dict) -> None:
+            torch.cuda.set_sync_debug_mode("error")
+
+    real_read_back = device_module.StepTimer.read_back
+
+    def read_back(self):
+        torch.cuda.set_sync_debug_mode("default")  # the read-back itself syncs, on purpose
+        return real_read_back(self)
+
+    device_module.StepTimer.read_back = read_back
+    try:
+        run(small_cell(steps=22, log_interval=10**6), callbacks=[ErrorOnSync()])
+        return line(True, "no-sync", "steps 2-21 (20 steps) ran under set_sync_debug_mode('error')")
+    except RuntimeError as err:
+        return line(False, "no-sync", f"a step synced with the host: {str(err).splitlines()[0][:200]}")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        device_module.StepTimer.read_back = real_read_back
+
+
+def check_throughput(steps: int) -> bool:
+    import torch
+
+    from trainer.cost import flops_per_token
+    from trainer.data import load_tokens
+    from trainer_throughput import SHAPE, peaks_of, reference_tokens_per_s, trainer_tokens_per_s
+
+    device = torch.device("cuda")
+    vocab = 50304
+    tokens = load_tokens("embedded", "byte", None).train
+    reference = reference_tokens_per_s(vocab, "bf16", steps, tokens, device, compiled=False, skip_first=True)
+    trainer = trainer_tokens_per_s(vocab, "adamw", "bf16", steps, device, compiled=False, skip_first=True)
+    peak = peaks_of(device, None)["bf16"]
+    cfg = small_cell(**{k: v for k, v in SHAPE.items()}, vocab_size=vocab)
+    mfu = f", MFU {trainer * flops_per_token(cfg, vocab) / peak:.1%}" if peak else ""
+    ratio = trainer / reference
+    return line(ratio >= 1.0, "throughput", f"bf16 trainer {trainer:,.0f} tok/s, reference {reference:,.0f} tok/s "
+                                          f"(x{ratio:.2f}, target >= 1.0){mfu}; width {SHAPE['width']} depth "
+                                          f"{SHAPE['depth']} vocab {vocab}, AdamW")
+
+
+def check_memory(quick: bool) -> bool:
+    import torch
+
+    from sweeper.experiments import compose_sweep, sweep_settings
+    from trainer.config import TrainConfig
+    from trainer.cost import DEVICE_OVERHEAD, GIB, peak_memory, pick_micro_batch
+    from trainer.probe import measured_peak_bytes
+
+    device = torch.device("cuda")
+    capacity = torch.cuda.get_device_properties(device).total_memory
+    paper = TrainConfig.from_mapping(sweep_settings(compose_sweep("paper_table9")))
+    largest = replace(paper, width=4096, precision="bf16")
+    cells = [(small_cell(seq_len=1024, batch_size=8, optimizer="adamw"), 50304, 8, "small"),
+             (small_cell(width=512, depth=8, seq_len=1024, batch_size=8, optimizer="sophia"), 50304, 8, "sophia")]
+    while pick_micro_batch(largest, 50304, "bf16", capacity) is None and largest.width > 256:
+        largest = replace(largest, width=largest.width // 2)  # the largest that fits this GPU
+    micro = pick_micro_batch(largest, 50304, "bf16", capacity)
+    if quick:  # one micro-batch's worth of rows: the same peak, a quarter of the time at micro 60
+        largest = replace(largest, batch_size=micro)
+    cells.append((largest, 50304, micro, f"Table 9 width {largest.width} at its planned micro batch"))
+    ok = True
+    for cfg, vocab, micro, name in cells:
+        precision = "bf16"
+        estimate = peak_memory(cfg, vocab, micro, precision, "cuda")
+        bound = estimate.total - DEVICE_OVERHEAD["cuda"]  # the CUDA context is not the allocator's
+        try:
+            measured = measured_peak_bytes(cfg, vocab, device, precision, micro)
+        except torch.cuda.OutOfMemoryError as err:
+            ok &= line(False, "memory", f"{name}: ran out of memory ({str(err).splitlines()[0][:120]})")
+            continue
+        ok &= line(measured <= bound, "memory",
+                   f"{name} (width {cfg.width} depth {cfg.depth} {cfg.optimizer} micro batch {micro}): measured "
+                   f"{measured / GIB:.2f} GiB reserved, model {bound / GIB:.2f} GiB (x{measured / bound:.2f}) "
+                   f"+ {DEVICE_OVERHEAD['cuda'] / GIB:.0f} GiB overhead; {estimate.total / capacity:.0%} of this GPU")
+        torch.cuda.empty_cache()
+    return ok
+
+
+def steady_rate(cfg) -> tuple:
+    """A run and its tokens/s after the first step (CUDA's lazy setup, compilation), from the loop's
+    own cumulative rate at each logged step (log_interval=1), as trainer_throughput times it."""
+    from trainer.train import run
+    from trainer_throughput import LoggedRates
+
+    logged = LoggedRates()
+    result = run(cfg, callbacks=[logged])
+    tokens = cfg.batch_size * cfg.seq_len
+    first, last = (tokens * s / logged.rates[s] for s in (1, cfg.steps))
+    return result, (cfg.steps - 1) * tokens / (last - first)
+
+
+def check_compile(steps: int) -> bool:
+    from trainer_throughput import SHAPE
+
+    cfg = small_cell(**SHAPE, steps=steps, warmup_steps=1, log_interval=1, optimizer="adamw", vocab_size=50304)
+    (eager, eager_rate), (compiled, compiled_rate) = steady_rate(cfg), steady_rate(replace(cfg, compile=True))
+    pairs = list(zip([l for _, l in eager.curves["train"]], [l for _, l in compiled.curves["train"]]))
+    worst = max(abs(a - b) / abs(a) for a, b in pairs)
+    return line(worst <= COMPILE_TOLERANCE and math.isfinite(compiled.val_loss), "compile",
+                f"losses within {worst:.1e} of eager (tolerance {COMPILE_TOLERANCE:g}); after the first step "
+                f"compiled {compiled_rate:,.0f} tok/s, eager {eager_rate:,.0f} (x{compiled_rate / eager_rate:.2f}"
+                f"{': compile=true pays here' if compiled_rate > eager_rate else ''})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer timed steps, Table 9's cell one micro batch")
+    args = parser.parse_args()
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_check needs CUDA: no CUDA device is visible to torch here (torch "
+              f"{torch.__version__}); run it on a machine with one GPU", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # trainer_throughput, beside this file
+    print(f"gpu_check on {torch.cuda.get_device_name()} (torch {torch.__version__})", flush=True)
+    started = time.perf_counter()
+    steps = 10 if args.quick else 30
+    results = []
+    with tempfile.TemporaryDirectory() as work:
+        checks = [("resume", lambda: check_resume(Path(work))), ("no-sync", check_no_sync),
+                  ("throughput", lambda: check_throughput(steps)), ("memory", lambda: check_memory(args.quick)),
+                  ("compile", lambda: check_compile(steps))]
+        for name, check in checks:
+            try:
+                results.append(check())
+            except Exception as err:  # a check that crashes is a failed claim; the others still run
+                results.append(line(False, name, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"))
+    print(f"{sum(results)} of {len(results)} claims hold ({time.perf_counter() - started:.0f} s)")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

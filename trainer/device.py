@@ -1,0 +1,105 @@
+"""What the training loop does differently on an accelerator, where every host read of a device value
+waits for the GPU's whole queue: batches copied one step ahead without waiting, step time from the
+device's own events, and matmul precision set for the run alone.
+
+The loop asks ``is_async(device)`` rather than testing for CUDA itself, so that a test can run the
+accelerator's path on a CPU with just the CUDA calls (pin_memory, events) replaced.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from .data import get_batch
+
+
+def is_async(device: torch.device) -> bool:
+    """Whether kernels run behind the host's back: then a host read of a device value is a sync."""
+    return device.type == "cuda"
+
+
+class DeviceBatches:
+    """Training batches from ``generator``, each copied to the device one step before it is used.
+    On an asynchronous device the batch is pinned and copied with non_blocking=True, so the copy
+    neither waits for the queue nor blocks the host. ``state()`` is the generator's state before
+    the batch not yet handed out, so a checkpoint resumes with exactly the next batch."""
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator,
+                 device: torch.device):
+        self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
+        self.generator, self.device = generator, device
+        self._ahead: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
+
+    def _fetch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        state = self.generator.get_state()
+        x, y = get_batch(self.tokens, self.batch_size, self.seq_len, self.generator)
+        if is_async(self.device):
+            x, y = (t.pin_memory().to(self.device, non_blocking=True) for t in (x, y))
+        else:
+            x, y = x.to(self.device), y.to(self.device)
+        return state, x, y
+
+    def next(self, prefetch: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's batch; with ``prefetch`` the next step's copy is queued behind it."""
+        _, x, y = self._ahead or self._fetch()
+        self._ahead = self._fetch() if prefetch else None
+        return x, y
+
+    def state(self) -> torch.Tensor:
+        return self._ahead[0] if self._ahead is not None else self.generator.get_state()
+
+
+class StepTimer:
+    """Seconds spent in training steps. On an asynchronous device, measured by device events from
+    the first step after a read-back to the next read-back, where the loop syncs anyway; the host
+    clock there would time only the launching of kernels."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds = 0.0
+        self._start = None
+
+    def step_started(self) -> None:
+        if self._start is None:
+            self._start = self._event() if is_async(self.device) else time.perf_counter()
+
+    def read_back(self) -> float:
+        """Closes the open span (after the step's work is queued) and returns the total so far."""
+        if self._start is not None:
+            if is_async(self.device):
+                end = self._event()
+                end.synchronize()
+                self.seconds += self._start.elapsed_time(end) / 1000
+            else:
+                self.seconds += time.perf_counter() - self._start
+            self._start = None
+        return self.seconds
+
+    @staticmethod
+    def _event():
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+
+@contextmanager
+def matmul_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """fp32 matmuls in full fp32, or in TF32 under precision=tf32, for the run only: the previous
+    flags come back afterwards, so nothing else in the process (another cell, an optimizer's matrix
+    roots outside a tf32 run) inherits TF32."""
+    if device.type != "cuda":
+        yield
+        return
+    flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    before = [f.allow_tf32 for f in flags]
+    for f in flags:
+        f.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        for f, value in zip(flags, before):
+            f.allow_tf32 = value
