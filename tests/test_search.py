@@ -23,7 +23,7 @@ from sweeper.search import Ask, SearchTable, run_search
 from sweeper.transfer import DIVERGED, Line
 
 ROOT = Path(__file__).resolve().parent.parent
-PAPER = ROOT / "tests" / "fixtures" / "paper_tables_8_9.csv"
+PAPER = ROOT / "tests" / "fixtures" / "paper_tables_8_9.csv"  # Tables 10-13: paper_tables_10_11.csv, _12_13
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ROW_KEYS = {"size", "eta_star", "eta_star_grid", "cells", "compute_fraction"}
 
@@ -33,31 +33,37 @@ def cli(*args, cwd=ROOT, timeout=240):
                           timeout=timeout)
 
 
-def test_replay_on_the_paper_tables_finds_every_interior_optimum_for_at_most_half_the_compute(tmp_path):
+@pytest.mark.parametrize("fixture", ["paper_tables_8_9.csv", "paper_tables_10_11.csv", "paper_tables_12_13.csv"])
+def test_replay_on_the_paper_tables_finds_every_interior_optimum_for_at_most_40_percent_of_the_compute(
+        tmp_path, fixture):
+    paper_csv = ROOT / "tests" / "fixtures" / fixture
     store = tmp_path / "store"
-    assert cli("-m", "analysis", "ingest", str(PAPER), "--store", str(store)).returncode == 0
+    assert cli("-m", "analysis", "ingest", str(paper_csv), "--store", str(store)).returncode == 0
     run = cli("-m", "sweeper", "replay", "--oracle", str(store), "--json")
     assert run.returncode == 0, run.stderr
     tables = json.loads(run.stdout)["tables"]
     assert len(tables) == 2 and all(set(t) == {"name", "compute_fraction", "max_error", "rows"} for t in tables)
 
-    paper = pd.read_csv(PAPER)
+    paper = pd.read_csv(paper_csv)
+    axis = "width" if paper["width"].nunique() > 1 else "depth"
     for table in tables:
         param = "sp" if "param=sp" in table["name"] else "mup"
         grid = paper[paper["param"] == param]
         lrs = np.sort(grid["lr"].unique().astype(float))
-        cost = {w: w * w for w in grid["width"].unique()}  # tokens x 12 d^2 L at fixed tokens and depth
+        # tokens x 12 d^2 L at fixed tokens: d^2 along width at fixed depth, L along depth at fixed width
+        cost = {s: s * s if axis == "width" else s for s in grid[axis].unique()}
         spent = 0
         for row in table["rows"]:
             assert set(row) == ROW_KEYS
-            losses = grid[grid["width"] == row["size"]].set_index("lr")["val_loss"].reindex(lrs).to_numpy(float)
-            full = row_optimum(row["size"], lrs, losses, np.zeros(len(lrs), bool))
+            losses = grid[grid[axis] == row["size"]].set_index("lr")["val_loss"].reindex(lrs).to_numpy(float)
+            full = row_optimum(row["size"], lrs, losses, np.isnan(losses))
             assert row["eta_star_grid"] == full.estimate
             if full.edge is None:
                 assert abs(row["eta_star"] - full.estimate) <= 0.5, (table["name"], row)
             spent += row["cells"] * cost[row["size"]]
         fraction = spent / (len(lrs) * sum(cost.values()))
-        assert math.isclose(table["compute_fraction"], fraction) and fraction <= 0.5, table["name"]
+        assert math.isclose(table["compute_fraction"], fraction), table["name"]
+        assert fraction <= 0.4 + 1e-12, (table["name"], fraction)
         assert table["max_error"] <= 0.5
 
     text = cli("-m", "sweeper", "replay", "--oracle", str(store))
@@ -160,4 +166,4 @@ def test_replay_on_the_projects_committed_stores_meets_the_same_targets(tmp_path
     params = {"param=sp" for t in tables if "param=sp" in t["name"]} | {"param=mup" for t in tables if "param=mup" in t["name"]}
     assert params == {"param=sp", "param=mup"}
     for table in tables:
-        assert table["compute_fraction"] <= 0.5 and table["max_error"] <= 0.5, table
+        assert table["compute_fraction"] <= 0.4 + 1e-12 and table["max_error"] <= 0.5, table
