@@ -107,6 +107,34 @@ def test_the_search_follows_a_drifting_optimum_and_diverged_cells_bound_it():
     assert DIVERGED in oracle.answers  # some rows are bounded by a diverged cell
 
 
+class TwoSizes:
+    """Loss (x - centre)^2 / 4 + level per row: row 0 centred at -8; row 1 as given, and better."""
+
+    def __init__(self, centre1):
+        self.centres, self.levels, self.asked = (-8.0, centre1), (3.0, 2.5), []
+
+    def answer(self, asks: list[Ask]):
+        self.asked.append([(a.row, a.lr) for a in asks])
+        return [(a.lr - self.centres[a.row]) ** 2 / 4 + self.levels[a.row] for a in asks]
+
+
+def test_a_larger_size_settles_on_one_cell_at_the_prediction_or_looks_below_where_it_got_worse():
+    def table(lrs):  # the larger size costs 100 cells of the smaller: it decides the budget
+        return [SearchTable("t", Line("width", (1.0, 2.0), lrs, (1.0, 100.0), trend=False), ("r0", "r1"))]
+
+    held = TwoSizes(-8.0)  # muP holds: the larger size's one cell at -8 beats the smaller's best
+    [result] = run_search(table((-10.0, -9.0, -8.0, -7.0, -6.0)), held, budget=0.4)
+    assert [r.how for r in result.rows] == ["bracketed", "transfer"]
+    assert result.rows[1].cells == 1 and result.rows[1].eta_star == result.rows[0].eta_star
+    assert held.asked[-1] == [(1, -8.0)] and result.compute_fraction <= 0.4
+
+    moved = TwoSizes(-9.6)  # the optimum moved down: at -8 the larger size is worse than the smaller
+    [result] = run_search(table(tuple(float(x) for x in range(-12, -3))), moved, budget=1.0)
+    row1 = [lr for asked in moved.asked for r, lr in asked if r == 1]
+    assert row1[:2] == [-8.0, -9.0]  # one cell at the prediction, then below it, not where it leans
+    assert result.rows[1].how == "bracketed" and abs(result.rows[1].eta_star + 9.6) <= 0.5
+
+
 def test_a_killed_transfer_sweep_resumes_from_the_store_and_brackets_every_row(tmp_path):
     store = tmp_path / "store"
     args = [str(ROOT / "sweep.py"), "-m", "experiment=smoke", "width=16,...,64", "lr=-10:-6", "steps=8",
