@@ -175,6 +175,8 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
     out.flush()
 
     progress = Progress({cell.key: config_cost(cell.config) for cell in todo}, out)
+    if settings.batch_size != 1:  # cells side by side: the dearest first, so none trains alone at the end
+        todo = sorted(todo, key=lambda cell: -progress.costs[cell.key])
     landed: dict[str, dict] = {}
     elsewhere: set[str] = set()
     unrecorded: list[dict] = []  # cells whose record the store could not write

@@ -34,13 +34,18 @@ class SweepAppConfig(TrainConfig):
     # search=transfer: a bracketed row also gets the half step between its best cell and the better
     # neighbour, where the budget allows; otherwise the search stays on the line's lrs
     search_refine: bool = False
+    # Cells trained at once on this machine (the basic launcher): "auto" is the cores this process
+    # may use ÷ threads per cell (threads=0, torch's default of every core: one at a time); N > 1
+    # runs N worker processes that each take cell after cell (sweeper.local_pool)
+    jobs: str = "auto"
     # Set by the sweep for each job: the key of the cell it planned. Hydra composes a job's config
     # from the files again when the job starts, so a config edited mid-sweep would otherwise train
     # (and record) another cell than the one planned.
     planned_cell: str = ""
 
 
-APP_FIELDS = ("store", "force", "keep_checkpoints", "search", "search_budget", "search_refine", "planned_cell")
+APP_FIELDS = ("store", "force", "keep_checkpoints", "search", "search_budget", "search_refine", "jobs",
+              "planned_cell")
 
 ConfigStore.instance().store(name="sweep_schema", node=SweepAppConfig)
 

@@ -6,22 +6,26 @@ replay (sweeper.search) call it round after round with different oracles.
 
 What it does, size by size from the cheapest:
 - The smallest size starts at the middle of the line with both neighbours (one batch).
-- A larger size starts at the line lr nearest the eta* the smaller sizes predict -- their
-  least-squares trend in log2 size under SP, the largest smaller size's eta* under muP (eta* holds
-  across sizes, with a slow drift that the latest size shows best) -- plus the neighbour on the
-  side the prediction leans to.
+- A larger size starts with one cell: the line lr nearest the eta* the smaller sizes predict --
+  their least-squares trend in log2 size under SP, the largest smaller size's eta* under muP
+  (eta* holds across sizes, with a slow drift that the latest size shows best).
+- Where the search is short of compute (below) and that cell is at least as good as the smaller
+  size's best cell, nothing says the optimum moved: the row settles on the prediction (``transfer``,
+  one cell). Otherwise its second cell is the neighbour below when the cell is worse than the
+  smaller size at the same lr (a larger model is better at a fixed lr unless the lr is too high
+  for it), else the neighbour on the side the prediction leans to.
 - Then one cell at a time toward the better side, until the row's best cell has worse cells (or a
   diverged one) on both sides: bracketed. A row's eta* is then analysis.optima's own fit, so a
   bracketed row and the full grid agree.
-- Settled by transfer, without the third cell: where completing the bracket would take the search
-  past its compute budget (``budget``, a fraction of the full grid's compute, counting two cells
-  for every larger size still to come), and the two cells agree with the loss curvature of the
-  nearest smaller bracketed size -- the parabola of that curvature through them has its vertex on
-  the best cell's side -- the row settles on its best cell. The grid's own fit lies within half a
-  step of the grid's best cell, so a settled row is off by at most half a step wherever the
-  transfer picked the right cell; the vertex itself would be finer but trusts the borrowed
-  curvature, which is off where a neighbour is near divergence. The largest sizes are where
-  settling saves compute: a cell there costs more than all smaller sizes' cells together.
+- Settled by transfer on two cells: where completing the bracket would take the search past its
+  compute budget (``budget``, a fraction of the full grid's compute, counting two cells for every
+  larger size still to come), and the parabola with the loss curvature of the nearest smaller
+  bracketed size through the two cells has its vertex no more than half a step past the best cell,
+  the row settles on its best cell. The grid's own fit lies within half a step of the grid's best
+  cell, so a settled row is off by at most half a step wherever the transfer picked the right cell;
+  the vertex itself would be finer but trusts the borrowed curvature, which is off where a
+  neighbour is near divergence. The largest sizes are where settling saves compute: a cell there
+  costs more than all smaller sizes' cells together.
 - Told to refine, a bracketed row also gets the half step between its best cell and the better
   neighbour, where that keeps the search within its budget; its eta* is then the fit over its
   cells, half step included. Otherwise the search stays on the line's lrs.
@@ -137,24 +141,40 @@ def _start(state: TableState) -> list[float]:
     if guess is None:
         i = len(lrs) // 2
         return [lrs[j] for j in (i - 1, i, i + 1) if 0 <= j < len(lrs)]
-    i = _nearest(lrs, guess)
-    j = i - 1 if guess < lrs[i] or i == len(lrs) - 1 else i + 1
-    return sorted(lrs[k] for k in {i, j} if 0 <= k < len(lrs))
+    return [lrs[_nearest(lrs, guess)]]
 
 
-def _transfer_agrees(state: TableState, best: int, neighbour: int, outcomes: dict) -> bool:
-    """Whether the parabola with the nearest smaller bracketed row's curvature through the best
-    cell and its one run neighbour has its vertex on the best cell's side of them."""
+def _second_cell(state: TableState, r: int, lr: float, loss: float) -> float:
+    """The neighbour of a row's first cell to run next: below it when the cell is worse than the
+    smaller size at that lr (too high an lr for the larger model), else where the prediction leans."""
+    lrs, guess = state.line.lrs, predict(state)
+    i = lrs.index(lr)
+    down = loss > state.outcomes[r - 1].get(lr, math.inf) or (guess is not None and guess < lr)
+    return lrs[i - 1] if (down and i > 0) or i == len(lrs) - 1 else lrs[i + 1]
+
+
+def _prediction_holds(state: TableState, r: int, loss: float) -> bool:
+    """Whether a row's one cell, at the prediction, shows no sign that the optimum moved: it is at
+    least as good as the smaller size's best cell."""
+    below = [v for v in state.outcomes[r - 1].values() if not math.isinf(v)]
+    return not math.isinf(loss) and bool(below) and loss <= min(below)
+
+
+def _transfer_vertex(state: TableState, best: int, neighbour: int, outcomes: dict) -> Optional[float]:
+    """The vertex of the parabola with the nearest smaller bracketed row's curvature through the best
+    cell and its one run neighbour, when it lies between their midpoint and half a step past the
+    best cell (the side not run): there the two cells settle the row. None otherwise."""
     curvature = next((r.curvature for r in reversed(state.settled) if r.curvature), None)
     if curvature is None:
-        return False
+        return None
     lrs = state.line.lrs
     xb, xn = lrs[best], lrs[neighbour]
     yb, yn = outcomes[xb], outcomes[xn]
     if math.isinf(yn):
-        return False
+        return None
     vertex = (xb + xn) / 2 - (yn - yb) / (2 * curvature * (xn - xb))
-    return abs(vertex - xn) <= abs(xb - xn)  # never nearer xn than the midpoint: yn > yb
+    past = (vertex - xb) / (xb - xn)  # in steps beyond the best cell, away from the neighbour
+    return vertex if -0.5 <= past <= 0.5 else None
 
 
 def _over_budget(state: TableState, r: int, budget: float) -> bool:
@@ -209,6 +229,12 @@ def _next_cells(state: TableState, r: int, outcomes: dict, budget: float, refine
             return [lower[-1]]
         state.settled.append(RowResult(size, None, len(outcomes), "diverged"))
         return []
+    if len(outcomes) == 1 and r > 0 and len(lrs) > 1:
+        [(lr, loss)] = outcomes.items()
+        if _over_budget(state, r, budget) and _prediction_holds(state, r, loss):
+            state.settled.append(RowResult(size, predict(state), 1, "transfer"))
+            return []
+        return [_second_cell(state, r, lr, loss)]
     opt = _optimum(line, r, outcomes)
     best = lrs.index(opt.lr)
     missing = [j for j in (best - 1, best + 1) if 0 <= j < len(lrs) and lrs[j] not in outcomes]
@@ -225,7 +251,8 @@ def _next_cells(state: TableState, r: int, outcomes: dict, budget: float, refine
         return []
     if len(missing) == 1 and _over_budget(state, r, budget):
         other = 2 * best - missing[0]
-        if 0 <= other < len(lrs) and _transfer_agrees(state, best, other, outcomes):
+        vertex = _transfer_vertex(state, best, other, outcomes) if 0 <= other < len(lrs) else None
+        if vertex is not None:
             state.settled.append(RowResult(size, opt.lr, len(outcomes), "transfer"))
             return []
     return [lrs[missing[0]]]

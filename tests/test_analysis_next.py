@@ -69,12 +69,13 @@ def test_a_partial_table_gets_the_searchs_next_cells_as_a_command_that_parses_ba
     csv.write_text("\n".join([lines[0], *rows]) + "\n")
     store = tmp_path / "store"
     ingest(csv, store)
-    plans = plan_next(NextOptions(store))
+    # budget 1: the search is never short of compute, so one cell at the prediction never settles a row
+    plans = plan_next(NextOptions(store, budget=1.0))
     assert [p.settled for p in plans] == ["bracketed"] * 4 + [None]
     last = plans[-1]
     assert last.size == 2048 and last.suggested and -7.0 not in last.suggested
     assert all(abs(lr + 7) == 1 for lr in last.suggested)  # a neighbour of the cell that muP predicts
-    assert main(["next", "--store", str(store)]) == 0
+    assert main(["next", "--store", str(store), "--budget", "1"]) == 0
     [command] = [line for line in capsys.readouterr().out.splitlines() if line and not line.startswith("#")]
     cells = sweep_cells(command)
     assert sorted(float(c["lr"]) for c in cells) == last.suggested
@@ -94,7 +95,7 @@ def test_command_repeats_what_the_experiment_would_not_set(tmp_path):
                 diverged = width == 64 and lr == -8
                 write_record(store, make_record(config, "diverged" if diverged else "ok", experiment="smoke",
                                                 metrics={"val_loss": None if diverged else loss}))
-    plans = {p.size: p for p in plan_next(NextOptions(store))}
+    plans = {p.size: p for p in plan_next(NextOptions(store, budget=1.0))}
     assert plans[32].settled == plans[64].settled == "bracketed"  # 64: bounded by its diverged -8
     assert plans[128].settled is None and plans[128].suggested
     argv = plans[128].argv

@@ -23,7 +23,7 @@ from sweeper.search import Ask, SearchTable, run_search
 from sweeper.transfer import DIVERGED, Line
 
 ROOT = Path(__file__).resolve().parent.parent
-PAPER = ROOT / "tests" / "fixtures" / "paper_tables_8_9.csv"
+PAPER = ROOT / "tests" / "fixtures" / "paper_tables_8_9.csv"  # Tables 10-13: paper_tables_10_11.csv, _12_13
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ROW_KEYS = {"size", "eta_star", "eta_star_grid", "cells", "compute_fraction"}
 
@@ -33,31 +33,37 @@ def cli(*args, cwd=ROOT, timeout=240):
                           timeout=timeout)
 
 
-def test_replay_on_the_paper_tables_finds_every_interior_optimum_for_at_most_half_the_compute(tmp_path):
+@pytest.mark.parametrize("fixture", ["paper_tables_8_9.csv", "paper_tables_10_11.csv", "paper_tables_12_13.csv"])
+def test_replay_on_the_paper_tables_finds_every_interior_optimum_for_at_most_40_percent_of_the_compute(
+        tmp_path, fixture):
+    paper_csv = ROOT / "tests" / "fixtures" / fixture
     store = tmp_path / "store"
-    assert cli("-m", "analysis", "ingest", str(PAPER), "--store", str(store)).returncode == 0
+    assert cli("-m", "analysis", "ingest", str(paper_csv), "--store", str(store)).returncode == 0
     run = cli("-m", "sweeper", "replay", "--oracle", str(store), "--json")
     assert run.returncode == 0, run.stderr
     tables = json.loads(run.stdout)["tables"]
     assert len(tables) == 2 and all(set(t) == {"name", "compute_fraction", "max_error", "rows"} for t in tables)
 
-    paper = pd.read_csv(PAPER)
+    paper = pd.read_csv(paper_csv)
+    axis = "width" if paper["width"].nunique() > 1 else "depth"
     for table in tables:
         param = "sp" if "param=sp" in table["name"] else "mup"
         grid = paper[paper["param"] == param]
         lrs = np.sort(grid["lr"].unique().astype(float))
-        cost = {w: w * w for w in grid["width"].unique()}  # tokens x 12 d^2 L at fixed tokens and depth
+        # tokens x 12 d^2 L at fixed tokens: d^2 along width at fixed depth, L along depth at fixed width
+        cost = {s: s * s if axis == "width" else s for s in grid[axis].unique()}
         spent = 0
         for row in table["rows"]:
             assert set(row) == ROW_KEYS
-            losses = grid[grid["width"] == row["size"]].set_index("lr")["val_loss"].reindex(lrs).to_numpy(float)
-            full = row_optimum(row["size"], lrs, losses, np.zeros(len(lrs), bool))
+            losses = grid[grid[axis] == row["size"]].set_index("lr")["val_loss"].reindex(lrs).to_numpy(float)
+            full = row_optimum(row["size"], lrs, losses, np.isnan(losses))
             assert row["eta_star_grid"] == full.estimate
             if full.edge is None:
                 assert abs(row["eta_star"] - full.estimate) <= 0.5, (table["name"], row)
             spent += row["cells"] * cost[row["size"]]
         fraction = spent / (len(lrs) * sum(cost.values()))
-        assert math.isclose(table["compute_fraction"], fraction) and fraction <= 0.5, table["name"]
+        assert math.isclose(table["compute_fraction"], fraction), table["name"]
+        assert fraction <= 0.4 + 1e-12, (table["name"], fraction)
         assert table["max_error"] <= 0.5
 
     text = cli("-m", "sweeper", "replay", "--oracle", str(store))
@@ -99,6 +105,34 @@ def test_the_search_follows_a_drifting_optimum_and_diverged_cells_bound_it():
         assert row.how == "bracketed" and abs(row.eta_star - (-3.3 - 0.8 * k)) <= 0.5
     assert result.compute_fraction < 0.5  # twelve lrs, about three per row
     assert DIVERGED in oracle.answers  # some rows are bounded by a diverged cell
+
+
+class TwoSizes:
+    """Loss (x - centre)^2 / 4 + level per row: row 0 centred at -8; row 1 as given, and better."""
+
+    def __init__(self, centre1):
+        self.centres, self.levels, self.asked = (-8.0, centre1), (3.0, 2.5), []
+
+    def answer(self, asks: list[Ask]):
+        self.asked.append([(a.row, a.lr) for a in asks])
+        return [(a.lr - self.centres[a.row]) ** 2 / 4 + self.levels[a.row] for a in asks]
+
+
+def test_a_larger_size_settles_on_one_cell_at_the_prediction_or_looks_below_where_it_got_worse():
+    def table(lrs):  # the larger size costs 100 cells of the smaller: it decides the budget
+        return [SearchTable("t", Line("width", (1.0, 2.0), lrs, (1.0, 100.0), trend=False), ("r0", "r1"))]
+
+    held = TwoSizes(-8.0)  # muP holds: the larger size's one cell at -8 beats the smaller's best
+    [result] = run_search(table((-10.0, -9.0, -8.0, -7.0, -6.0)), held, budget=0.4)
+    assert [r.how for r in result.rows] == ["bracketed", "transfer"]
+    assert result.rows[1].cells == 1 and result.rows[1].eta_star == result.rows[0].eta_star
+    assert held.asked[-1] == [(1, -8.0)] and result.compute_fraction <= 0.4
+
+    moved = TwoSizes(-9.6)  # the optimum moved down: at -8 the larger size is worse than the smaller
+    [result] = run_search(table(tuple(float(x) for x in range(-12, -3))), moved, budget=1.0)
+    row1 = [lr for asked in moved.asked for r, lr in asked if r == 1]
+    assert row1[:2] == [-8.0, -9.0]  # one cell at the prediction, then below it, not where it leans
+    assert result.rows[1].how == "bracketed" and abs(result.rows[1].eta_star + 9.6) <= 0.5
 
 
 def test_a_killed_transfer_sweep_resumes_from_the_store_and_brackets_every_row(tmp_path):
@@ -160,4 +194,4 @@ def test_replay_on_the_projects_committed_stores_meets_the_same_targets(tmp_path
     params = {"param=sp" for t in tables if "param=sp" in t["name"]} | {"param=mup" for t in tables if "param=mup" in t["name"]}
     assert params == {"param=sp", "param=mup"}
     for table in tables:
-        assert table["compute_fraction"] <= 0.5 and table["max_error"] <= 0.5, table
+        assert table["compute_fraction"] <= 0.4 + 1e-12 and table["max_error"] <= 0.5, table

@@ -9,8 +9,9 @@ from pathlib import Path
 from sweeper.result_store import load_store, read_record, records_dir, run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-# The design's line on a small grid; steps=4 keeps each cell around a second on 2 CPU cores.
-SMOKE = ["-m", "experiment=smoke", "width=32,...,128", "lr=-10:-8", "depth=2", "steps=4"]
+# The design's line on a small grid; steps=4 keeps each cell around a second on 2 CPU cores; two
+# worker processes (jobs=2), as jobs=auto gives the smoke preset on 2 cores.
+SMOKE = ["-m", "experiment=smoke", "width=32,...,128", "lr=-10:-8", "depth=2", "steps=4", "jobs=2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -54,7 +55,7 @@ def test_the_design_line_fills_the_store_and_a_rerun_trains_nothing(tmp_path):
 def test_a_killed_sweep_resumes_without_losing_or_repeating_a_cell(tmp_path):
     store = tmp_path / "store"
     args = ["-m", "experiment=smoke", "width=32,64", "lr=-10:-8", "steps=20",
-            "checkpoint_interval=5", f"store={store}"]
+            "checkpoint_interval=5", "jobs=2", f"store={store}"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), *args], cwd=tmp_path, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -150,8 +151,9 @@ def test_submitit_local_runs_cells_side_by_side(tmp_path):
 
 
 def test_a_preset_edited_mid_sweep_trains_no_unplanned_cell(tmp_path):
-    """Hydra composes each job's config from the files again when the job starts: a preset edited
-    while its sweep runs must not train and record cells the sweep never planned."""
+    """Hydra composes each job's config from the files again when the job starts (in each of the two
+    workers too): a preset edited while its sweep runs must not train and record cells the sweep
+    never planned."""
     import json
     import shutil
 
@@ -162,19 +164,20 @@ def test_a_preset_edited_mid_sweep_trains_no_unplanned_cell(tmp_path):
     preset.write_text((ROOT / "conf" / "experiment" / "smoke.yaml").read_text().replace("steps: 20", "steps: 300"))
     store = tmp_path / "store"
     proc = subprocess.Popen([sys.executable, str(app / "sweep.py"), "-m", "experiment=edited", "width=32",
-                             "lr=-10:-8", f"store={store}"], cwd=tmp_path, env=ENV, text=True,
+                             "lr=-10:-7", "jobs=2", f"store={store}"], cwd=tmp_path, env=ENV, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output = []
-    for line in proc.stdout:  # edit the preset while the first of the 3 cells trains
+    output, started = [], 0
+    for line in proc.stdout:  # edit the preset while the first 2 of the 4 cells train
         output.append(line)
-        if line.startswith("step 1/300"):
+        started += line.startswith("step 1/300")
+        if started == 2:
             preset.write_text(preset.read_text().replace("steps: 300", "steps: 301"))
             break
     output += proc.stdout.readlines()
     assert proc.wait(timeout=240) != 0, "".join(output)
     records = [json.loads(p.read_text()) for p in records_dir(store).glob("*.json")]
     assert sorted((r["config"]["lr"], r["config"]["steps"], r["status"]) for r in records) == [
-        (-10.0, 300, "ok"), (-9.0, 300, "failed"), (-8.0, 300, "failed")]
+        (-10.0, 300, "ok"), (-9.0, 300, "ok"), (-8.0, 300, "failed"), (-7.0, 300, "failed")]
     failed = [r for r in records if r["status"] == "failed"]
     assert all("a config file changed after the sweep started" in json.dumps(r["error"]) for r in failed)
     assert not (store / "attempts").exists() or all(

@@ -22,9 +22,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 @dataclass
 class MutransferSweeperConf:
     _target_: str = "hydra_plugins.mutransfer_sweeper.mutransfer_sweeper.MutransferSweeper"
-    # Cells launched together. None: 1 with the basic launcher, one per CPU core with
-    # submitit_local (it runs a whole batch at once), the whole grid otherwise (one Slurm array,
-    # its array_parallelism caps how many run). A progress line comes as each cell finishes.
+    # Cells launched together. None: 1 with the basic launcher run in the sweep's process (jobs=1),
+    # one per CPU core with submitit_local (it runs a whole batch at once), the whole grid otherwise
+    # (the basic launcher's worker processes, jobs at a time; one Slurm array, its
+    # array_parallelism caps how many run). A progress line comes as each cell finishes.
     max_batch_size: Optional[int] = None
     # The default grid, e.g. {width: "128,...,4096", lr: "-10:-5"}; command-line values replace it
     # per key. Quote values in YAML: unquoted 2:5 is read as a base-60 number.
@@ -44,6 +45,8 @@ class MutransferSweeper(Sweeper):
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.launcher: Any = None
+        self.task_function: Optional[TaskFunction] = None
+        self.pool: Any = None  # sweeper.local_pool.LocalPool when the basic launcher runs jobs > 1
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -51,14 +54,20 @@ class MutransferSweeper(Sweeper):
 
         self.config = config
         self.hydra_context = hydra_context
+        self.task_function = task_function
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def _basic(self) -> bool:
+        return str(self.config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher")
 
     def _batch_size(self) -> Optional[int]:
         if self.max_batch_size:
             return self.max_batch_size
         launcher = self.config.hydra.launcher
         target = str(launcher.get("_target_", ""))
+        if self.pool is not None:
+            return None  # its workers take cell after cell
         if target.endswith("BasicLauncher"):
             return 1
         if target.endswith("submitit_launcher.LocalLauncher"):
@@ -89,6 +98,8 @@ class MutransferSweeper(Sweeper):
         from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 
         first, self._launched = self._launched, self._launched + len(batch)
+        if self.pool is not None:
+            return self.pool.launch(batch, first)
         if isinstance(self.launcher, BaseSubmititLauncher):  # settles each job, even a killed one
             from sweeper.submitit_jobs import launch
 
@@ -109,6 +120,33 @@ class MutransferSweeper(Sweeper):
         sweep_dir = Path(str(cfg.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
+        if self._basic():
+            self._start_pool(cfg)
+        try:
+            return self._sweep(cfg, store, arguments)
+        finally:
+            if self.pool is not None:
+                self.pool.close()
+                self.pool = None
+
+    def _start_pool(self, cfg: DictConfig) -> None:
+        """Worker processes for the basic launcher when ``jobs`` asks for more than one cell at once."""
+        from sweeper.driver import SweepError
+        from sweeper.local_pool import LocalPool, resolve_jobs, usable_cores
+
+        try:
+            jobs = resolve_jobs(cfg.jobs, int(cfg.threads))
+        except ValueError as err:
+            raise SweepError(str(err)) from None
+        if jobs > 1:
+            how = (f"jobs=auto: {usable_cores()} cores ÷ threads={cfg.threads}" if str(cfg.jobs) == "auto"
+                   else f"jobs={cfg.jobs}")
+            print(f"[sweep] {jobs} cells at a time in worker processes ({how})", flush=True)
+            self.pool = LocalPool(jobs, self.hydra_context, self.config, self.task_function)
+
+    def _sweep(self, cfg: DictConfig, store: Path, arguments: List[str]) -> Any:
+        from sweeper.driver import SweepSettings, run_sweep
+
         settings = SweepSettings(
             store=store,
             force=bool(cfg.force),
