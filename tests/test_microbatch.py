@@ -82,17 +82,61 @@ def _grads(model, x):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_chunked_cross_entropy_has_the_plain_value_and_gradient(monkeypatch):
-    model = _model()
+def _plain_grads(model, x, autocast=nullcontext):
+    """Value and gradients of the textbook loss: full logits, then F.cross_entropy on them in fp32."""
+    model.zero_grad()
+    with autocast():
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x.roll(1, dims=1).flatten())
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 40])  # one chunk; 40-row chunks of 128 rows
+def test_the_loss_has_the_plain_value_and_gradient(monkeypatch, chunk_rows):
+    model = _model(width=64, depth=2, base_width=32, base_depth=1)  # multipliers 1/2 and 1/2, not 1
     x = torch.randint(0, 97, (4, 32), generator=torch.Generator().manual_seed(1))
-    plain_loss, plain = _grads(model, x)
-    monkeypatch.setattr("trainer.model.LOSS_CHUNK_ELEMENTS", 97 * 40)  # 40-row chunks of 128 rows
-    chunked_loss, chunked = _grads(model, x)
-    torch.testing.assert_close(chunked_loss, plain_loss)
+    plain_loss, plain = _plain_grads(model, x)
+    if chunk_rows:
+        monkeypatch.setattr("trainer.model.LOSS_CHUNK_ELEMENTS", 97 * chunk_rows)
+    loss, grads = _grads(model, x)
+    torch.testing.assert_close(loss, plain_loss)
     for name in plain:
-        torch.testing.assert_close(chunked[name], plain[name], msg=name)
+        torch.testing.assert_close(grads[name], plain[name], msg=name)
     with torch.no_grad():
         torch.testing.assert_close(model.loss(x, x.roll(1, dims=1)), plain_loss)
+
+
+def test_the_loss_under_bf16_autocast_has_the_plain_value_and_gradient(monkeypatch):
+    # bf16 matmuls (the logits' and both gradient products), fp32 softmax, as autocast's linear
+    model = _model()
+    x = torch.randint(0, 97, (4, 32), generator=torch.Generator().manual_seed(1))
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    plain_loss, plain = _plain_grads(model, x, bf16)
+    fp32_loss, fp32 = _plain_grads(model, x)
+    monkeypatch.setattr("trainer.model.LOSS_CHUNK_ELEMENTS", 97 * 40)
+    model.zero_grad()
+    with bf16():
+        loss = model.loss(x, x.roll(1, dims=1))
+    loss.backward()
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, plain_loss, rtol=2e-3, atol=0)
+    for name, p in model.named_parameters():
+        # as close to autocast's own gradient as bf16 rounding allows, closer than to fp32's
+        err, bf16_vs_fp32 = (p.grad - plain[name]).norm(), (plain[name] - fp32[name]).norm()
+        assert err <= 1.5 * bf16_vs_fp32 + 1e-6, name
+
+
+def test_the_chunked_loss_runs_the_output_layer_three_times_not_four(monkeypatch):
+    # Forward, dL/dx and dL/dW per chunk: none recomputed in backward (4 chunks: 12 products, not 16).
+    model = _model()
+    x = torch.randint(0, 97, (4, 32), generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr("trainer.model.LOSS_CHUNK_ELEMENTS", 97 * 32)  # 32-row chunks of 128 rows
+    with torch.profiler.profile(record_shapes=True) as prof:
+        model.loss(x, x.roll(1, dims=1)).backward()
+    products = [e for e in prof.events() if e.name in ("aten::mm", "aten::addmm", "aten::addmm_")
+                and any(97 in shape for shape in e.input_shapes if isinstance(shape, list))]
+    assert len(products) == 12
 
 
 def test_activation_checkpointing_gives_the_same_gradients():

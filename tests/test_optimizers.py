@@ -67,7 +67,7 @@ def test_newton_schulz_runs_in_fp32_exactly_where_bf16_is_slow(monkeypatch, opti
     model.loss(x, x).backward()
     for opt in optimizers:
         opt.step()
-    assert len(seen) >= 6  # one per hidden matrix at least
+    assert len(seen) >= 2  # one per stack of same-shape hidden matrices at least (n x n; n x 4n)
     assert set(seen) == {(dtype, dtype)}
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .cost import LOSS_CHUNK_ELEMENTS, loss_chunk_rows
+from .loss import linear_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -112,28 +113,29 @@ class GPT(nn.Module):
         if T > self.shape.seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds seq_len={self.shape.seq_len}")
         pos = torch.arange(T, device=idx.device)
-        x = self.multipliers.input * (self.wte(idx) + self.wpe(pos))
+        x = self.wte(idx) + self.wpe(pos)
+        if self.multipliers.input != 1.0:  # muP's alpha_in is 1: then no pass over the activations
+            x = self.multipliers.input * x
         outputs = []
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for block in self.h:
             x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
             if return_block_outputs:
                 outputs.append(x)
-        # alpha * (W x) applied as W (alpha x): the same logits without a pass over the (B, T, vocab) tensor.
-        return self.multipliers.output * self.ln_f(x), outputs
+        return self._scaled_ln_f(x), outputs
+
+    def _scaled_ln_f(self, x: torch.Tensor) -> torch.Tensor:
+        """alpha_out * ln_f(x): alpha * (W x) applied as W (alpha x), so no pass over the (B, T, vocab)
+        logits, and alpha folded into LayerNorm's gain and bias (n numbers, not B*T*n)."""
+        alpha = self.multipliers.output
+        if isinstance(self.ln_f, nn.LayerNorm):
+            ln = self.ln_f
+            return F.layer_norm(x, ln.normalized_shape, ln.weight * alpha, ln.bias * alpha, ln.eps)
+        return x if alpha == 1.0 else alpha * x
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over the tokens. Where the fp32 logits would pass LOSS_CHUNK_ELEMENTS
-        they are made, used and dropped chunk by chunk, each chunk recomputed in backward."""
+        """Mean cross-entropy over the tokens. The fp32 logits are made at most LOSS_CHUNK_ELEMENTS
+        at a time, their gradients in the same pass (trainer.loss): nothing is recomputed."""
         x, _ = self._hidden(idx)
-        x, targets = x.flatten(0, 1), targets.flatten()
         rows = loss_chunk_rows(self.shape.vocab_size, LOSS_CHUNK_ELEMENTS)
-        if x.shape[0] <= rows:
-            return F.cross_entropy(self.lm_head(x).float(), targets)
-        chunk = checkpoint if torch.is_grad_enabled() else (lambda f, *a, **_: f(*a))
-        total = sum(chunk(self._loss_sum, xs, ts, use_reentrant=False)
-                    for xs, ts in zip(x.split(rows), targets.split(rows)))
-        return total / targets.numel()
-
-    def _loss_sum(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.lm_head(x).float(), targets, reduction="sum")
+        return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten(), rows)

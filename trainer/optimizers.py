@@ -31,7 +31,7 @@ from pytorch_optimizer import SOAP, SophiaH
 
 from .config import TrainConfig
 from .parameterization import OPTIMIZERS, ParamGroup, check_names, optimizer_setting
-from .spectral import newton_schulz
+from .spectral import newton_schulz, same_shape_stacks
 from .shampoo import Shampoo
 from .sso import SSO
 from .stepping import closure_loss, with_grads
@@ -81,7 +81,8 @@ def muon_lr_scale(adjust: str, shape: torch.Size) -> float:
 class Muon(torch.optim.Muon):
     """torch.optim.Muon's groups, validation and state, stepping with the project's Newton-Schulz
     (torch 2.13 offers no public hook for its own): the same operations as torch's step, in
-    ns_dtype (trainer.spectral.newton_schulz)."""
+    ns_dtype (trainer.spectral.newton_schulz), with the matrices that share a shape (up to
+    transposition: an MLP's W_in^T and W_out), whatever their group, orthogonalised as one stack."""
 
     def __init__(self, params, ns_dtype: torch.dtype, **kwargs):
         super().__init__(params, **kwargs)
@@ -90,6 +91,7 @@ class Muon(torch.optim.Muon):
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure_loss(closure)
+        updates = []
         for group in self.param_groups:
             for p in with_grads(group["params"]):
                 state = self.state[p]
@@ -97,11 +99,19 @@ class Muon(torch.optim.Muon):
                     state["momentum_buffer"] = torch.zeros_like(p.grad)
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - group["momentum"])
-                update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-                update = newton_schulz(update, self.ns_dtype, group["ns_coefficients"], group["ns_steps"],
-                                       group["eps"])
+                updates.append((group, p, p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf))
+        # one stack per wide shape (W and W^T share one) and iteration, across the groups
+        for stack in same_shape_stacks(updates, lambda gpu: (tuple(sorted(gpu[2].shape)), gpu[0]["ns_coefficients"],
+                                                             gpu[0]["ns_steps"], gpu[0]["eps"])):
+            group = stack[0][0]
+            wide = [u.mT if u.size(0) > u.size(1) else u for _, _, u in stack]
+            ns = functools.partial(newton_schulz, dtype=self.ns_dtype, coefficients=group["ns_coefficients"],
+                                   steps=group["ns_steps"], eps=group["eps"])
+            ortho = ns(wide[0]).unsqueeze(0) if len(wide) == 1 else ns(torch.stack(wide))
+            for (group, p, u), o in zip(stack, ortho):
                 p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"] * muon_lr_scale(group["adjust_lr_fn"], p.shape))
+                p.add_(o.mT if u.size(0) > u.size(1) else o,
+                       alpha=-group["lr"] * muon_lr_scale(group["adjust_lr_fn"], p.shape))
         return loss
 
 
@@ -189,9 +199,10 @@ def _optimizer(update: str, torch_groups: list[dict], cfg: TrainConfig) -> torch
         return Muon(torch_groups, ns_dtype=newton_schulz_dtype(torch_groups), weight_decay=cfg.weight_decay,
                     momentum=cfg.momentum, nesterov=True, adjust_lr_fn=MUON_LR_ADJUST[cfg.optimizer])
     if update == "adamw":
-        on_cuda = all(p.is_cuda for g in torch_groups for p in g["params"])  # fused: one kernel (untested here)
+        # fused: one pass over each tensor (CPU and CUDA), where torch's default loop makes ~8
+        fused = all(p.device.type in ("cpu", "cuda") for g in torch_groups for p in g["params"])
         return torch.optim.AdamW(torch_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
-                                 weight_decay=cfg.weight_decay, fused=True if on_cuda else None)
+                                 weight_decay=cfg.weight_decay, fused=True if fused else None)
     if update == "sgd":
         return torch.optim.SGD(torch_groups, momentum=0.0, weight_decay=cfg.weight_decay)
     if update == "lion":

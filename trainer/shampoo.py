@@ -3,7 +3,9 @@
     L <- L + G G^T,   R <- R + G^T G,   W <- W - eta (L^-1/4 G R^-1/4 + lambda W),
 
 the inverse fourth roots recomputed every ``precondition_frequency`` steps (the first step
-included; trainer.optimizers defaults to every step).
+included; trainer.optimizers defaults to every step). The matrices that share a shape (and a root
+schedule), whatever their group, are stepped as one stack: batched eigh for their roots, batched matmuls for their steps; in full fp32
+(no TF32 on CUDA), as the floor below needs.
 Roots come from eigh with eigenvalues floored at 1e-6 of the largest: a floor relative to the
 statistics keeps the step independent of the gradient's scale, which C.5's reduction to Muon's
 U V^T step (and so Table 3) relies on; an absolute eps I would not.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from .spectral import same_shape_stacks, without_tf32
 from .stepping import closure_loss, with_grads
 
 RELATIVE_FLOOR = 1e-6
@@ -25,13 +28,14 @@ MAX_SIDE = 8192
 
 
 def inverse_fourth_root(stat: torch.Tensor) -> torch.Tensor:
-    """stat^-1/4 of a symmetric PSD matrix, eigenvalues floored at RELATIVE_FLOOR x the largest."""
+    """stat^-1/4 of a symmetric PSD matrix, or of each of a stack (k, n, n), eigenvalues floored at
+    RELATIVE_FLOOR x the largest (of each matrix)."""
     try:
         values, vectors = torch.linalg.eigh(stat)
     except torch.linalg.LinAlgError:  # rare in fp32: fp64 converges
         values, vectors = (t.to(stat.dtype) for t in torch.linalg.eigh(stat.double()))
-    values = values.clamp(min=values.max().clamp(min=1e-30) * RELATIVE_FLOOR)
-    return (vectors * values.pow(-0.25)) @ vectors.T
+    values = values.clamp(min=values.amax(dim=-1, keepdim=True).clamp(min=1e-30) * RELATIVE_FLOOR)
+    return (vectors * values.pow(-0.25).unsqueeze(-2)) @ vectors.mT
 
 
 class Shampoo(torch.optim.Optimizer):
@@ -49,20 +53,29 @@ class Shampoo(torch.optim.Optimizer):
                     f"vocabulary leave matrix_io=false, so that AdamW updates the input and output weights")
 
     @torch.no_grad()
+    @without_tf32()
     def step(self, closure=None):
         loss = closure_loss(closure)
-        for group in self.param_groups:
-            for p in with_grads(group["params"]):
-                g = p.grad.float()
-                state = self.state[p]
+        matrices = [(group, p) for group in self.param_groups for p in with_grads(group["params"])]
+        # stacked by shape, and by when their roots are due, across the groups
+        for stack in same_shape_stacks(matrices, lambda gp: (gp[1].shape, gp[0]["precondition_frequency"],
+                                                             self.state[gp[1]].get("step", 0))):
+            grads, states = [p.grad.float() for _, p in stack], [self.state[p] for _, p in stack]
+            for g, state in zip(grads, states):
                 if not state:
                     state["step"] = 0
                     state["L"], state["R"] = g.new_zeros(g.shape[0], g.shape[0]), g.new_zeros(g.shape[1], g.shape[1])
                 state["L"].addmm_(g, g.T)
                 state["R"].addmm_(g.T, g)
-                if state["step"] % group["precondition_frequency"] == 0:
-                    state["L_root"], state["R_root"] = inverse_fourth_root(state["L"]), inverse_fourth_root(state["R"])
+            if states[0]["step"] % stack[0][0]["precondition_frequency"] == 0:
+                for side in ("L", "R"):
+                    roots = inverse_fourth_root(torch.stack([state[side] for state in states]))
+                    for state, root in zip(states, roots):
+                        state[side + "_root"] = root
+            g = torch.stack(grads)
+            steps = torch.stack([s["L_root"] for s in states]) @ g @ torch.stack([s["R_root"] for s in states])
+            for (group, p), state, update in zip(stack, states, steps):
                 state["step"] += 1
                 p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_((state["L_root"] @ g @ state["R_root"]).to(p.dtype), alpha=-group["lr"])
+                p.add_(update.to(p.dtype), alpha=-group["lr"])
         return loss

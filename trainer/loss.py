@@ -1,0 +1,69 @@
+"""Mean cross-entropy of the output layer's logits, x W^T, with its gradients made in the forward pass.
+
+The same value and gradients as ``F.cross_entropy((x @ W.T).float(), targets)`` up to rounding, in
+less time and memory: the fp32 logits live one chunk of rows at a time, and each chunk's gradient
+(softmax - onehot) / N is made from the logits in place and multiplied into dL/dx and dL/dW at once,
+so that no chunk is recomputed in backward and log-softmax's own backward pass never runs (the
+loss used to recompute each chunk in backward: one more output-layer matmul per step).
+Backward only scales the two stored gradients by the incoming one.
+
+Under autocast the matmuls run in its dtype (as autocast's linear would: x and W are cast), the
+softmax in fp32, as ``.float()`` logits do; dL/dW is summed over chunks in fp32.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def _loss_and_grads(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int, want_x: bool,
+                    want_w: bool) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    n = targets.numel()
+    grad_x = torch.empty_like(x) if want_x else None
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+    total = x.new_zeros((), dtype=torch.float32)
+    for start in range(0, n, rows):
+        xs, ts = x[start:start + rows], targets[start:start + rows, None]
+        logits = (xs @ weight.T).float()
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        total += (lse - logits.gather(1, ts)).sum()
+        if not (want_x or want_w):
+            continue
+        probs = logits.sub_(lse).exp_()  # softmax, in the logits' memory
+        probs.scatter_add_(1, ts, probs.new_full(ts.shape, -1.0))
+        g = probs.mul_(1.0 / n).to(x.dtype)
+        if want_x:
+            torch.mm(g, weight, out=grad_x[start:start + rows])
+        if want_w and g.dtype == torch.float32:
+            grad_w.addmm_(g.T, xs)
+        elif want_w:
+            grad_w += (g.T @ xs).float()
+    return total / n, grad_x, grad_w
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
+        loss, grad_x, grad_w = _loss_and_grads(x, weight, targets, rows, *ctx.needs_input_grad[:2])
+        ctx.save_for_backward(grad_x, None if grad_w is None else grad_w.to(weight.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_x, grad_w = ctx.saved_tensors
+        return (None if grad_x is None else grad_x * grad_loss.to(grad_x.dtype),
+                None if grad_w is None else grad_w * grad_loss.to(grad_w.dtype), None, None)
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
+    """Mean over the N rows of x (N, n) of cross_entropy(x W^T, targets), fp32 logits ``rows`` rows at
+    a time. Under autocast the matmuls run in its dtype."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        x, weight = x.to(dtype), weight.to(dtype)
+    with torch.autocast(device, enabled=False):
+        if not torch.is_grad_enabled():  # evaluation: the loss alone
+            return _loss_and_grads(x, weight, targets, rows, False, False)[0]
+        return _LinearCrossEntropy.apply(x, weight, targets, rows)
