@@ -60,7 +60,7 @@ def _verdict(rows: list[np.ndarray], diverged=None, lrs: np.ndarray = LRS, **kwa
 
 
 def test_stable_optimum_transfers_and_drifting_one_does_not():
-    good = _verdict([bowl(-7.6), bowl(-7.5), bowl(-7.4, floor=2.5)])
+    good = _verdict([bowl(-7.6), bowl(-7.5), bowl(-7.4, floor=2.5)])  # -7.5: a tie of -8 and -7
     assert good.outcome == "transfers" and good.drift == pytest.approx(0.2)
     assert good.trend == pytest.approx(0.1) and good.doublings == 2
     assert good.summary.startswith("transfers: eta* trend +0.10 log2 per doubling of width (90% interval 0.10 to 0.10")
