@@ -68,11 +68,12 @@ class TableNoise:
         self.eta = [self._eta(r, opt) for r, opt in enumerate(optima)]
 
     def _pooled(self) -> tuple[float | None, int]:
-        """The pooled sd of one seed's closed eta* about its row's mean, and its degrees of freedom."""
+        """The pooled sd of one seed's eta* about its row's mean, and its degrees of freedom. A seed whose
+        own row is open counts at its grid value: leaving it out would drop the widest scatter."""
         t, squares, df = self.table, 0.0, 0
         for r in self.closed:
             fits = [row_optimum(t.sizes[r], t.lrs, t.seed_loss[s, r], t.seed_diverged[s, r]) for s in range(len(t.seeds))]
-            per_seed = np.array([f.estimate for f in fits if f.lr is not None and not f.open])
+            per_seed = np.array([f.estimate for f in fits if f.lr is not None])
             if len(per_seed) >= 2:
                 squares += float(np.sum((per_seed - per_seed.mean()) ** 2))
                 df += len(per_seed) - 1

@@ -129,7 +129,7 @@ def build_tables(frame: pd.DataFrame) -> list[Table]:
         title = {**constant, **{c: first[c] for c in groups if not _missing(first[c])}}
         title = {c: title[c] for c in [*TITLE_FIRST, *groups] if c in title}  # a stable order
         for axis, fixed, line in _sweep_lines(part):
-            tables.append(_grid(line, axis, {**title, fixed: line[fixed].iloc[0]}))
+            tables.append(line_table(line, axis, {**title, fixed: line[fixed].iloc[0]}))
     tables.sort(key=lambda t: [(k, _sort_key(v)) for k, v in t.title.items()])
     return tables
 
@@ -157,8 +157,8 @@ def _sweep_lines(part: pd.DataFrame):
         yield "width", "depth", line
 
 
-def _grid(line: pd.DataFrame, axis: str, title: dict) -> Table:
-    """The table of one sweep line's runs: per seed, then over the seeds."""
+def line_table(line: pd.DataFrame, axis: str, title: dict) -> Table:
+    """The table of one sweep line's runs (run_frame's columns): per seed, then over the seeds."""
     sizes, lrs = np.unique(line[axis].to_numpy(float)), np.unique(line[LR].to_numpy(float))  # failed: blank
     failed = int(line["failed"].sum())
     line = line[~line["failed"]]
