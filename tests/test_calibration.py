@@ -69,8 +69,9 @@ def test_the_verdict_meets_its_targets_and_the_intervals_cover(noise):
 
 
 def test_the_issues_flat_table_with_large_noise_does_not_read_does_not_transfer(tmp_path, noise):
-    # The issue: 3 seeds, 4 widths, lrs -10..-4, true eta* -7 at every width, noise sd 0.25 per cell.
-    rng = np.random.default_rng(19)
+    # The issue: 3 seeds, 4 widths, lrs -10..-4, true eta* -7 at every width, noise sd 0.25 per cell
+    # (this draw read "does not transfer" before the trend statistic).
+    rng = np.random.default_rng(4)
     ingest(synthetic_csv(tmp_path / "flat.csv", dict.fromkeys((64, 128, 256, 512), -7.0), 0.25, 3, rng), tmp_path / "store")
     [analysed] = analyse(load_store(tmp_path / "store"))
     assert analysed.verdict.outcome != "does not transfer", analysed.verdict.summary
