@@ -105,23 +105,6 @@ def parabola_vertex(xs: tuple[float, float, float], ys: tuple[float, float, floa
     return None if math.isnan(vertex) else vertex
 
 
-def refit(lrs: np.ndarray, losses: np.ndarray) -> np.ndarray:
-    """row_optimum's estimate for each row of ``losses`` (draws x lrs; NaN: missing or diverged) at
-    once: the parabola vertex where the argmin has two finite neighbours, else the grid's argmin."""
-    finite = np.isfinite(losses)
-    i = np.argmin(np.where(finite, losses, np.inf), axis=1)
-    estimate = lrs[i].astype(float)
-    rows = np.arange(len(losses))
-    inner = (i > 0) & (i < len(lrs) - 1)
-    inner[inner] &= finite[rows[inner], i[inner] - 1] & finite[rows[inner], i[inner] + 1]
-    r, c = rows[inner], i[inner]
-    vertex = parabola_vertices((lrs[c - 1], lrs[c], lrs[c + 1]),
-                               (losses[r, c - 1], losses[r, c], losses[r, c + 1]))
-    estimate[inner] = np.where(np.isnan(vertex), estimate[inner], vertex)
-    estimate[~finite.any(axis=1)] = np.nan
-    return estimate
-
-
 def row_optimum(size: float, lrs: np.ndarray, loss: np.ndarray, diverged: np.ndarray) -> RowOptimum:
     """Optimum of one row: ``loss`` is NaN where a cell is missing or diverged."""
     lrs, loss = np.asarray(lrs, float), np.asarray(loss, float)

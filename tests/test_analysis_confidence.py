@@ -1,6 +1,6 @@
-"""Confidence: eta* intervals that cover the truth as often as they say, verdicts that say when the
-noise cannot decide (with the sweep line that would), on synthetic stores ingested with seeds; and a
-real two-seed sweep whose report shows both seeds."""
+"""Confidence: verdicts that say when the noise cannot decide (with the sweep line that would), on
+synthetic stores ingested with seeds; and a real two-seed sweep whose report shows both seeds.
+How often the intervals cover the truth: tests/test_calibration.py."""
 from __future__ import annotations
 
 import csv
@@ -43,14 +43,6 @@ def synthetic_csv(path: Path, eta_star: dict[int, float], noise: float, seeds: i
                     out.writerow([width, 2, lr, "mup", "adamw", "true", seed, loss,
                                   "" if standard_error is None else standard_error])
     return path
-
-
-def ingested_frame(path: Path, experiment: str) -> pd.DataFrame:
-    """The rows load_store would give for ``ingest(path)``, without writing 10 000 records: ingest's
-    own parsing and checks, then a record's flat columns (tested against a real store below)."""
-    return pd.DataFrame([{**row.config, "val_loss": row.val_loss, "status": "ok", "experiment": experiment,
-                          "source": "ingest", **{f"extra_{k}": v for k, v in row.extra.items()}}
-                         for row in read_rows(path)])
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis.optima import parabola_vertex, refit, row_optimum, verdict
+from analysis.optima import parabola_vertex, row_optimum, verdict
 
 LRS = np.array([-10.0, -9.0, -8.0, -7.0, -6.0])
 NONE = np.zeros(5, bool)
@@ -118,14 +118,6 @@ def test_open_optima_never_decide_and_the_verdict_says_which_cells_close_them():
 
 def test_single_size_has_no_verdict():
     assert _verdict([bowl(-7.0)]).outcome is None
-
-
-def test_refit_of_many_rows_at_once_is_row_optimum_of_each():
-    rng = np.random.default_rng(0)
-    rows = np.array([bowl(c) for c in rng.uniform(-11, -5, 200)]) + rng.normal(0, 0.05, (200, 5))
-    rows[rng.random((200, 5)) < 0.15] = np.nan  # missing cells: edges and missing neighbours
-    expected = [row_optimum(1, LRS, row, NONE).estimate for row in rows]
-    assert np.allclose(refit(LRS, rows), np.array(expected, dtype=float), equal_nan=True)
 
 
 def test_a_regret_never_run_is_undecided_and_says_which_cell_decides():
