@@ -158,7 +158,7 @@ def eta_star(axis: str, tables: list[Table], optima: list[list[RowOptimum]],
         ax.scatter(sizes[edge], etas[edge], facecolors="white", edgecolors=color, zorder=3)
     ax.set_xscale("log", base=2)
     ax.set_xlabel(axis)
-    ax.set_ylabel("log₂ η* (fit; hollow: open, on the grid's edge or stability-bounded)")
+    ax.set_ylabel("log₂ η* (fit; hollow: open optimum)")
     ax.grid(alpha=0.3)
     has_bars = any(np.isfinite(low) and np.isfinite(high) for bounds in intervals for low, high in bounds)
     _legend(ax, **({"title": f"bars: {LEVEL:.0%} interval", "title_fontsize": 7} if has_bars else {}))
