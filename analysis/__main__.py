@@ -11,7 +11,7 @@ from . import AnalysisError
 from sweeper.experiments import CONF_DIR
 from sweeper.transfer import BUDGET
 
-from .optima import MAX_DRIFT_LOG2, MAX_REGRET_FRACTION
+from .optima import MAX_TREND
 
 DESCRIPTION = """Turns a result store into the paper's tables, optimal learning rates, transfer verdicts
 and figures, and brings external results (e.g. published tables) into a store."""
@@ -21,13 +21,16 @@ width/depth, lr and seed) and sweep line; rows are sizes, columns log2 eta_base,
 validation loss averaged over seeds, '± sd' over them where a cell has several, the seed count in
 brackets where cells differ in it (NaN: diverged, blank: not run, bold: the row's best).
 eta* grid is the row's argmin, eta* fit the vertex of a parabola through it and its neighbours,
-eta* 90% its interval: from the seeds (a t interval of the per-seed fits) where at least two
-seeds fit the row, else a bootstrap over the runs' recorded standard errors (the notes say which);
-'<= x' / '>= x' marks an optimum on the grid's edge; regret is the loss at the smallest size's
-eta* grid minus the row's best. The verdict says 'transfers' when the interval of the fitted eta*'s
-drift across sizes lies within --max-drift (log2) and that of the worst regret within --max-regret
-of the best loss, 'does not transfer' when either lies beyond, else 'undecided', with the sweep
-line (more seeds at the sizes that decide it) to run next. summary.csv holds every bound.
+eta* 90% its interval: from the spread of per-seed fits pooled over the rows where seeds allow,
+else from the scatter of eta* about its fitted trend (one seed); '<= x' / '>= x' marks an open
+optimum (on the grid's edge, or against a diverged cell: stability-bounded), whose interval is
+one-sided and which decides nothing; regret is the loss at the smallest size's eta* grid above the
+row's fitted minimum. The verdict is decided on the trend of eta* per doubling of size (the
+least-squares slope over the closed rows): 'transfers' when its 90% interval lies within
++-(--max-trend) and every row is closed, 'does not transfer' when it lies beyond (or the smallest
+size's eta* diverges at a larger size), else 'undecided', with the sweep line to run next (more
+seeds, or the cells that close open optima). drift (max - min of eta*) is descriptive.
+docs/statistics.md states the noise models. summary.csv holds every bound.
 Coordinate checks: files from `python -m trainer.coord_check --out FILE`, given with
 --coord-check or named coord_check*.json inside the store directory.
 
@@ -59,10 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--no-figures", dest="figures", action="store_false", help="tables only (no figures at all, so --curves and --coord-check are ignored)")
     report.add_argument("--jobs", type=int, default=_usable_cpus(), metavar="N",
                         help="processes drawing figures (default: the CPUs this process may use, %(default)s)")
-    report.add_argument("--max-drift", type=float, default=MAX_DRIFT_LOG2, metavar="LOG2",
-                        help="largest eta* drift (log2) that still transfers (default %(default)s)")
-    report.add_argument("--max-regret", type=float, default=MAX_REGRET_FRACTION, metavar="FRACTION",
-                        help="largest regret, as a fraction of the best loss, that still transfers "
+    report.add_argument("--max-trend", type=float, default=MAX_TREND, metavar="LOG2",
+                        help="largest trend of eta* (log2 per doubling of size) that still transfers "
                              "(default %(default)s)")
     report.add_argument("--strict", action="store_true",
                         help="an unreadable record is an error (default: named on stderr and left out)")
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             from .report import ReportOptions, report
 
             print(report(ReportOptions(args.store, args.out, args.coord_check, args.curves, args.figures,
-                                       args.jobs, args.max_drift, args.max_regret, strict=args.strict,
+                                       args.jobs, args.max_trend, strict=args.strict,
                                        conf_dir=args.conf, force=args.force)))
         elif args.command == "ingest":
             from .ingest import ingest

@@ -140,16 +140,16 @@ def transfer_curves(table: Table, optima: list[RowOptimum]) -> Figure:
 def eta_star(axis: str, tables: list[Table], optima: list[list[RowOptimum]],
              intervals: list[list[tuple[float, float]]]) -> Figure:
     """Refined log2 eta* against size, one line per table, with each row's interval as a bar (NaN
-    bounds: none); hollow markers: edge optima (unknown)."""
+    bounds: none); hollow markers: open optima (on the grid's edge or against a diverged cell)."""
     fig = _figure()
     ax = fig.add_subplot()
     for table, opts, bounds, color in zip(tables, optima, intervals, _colors(len(tables))):
-        points = [(o.size, o.estimate, o.edge, *b) for o, b in zip(opts, bounds) if o.lr is not None]
+        points = [(o.size, o.estimate, o.open, *b) for o, b in zip(opts, bounds) if o.lr is not None]
         if not points:
             continue
         sizes, etas, edges, lows, highs = map(np.array, zip(*points))
         ax.plot(sizes, etas, "-", color=color, label=_wrap(_short(table, tables), LEGEND_WIDTH))
-        known = np.isfinite(lows)
+        known = np.isfinite(lows) & np.isfinite(highs)  # an open interval: the hollow marker says it
         if known.any():
             ax.errorbar(sizes[known], etas[known], yerr=[etas[known] - lows[known], highs[known] - etas[known]],
                         fmt="none", ecolor=color, elinewidth=1, capsize=3, zorder=2)
@@ -158,9 +158,9 @@ def eta_star(axis: str, tables: list[Table], optima: list[list[RowOptimum]],
         ax.scatter(sizes[edge], etas[edge], facecolors="white", edgecolors=color, zorder=3)
     ax.set_xscale("log", base=2)
     ax.set_xlabel(axis)
-    ax.set_ylabel("log₂ η* (fit; hollow: on the grid's edge)")
+    ax.set_ylabel("log₂ η* (fit; hollow: open optimum)")
     ax.grid(alpha=0.3)
-    has_bars = any(np.isfinite(low) for bounds in intervals for low, _ in bounds)
+    has_bars = any(np.isfinite(low) and np.isfinite(high) for bounds in intervals for low, high in bounds)
     _legend(ax, **({"title": f"bars: {LEVEL:.0%} interval", "title_fontsize": 7} if has_bars else {}))
     return fig
 

@@ -1,25 +1,20 @@
 """Optimal base learning rates and transfer verdicts of one table.
 
 A row's optimum is the grid's argmin over its finite losses, refined by the vertex of the parabola
-(in log2 eta) through the best point and its two grid neighbours. A best point whose neighbour on
-one side was never run (grid edge or missing cell) is an *edge* optimum: the true optimum may lie
-beyond it. A diverged neighbour bounds the optimum (the loss explodes there), so it is no edge, but
-the parabola cannot use it and the refined estimate falls back to the grid value.
+(in log2 eta) through the best point and its two grid neighbours. An optimum is *open* when the
+data do not bracket it: on the grid's *edge* (the best point's neighbour on one side was never run:
+grid edge or missing cell), or *bounded* by a diverged neighbour (the optimum is set by the stability
+limit, not by an interior minimum; a longer warmup could move it). An open optimum keeps the grid's
+value, gets a one-sided interval (analysis.confidence) and never decides a verdict.
 
-Verdict thresholds (defaults, overridable from the CLI):
-- drift: max - min of the refined log2 eta* across sizes <= 1.5. On the usual grid of one step per
-  factor 2, a refined optimum that moves by less than 1.5 steps keeps the best grid LR within one
-  step of every size's own optimum; the paper's muP width sweep (Table 9) drifts ~1.0, SP ~3.4.
-- regret: using the smallest size's grid eta* costs at most 1% of each row's best loss. Relative,
-  so it means the same on a byte-level toy dataset and on OpenWebText.
-
-With a noise estimate (analysis.confidence: intervals per row), a threshold is judged against the
-interval of the drift and of the worst regret, not their point values: ``transfers`` when the whole
-interval is within it, ``does not transfer`` when the whole interval is beyond it, else
-``undecided``, with the sizes and seeds that would decide it. Both intervals come from the rows'
-intervals taken together at the Sidak level LEVEL^(1/k) (k rows), so that all k hold at once with
-probability LEVEL: drift in [max lo - min hi, max hi - min lo], worst regret in [max lo, max hi].
-Without a noise estimate the intervals are the points, and the verdict is the point verdict.
+The verdict (docs/statistics.md) is decided on the trend of eta* per doubling of size: the
+least-squares slope of the closed rows' refined log2 eta* against log2(size), with its LEVEL
+interval (analysis.confidence gives the rows' noise). ``transfers`` when that interval lies within
++-MAX_TREND and every row is closed, ``does not transfer`` when it lies beyond (or the smallest
+size's eta* diverges at a larger size), else ``undecided``, with the cells that would decide it.
+MAX_TREND = 0.25 log2 per doubling: over 16x in size eta* moves by at most one grid step of a
+factor 2; the paper's muP width sweep (Table 9) moves ~0.2 per doubling, SP's (Table 8) ~0.6.
+max - min of the estimates (the drift) and the regret of the smallest size's eta* are descriptive.
 """
 from __future__ import annotations
 
@@ -30,9 +25,9 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-MAX_DRIFT_LOG2 = 1.5
-MAX_REGRET_FRACTION = 0.01
-LEVEL = 0.90  # of every interval the report shows
+from .intervals import LEVEL, Interval, trend, trend_weights
+
+MAX_TREND = 0.25  # log2 eta* per doubling of size
 TRANSFERS, NO_TRANSFER, UNDECIDED = "transfers", "does not transfer", "undecided"
 MAX_MORE_SEEDS = 8  # the most seeds a suggestion adds at once
 
@@ -43,28 +38,65 @@ class RowOptimum:
     lr: float | None  # the grid's argmin (log2 eta); None when the row has no finite loss
     loss: float | None  # the row's best loss
     lr_refined: float | None  # parabola vertex; equals lr when a neighbour is unusable
-    edge: str | None  # "below" | "above" when the optimum may lie beyond the best point
+    edge: str | None  # "below" | "above" when the optimum may lie beyond the best point (never run there)
+    bounded: str | None = None  # "below" | "above": the neighbour on that side diverged
+    curvature: float | None = None  # the parabola's loss per (log2 eta)^2, where refined
+    step: float | None = None  # to the neighbour on the open side
 
     def edge_note(self) -> str | None:
-        if self.edge is None:
+        if self.edge is not None:
+            return f"edge: the optimum may lie {self.edge} {self.lr:g}"
+        if self.bounded is not None:
+            return (f"stability-bounded: the {self.bounded} neighbour of {self.lr:g} diverged, so the optimum "
+                    f"may lie {self.bounded} {self.lr:g} (set by the stability limit, not an interior minimum)")
+        return None
+
+    @property
+    def open(self) -> str | None:
+        """The side the true optimum may lie beyond: an edge or a stability-bounded optimum."""
+        return self.edge or self.bounded
+
+    @property
+    def open_bound(self) -> float | None:
+        """The closed end of an open optimum's interval: half a step from the best point towards its
+        worse neighbour (a worse neighbour puts the minimum of a convex curve on this side of the
+        midpoint); the best point itself when there is none."""
+        if self.open is None:
             return None
-        return f"edge: the optimum may lie {self.edge} {self.lr:g}"
+        sign = -1 if self.open == "above" else 1
+        return self.lr + sign * (self.step or 0.0) / 2
 
     @property
     def estimate(self) -> float | None:
         """The best available log2 eta*: the refined one where it exists."""
         return self.lr_refined if self.lr_refined is not None else self.lr
 
+    def closing_lrs(self) -> list[float]:
+        """The lrs that would close an open optimum: two grid steps beyond an edge, half a step
+        towards a diverged neighbour."""
+        if self.open is None:
+            return []
+        sign, step = (1 if self.open == "above" else -1), self.step or 1.0
+        if self.edge:
+            return [self.lr + sign * step, self.lr + 2 * sign * step]
+        return [self.lr + sign * step / 2]
+
 
 def parabola_vertices(xs, ys) -> np.ndarray:
     """Elementwise over arrays: the x of the vertex of the parabola through three points (x0, x1, x2),
     (y0, y1, y2); NaN where it is not a minimum."""
+    return _parabolas(xs, ys)[0]
+
+
+def _parabolas(xs, ys) -> tuple[np.ndarray, np.ndarray]:
+    """(vertex x, curvature a) of the parabolas y = a x^2 + b x + c through three points; NaN vertex
+    where a <= 0."""
     (x0, x1, x2), (y0, y1, y2) = map(np.asarray, xs), map(np.asarray, ys)
     denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
     a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
     b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / denom
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(a > 0, -b / (2 * a), np.nan)
+        return np.where(a > 0, -b / (2 * a), np.nan), a
 
 
 def parabola_vertex(xs: tuple[float, float, float], ys: tuple[float, float, float]) -> float | None:
@@ -73,42 +105,33 @@ def parabola_vertex(xs: tuple[float, float, float], ys: tuple[float, float, floa
     return None if math.isnan(vertex) else vertex
 
 
-def refit(lrs: np.ndarray, losses: np.ndarray) -> np.ndarray:
-    """row_optimum's estimate for each row of ``losses`` (draws x lrs; NaN: missing or diverged) at
-    once, for resampling: the parabola vertex where the argmin has two finite neighbours, else the grid's argmin."""
-    finite = np.isfinite(losses)
-    i = np.argmin(np.where(finite, losses, np.inf), axis=1)
-    estimate = lrs[i].astype(float)
-    rows = np.arange(len(losses))
-    inner = (i > 0) & (i < len(lrs) - 1)
-    inner[inner] &= finite[rows[inner], i[inner] - 1] & finite[rows[inner], i[inner] + 1]
-    r, c = rows[inner], i[inner]
-    vertex = parabola_vertices((lrs[c - 1], lrs[c], lrs[c + 1]),
-                               (losses[r, c - 1], losses[r, c], losses[r, c + 1]))
-    estimate[inner] = np.where(np.isnan(vertex), estimate[inner], vertex)
-    estimate[~finite.any(axis=1)] = np.nan
-    return estimate
-
-
 def row_optimum(size: float, lrs: np.ndarray, loss: np.ndarray, diverged: np.ndarray) -> RowOptimum:
     """Optimum of one row: ``loss`` is NaN where a cell is missing or diverged."""
+    lrs, loss = np.asarray(lrs, float), np.asarray(loss, float)
     finite = np.isfinite(loss)
     if not finite.any():
         return RowOptimum(float(size), None, None, None, None)
     i = int(np.nanargmin(np.where(finite, loss, np.inf)))
     lr, best = float(lrs[i]), float(loss[i])
-    edge = None
+    edge = bounded = step = curvature = None
     if i == 0 or not (finite[i - 1] or diverged[i - 1]):
         edge = "below"
     elif i == len(lrs) - 1 or not (finite[i + 1] or diverged[i + 1]):
         edge = "above"
-    # refit's vertex where both neighbours are finite (then the row has no edge), else the grid's lr
-    refined = float(refit(np.asarray(lrs), np.asarray(loss)[None, :])[0])
-    return RowOptimum(float(size), lr, best, refined, edge)
-
-
-class Interval(Protocol):
-    def bounds(self, level: float) -> tuple[float, float]: ...
+    elif diverged[i + 1]:
+        bounded = "above"
+    elif diverged[i - 1]:
+        bounded = "below"
+    side = edge or bounded
+    if side:  # the step to the worse neighbour on the closed side, for the open interval's bound
+        j = i - 1 if side == "above" else i + 1
+        step = float(abs(lrs[j] - lr)) if 0 <= j < len(lrs) and finite[j] else None
+    refined = lr
+    if side is None:
+        vertex, a = _parabolas((lrs[i - 1], lr, lrs[i + 1]), (loss[i - 1], best, loss[i + 1]))
+        if not np.isnan(vertex):
+            refined, curvature = float(vertex), float(a)
+    return RowOptimum(float(size), lr, best, refined, edge, bounded, curvature, step)
 
 
 class Noise(Protocol):
@@ -116,36 +139,54 @@ class Noise(Protocol):
     eta: Sequence[Interval | None]  # per row: the interval of its estimate; None: none known
     seeds: Sequence[int]  # per row: the seeds its cells hold (the fewest)
 
+    def trend(self, rows: list[int]) -> Interval | None: ...
+
     def regret(self, row: int, reference_lr: float) -> Interval | None: ...
 
 
 @dataclass(frozen=True)
 class Suggestion:
-    """What would decide an undecided verdict: more seeds at some sizes, or a cell never run."""
+    """What would decide an undecided verdict: more seeds at some sizes, or cells never run."""
     sizes: list[float]
-    more_seeds: int  # 0: run ``lr`` with the seeds the rows have
-    lr: float | None  # run only this lr (a regret that is unknown); None: the rows' lrs
+    more_seeds: int  # 0: run ``lrs`` with the seeds the rows have
+    lr: float | None  # run only this lr (a regret that is unknown); None: see ``lrs``
     text: str
+    lrs: list[float] | None = None  # the lrs that close open optima; None: the rows' lrs (or ``lr``)
 
 
 @dataclass(frozen=True)
 class Verdict:
     outcome: str | None  # TRANSFERS | NO_TRANSFER | UNDECIDED; None: fewer than two sizes with an optimum
-    drift: float | None  # max - min of the refined log2 eta*
+    drift: float | None  # max - min of the refined log2 eta* (descriptive)
     reference_lr: float | None  # the smallest size's grid eta*
-    regrets: dict  # size -> loss at reference_lr minus the row's best (inf: diverged, nan: not run)
+    regrets: dict  # size -> fitted regret at reference_lr (inf: diverged, nan: not run)
     summary: str
-    drift_bounds: tuple[float, float] | None = None  # its LEVEL interval; None: no noise estimate
+    drift_bounds: tuple[float, float] | None = None  # kept for summary.csv; the drift has no interval now
     regret_bounds: dict = field(default_factory=dict)  # size -> LEVEL interval of the regret, where known
     decide: Suggestion | None = None  # for UNDECIDED
     command: str | None = None  # decide as a sweep line (analysis.report fills it in)
+    trend: float | None = None  # log2 eta* per doubling of size, over the closed rows
+    trend_bounds: tuple[float, float] | None = None  # its LEVEL interval; None: no noise estimate
+    trend_method: str = ""  # intervals.SEEDS | RESIDUALS
+    doublings: float | None = None  # the span of sizes judged, log2(largest / smallest)
+    close: Suggestion | None = None  # the cells that would close the open optima, where there are any
+    close_command: str | None = None  # close as a sweep line (analysis.report fills it in)
 
 
-def _regret(lrs: np.ndarray, loss: np.ndarray, diverged: np.ndarray, best: float, lr: float) -> float:
+def fitted_regret(opt: RowOptimum, lrs: np.ndarray, loss: np.ndarray, diverged: np.ndarray, lr: float) -> float:
+    """The loss at ``lr`` above the row's fitted minimum: on the row's parabola (the best cell and its
+    neighbours) where ``lr`` is one of its points, else the cell's loss above the parabola's minimum.
+    Not the cell minus the row's best cell: that best was picked from the same noisy losses (the
+    winner's curse) and is biased low. inf: diverged at ``lr``; nan: never run there."""
     j = int(np.flatnonzero(lrs == lr)[0])
     if diverged[j]:
         return math.inf
-    return float(loss[j] - best)  # nan when the cell was never run
+    if math.isnan(loss[j]):
+        return math.nan
+    if opt.curvature is not None and abs(int(np.flatnonzero(lrs == opt.lr)[0]) - j) <= 1:
+        return opt.curvature * (lr - opt.lr_refined) ** 2
+    fitted_min = opt.loss - (opt.curvature or 0.0) * (opt.lr - opt.lr_refined) ** 2
+    return max(0.0, float(loss[j] - fitted_min))
 
 
 def verdict(
@@ -154,12 +195,12 @@ def verdict(
     loss: np.ndarray,
     diverged: np.ndarray,
     optima: list[RowOptimum],
-    max_drift: float = MAX_DRIFT_LOG2,
-    max_regret: float = MAX_REGRET_FRACTION,
+    max_trend: float = MAX_TREND,
     noise: Noise | None = None,
 ) -> Verdict:
     """Does the smallest size's eta* serve every size? Rows are ordered by size. Unfinished rows
-    (see ``unfinished``) are named and left out of the judgement."""
+    (see ``unfinished``) are named and left out of the judgement. Without ``noise`` the trend's
+    interval comes from the residual scatter of the rows' estimates (one seed's fallback)."""
     open_rows = {r: unfinished(lrs, loss[r], diverged[r], opt) for r, opt in enumerate(optima)}
     incomplete = "; ".join(f"incomplete ({k} of {n} cells) at {axis} {optima[r].size:g}"
                            for r, (k, n) in ((r, c) for r, c in open_rows.items() if c))
@@ -167,7 +208,7 @@ def verdict(
     if len(rows) < 2:
         text = f"n/a: fewer than two {'finished ' if incomplete else ''}{axis}s with a finite loss"
         return Verdict(None, None, None, {}, text + (f"; {incomplete}" if incomplete else ""))
-    judge = _Judge(axis, lrs, loss, diverged, optima, max_drift, max_regret, noise)
+    judge = _Judge(axis, np.asarray(lrs, float), loss, diverged, optima, max_trend, noise)
     overall = judge(rows)
     if incomplete:
         overall = _with_note(overall, incomplete)
@@ -177,7 +218,8 @@ def verdict(
             tail = judge(rows[start:])
             if tail.outcome == TRANSFERS:
                 size = optima[rows[start]].size
-                return _with_note(overall, f"transfers for {axis} >= {size:g} (eta* drift {tail.drift:.2f})")
+                return _with_note(overall, f"transfers for {axis} >= {size:g} (eta* trend {tail.trend:+.2f} "
+                                           f"log2 per doubling; {_interval_text(*tail.trend_bounds)})")
     return overall
 
 
@@ -203,10 +245,17 @@ def _interval_text(low: float, high: float, percent: bool = False) -> str:
     return f"{LEVEL:.0%} interval {scale * low:.{digits}f}{unit} to {scale * high:.{digits}f}{unit}"
 
 
+def _sizes_text(axis: str, sizes) -> str:
+    sizes = sorted(sizes)
+    if len(sizes) == 1:
+        return f"{axis} {sizes[0]:g}"
+    return f"{axis}s " + ", ".join(f"{s:g}" for s in sizes[:-1]) + f" and {sizes[-1]:g}"
+
+
 def _more_seeds(point: float, low: float, high: float, threshold: float, seeds: int) -> int:
     """Seeds to add so the interval clears the threshold if the estimate stays put, assuming its
-    width shrinks as 1/sqrt(seeds); at least enough for an interval from seeds (3: a t interval
-    on 2 degrees of freedom), at most MAX_MORE_SEEDS."""
+    width shrinks as 1/sqrt(seeds); at least enough for an interval from seeds (3), at most
+    MAX_MORE_SEEDS."""
     margin, half = abs(point - threshold), (high - low) / 2
     need = math.inf if margin == 0 else seeds * (half / margin) ** 2
     total = max(3, seeds + 1, math.ceil(min(need, seeds + MAX_MORE_SEEDS)))
@@ -220,8 +269,7 @@ class _Judge:
     loss: np.ndarray
     diverged: np.ndarray
     optima: list[RowOptimum]
-    max_drift: float
-    max_regret: float
+    max_trend: float
     noise: Noise | None
 
     def __call__(self, rows: list[int]) -> Verdict:
@@ -229,76 +277,83 @@ class _Judge:
         estimates = [optima[r].estimate for r in rows]
         drift = float(max(estimates) - min(estimates))
         reference = optima[rows[0]].lr
-        regrets = {optima[r].size: _regret(self.lrs, self.loss[r], self.diverged[r], optima[r].loss, reference)
+        regrets = {optima[r].size: fitted_regret(optima[r], self.lrs, self.loss[r], self.diverged[r], reference)
                    for r in rows}
         best = {optima[r].size: max(abs(optima[r].loss), 1e-12) for r in rows}
         relative = {size: regrets[size] / best[size] for size in regrets}
         worst_size = max(relative, key=lambda s: -math.inf if math.isnan(relative[s]) else relative[s])
-        worst = regrets[worst_size]
         unknown = [size for size, value in regrets.items() if math.isnan(value)]
-
-        # Joint (Sidak) bounds of each row's eta* and relative regret; a row without an interval is its point.
-        joint = LEVEL ** (1 / len(rows))
-        eta_at, regret_at, shown = {}, {}, {}
-        for r, estimate in zip(rows, estimates):
-            size = optima[r].size
-            eta = self.noise.eta[r] if self.noise and not optima[r].edge else None
-            eta_at[size] = eta.bounds(joint) if eta else (estimate, estimate)
-            interval = self.noise.regret(r, reference) if self.noise and math.isfinite(regrets[size]) else None
-            regret_at[size] = tuple(b / best[size] for b in interval.bounds(joint)) if interval else (
-                (relative[size], relative[size]) if not math.isnan(relative[size]) else (-math.inf, math.inf))
+        shown = {}
+        for r in rows:
+            interval = self.noise.regret(r, reference) if self.noise and math.isfinite(regrets[optima[r].size]) else None
             if interval:
-                shown[size] = interval.bounds(LEVEL)
-        lows, highs = zip(*eta_at.values())
-        drift_bounds = (min(max(0.0, max(lows) - min(highs)), drift), max(max(highs) - min(lows), drift))
-        worst_bounds = (max(b[0] for b in regret_at.values()), max(b[1] for b in regret_at.values()))
-        has_noise = any(eta_at[s][0] != eta_at[s][1] for s in eta_at) or bool(shown)
+                shown[optima[r].size] = interval.bounds(LEVEL)
 
-        if drift_bounds[0] > self.max_drift or worst_bounds[0] > self.max_regret:
+        opened = [r for r in rows if optima[r].open]
+        closed = [r for r in rows if not optima[r].open]
+        fit = slope = None
+        if len(closed) >= 2:
+            x, ys = np.log2([optima[r].size for r in closed]), [optima[r].estimate for r in closed]
+            slope = float(trend_weights(x) @ np.asarray(ys))
+            fit = self.noise.trend(closed) if self.noise else trend(x, ys)
+        bounds = fit.bounds(LEVEL) if fit else None
+        doublings = float(np.log2(optima[rows[-1]].size / optima[rows[0]].size))
+
+        diverges = math.isinf(regrets[worst_size])
+        if diverges:
             outcome = NO_TRANSFER
-        elif drift_bounds[1] <= self.max_drift and worst_bounds[1] <= self.max_regret:
+        elif bounds is None:
+            outcome = UNDECIDED
+        elif bounds[0] > self.max_trend or bounds[1] < -self.max_trend:
+            outcome = NO_TRANSFER
+        elif -self.max_trend <= bounds[0] and bounds[1] <= self.max_trend and not opened:
             outcome = TRANSFERS
         else:
             outcome = UNDECIDED
 
-        text = f"eta* drift {drift:.2f} (log2" + (f"; {_interval_text(*drift_bounds)}" if has_noise else "") + ")"
-        if math.isinf(worst):
-            text += f", the smallest {axis}'s eta* (log2 {reference:g}) diverges at {axis} {worst_size:g}"
+        if slope is None:
+            text = f"no eta* trend (fewer than two {axis}s with a closed optimum)"
         else:
+            text = f"eta* trend {slope:+.2f} log2 per doubling of {axis}"
+            text += f" ({_interval_text(*bounds)}" if bounds else " (no interval: one seed and fewer than three closed rows"
+            text += f"; threshold +-{self.max_trend:g})"
+        text += f", drift {drift:.2f} over {doublings:g} doubling{'s' * (doublings != 1)}"
+        worst = regrets[worst_size]
+        if diverges:
+            text += f", the smallest {axis}'s eta* (log2 {reference:g}) diverges at {axis} {worst_size:g}"
+        elif not math.isnan(worst):
             text += f", max regret {worst:.3f} ({100 * relative[worst_size]:.1f}%"
-            if has_noise and all(map(math.isfinite, worst_bounds)):
-                text += f"; {_interval_text(*worst_bounds, percent=True)}"
+            if worst_size in shown and math.isfinite(shown[worst_size][1]):
+                low, high = (b / best[worst_size] for b in shown[worst_size])
+                text += f"; {_interval_text(low, high, percent=True)}"
             text += f") at {axis} {worst_size:g}"
         if unknown:
             text += f"; regret unknown at {axis} " + ", ".join(f"{s:g}" for s in unknown) + f" (no run at {reference:g})"
-        edges = [optima[r].size for r in rows if optima[r].edge]
-        if edges:
-            text += f"; edge optimum at {axis} " + ", ".join(f"{s:g}" for s in edges) + " (true drift unknown)"
+        if opened:
+            text += f"; open optimum at {_sizes_text(axis, [optima[r].size for r in opened])} (decides nothing)"
         decide = None
         if outcome == UNDECIDED:
-            decide = self._suggest(rows, reference, unknown, drift, drift_bounds, eta_at, relative, regret_at)
+            decide = self._suggest(rows, closed, opened, reference, unknown, slope, bounds)
             text += f"; to decide: {decide.text}"
-        return Verdict(outcome, drift, reference, regrets, f"{outcome}: {text}",
-                       drift_bounds if has_noise else None, shown, decide)
+        return Verdict(outcome, drift, reference, regrets, f"{outcome}: {text}", None, shown, decide,
+                       trend=slope, trend_bounds=bounds, trend_method=fit.method if fit else "", doublings=doublings,
+                       close=self._close(opened) if opened else None)
 
-    def _suggest(self, rows, reference, unknown, drift, drift_bounds, eta_at, relative, regret_at) -> Suggestion:
-        axis = self.axis
+    def _close(self, opened: list[int]) -> Suggestion:
+        optima = self.optima
+        lrs = sorted({lr for r in opened for lr in optima[r].closing_lrs()})
+        sizes = [optima[r].size for r in opened]
+        return Suggestion(sizes, 0, None, "close the open optima: run log2 eta " + ", ".join(f"{v:g}" for v in lrs)
+                          + f" at {_sizes_text(self.axis, sizes)}", lrs)
+
+    def _suggest(self, rows, closed, opened, reference, unknown, slope, bounds) -> Suggestion:
+        axis, optima = self.axis, self.optima
         if unknown:
             return Suggestion(unknown, 0, reference, f"run log2 eta {reference:g} at {axis} "
                               + ", ".join(f"{s:g}" for s in unknown))
-        sizes, more = set(), 0
-        seeds = {self.optima[r].size: self.noise.seeds[r] for r in rows}
-        if drift_bounds[0] <= self.max_drift < drift_bounds[1]:
-            # The rows whose intervals set the bounds: the highest and lowest reaches.
-            lows, highs = {s: b[0] for s, b in eta_at.items()}, {s: b[1] for s, b in eta_at.items()}
-            sizes |= {max(highs, key=highs.get), min(lows, key=lows.get),
-                      max(lows, key=lows.get), min(highs, key=highs.get)}
-            more = _more_seeds(drift, *drift_bounds, self.max_drift, min(seeds[s] for s in sizes))
-        straddling = [s for s, (lo, hi) in regret_at.items() if lo <= self.max_regret < hi]
-        for size in straddling:
-            more = max(more, _more_seeds(relative[size], *regret_at[size], self.max_regret, seeds[size]))
-        sizes |= set(straddling)
-        sizes = sorted(sizes)
-        names = f"{axis}s " + ", ".join(f"{s:g}" for s in sizes[:-1]) + f" and {sizes[-1]:g}" if len(sizes) > 1 \
-            else f"{axis} {sizes[0]:g}"
-        return Suggestion(sizes, more, None, f"run {more} more seed{'s' * (more > 1)} at {names}")
+        if opened:
+            return self._close(opened)
+        sizes = [optima[r].size for r in closed]
+        seeds = min(self.noise.seeds[r] for r in closed) if self.noise else 1
+        more = max(3 - seeds, 1) if bounds is None else _more_seeds(abs(slope), *bounds, self.max_trend, seeds)
+        return Suggestion(sizes, more, None, f"run {more} more seed{'s' * (more > 1)} at {_sizes_text(axis, sizes)}")

@@ -4,8 +4,9 @@ Layout of ``out``::
 
     report.md                 every table with its notes and verdict (also printed)
     tables.tex                every table, booktabs
-    summary.csv               one row per table row: seeds, optimum (grid, fit, interval, edge),
-                              regret (and interval), drift (and interval), verdict, the sweep line
+    summary.csv               one row per table row: seeds, optimum (grid, fit, interval, edge,
+                              open side), regret (and interval), drift (descriptive; drift_low/high
+                              empty), trend per doubling (and interval), verdict, the sweep line
                               that would decide an undecided one
     tables/<slug>.{md,tex,csv}
     figures/transfer_<slug>.{png,pdf}, figures/eta_star_<axis>.{png,pdf},
@@ -32,7 +33,7 @@ from sweeper.result_store import load_store, read_record
 from . import AnalysisError, figures
 from .confidence import TableNoise
 from .next_cells import CONF_DIR, command, row_records, sweep_lookup
-from .optima import MAX_DRIFT_LOG2, MAX_REGRET_FRACTION, RowOptimum, Verdict, verdict
+from .optima import MAX_TREND, RowOptimum, Suggestion, Verdict, verdict
 from .tables import (Table, build_tables, interval_bounds, row_optima, table_facts, to_frame, to_latex,
                      to_markdown, value_text)
 
@@ -52,8 +53,7 @@ class ReportOptions:
     curves: list[str] = field(default_factory=list)  # cell keys whose training curves to plot
     figures: bool = True
     workers: int = 1  # processes drawing figures
-    max_drift: float = MAX_DRIFT_LOG2
-    max_regret: float = MAX_REGRET_FRACTION
+    max_trend: float = MAX_TREND  # log2 eta* per doubling of size
     strict: bool = False  # an unreadable record stops the report instead of being named and left out
     conf_dir: Path = CONF_DIR  # the sweep's configs, for the sweep line that decides an undecided verdict
     force: bool = False  # write into a folder that holds other files and no report
@@ -82,37 +82,44 @@ def load(store: Path, strict: bool = False) -> pd.DataFrame:
     return frame
 
 
-def analyse(frame: pd.DataFrame, max_drift: float = MAX_DRIFT_LOG2,
-            max_regret: float = MAX_REGRET_FRACTION) -> list[Analysed]:
+def analyse(frame: pd.DataFrame, max_trend: float = MAX_TREND) -> list[Analysed]:
     out = []
     for table in build_tables(frame):
         optima = row_optima(table)
         noise = TableNoise(table, optima)
         out.append(Analysed(table, optima, verdict(table.axis, table.lrs, table.loss, table.diverged, optima,
-                                                    max_drift, max_regret, noise), noise))
+                                                    max_trend, noise), noise))
     return out
 
 
 def decide_commands(analysed: list[Analysed], frame: pd.DataFrame, store: Path, conf_dir: Path) -> list[Analysed]:
-    """Each undecided verdict with its suggestion as a sweep line: the rows' settings and lrs with new
-    seeds (after the table's highest), or the one lr whose regret is unknown with the rows' seeds."""
+    """Each undecided verdict with its suggestion as a sweep line, and each table with open optima with
+    the sweep line that closes them: the rows' settings and lrs with new seeds (after the table's
+    highest), or the lrs that close open optima or the one lr whose regret is unknown, with the rows'
+    seeds."""
     groups, defaults_of = sweep_lookup(frame, conf_dir)
+
+    def line(table: Table, suggestion: Suggestion) -> str:
+        rows = [int((table.sizes == size).nonzero()[0][0]) for size in suggestion.sizes]
+        records = pd.concat([row_records(frame, groups, table, size) for size in suggestion.sizes])
+        if suggestion.lrs is not None:
+            lrs, seeds = suggestion.lrs, None
+        elif suggestion.lr is not None:
+            lrs, seeds = [suggestion.lr], None
+        else:
+            lrs = table.lrs[(table.runs[rows] > 0).any(axis=0)].tolist()
+            first = int(table.seeds.max()) + 1
+            seeds = list(range(first, first + suggestion.more_seeds))
+        return shlex.join(command(records, table, lrs, store, conf_dir, defaults_of, seeds))
+
     out = []
     for a in analysed:
-        decide = a.verdict.decide
-        if decide is not None:
-            table = a.table
-            rows = [int((table.sizes == size).nonzero()[0][0]) for size in decide.sizes]
-            records = pd.concat([row_records(frame, groups, table, size) for size in decide.sizes])
-            if decide.lr is not None:
-                lrs, seeds = [decide.lr], None
-            else:
-                lrs = table.lrs[(table.runs[rows] > 0).any(axis=0)].tolist()
-                first = int(table.seeds.max()) + 1
-                seeds = list(range(first, first + decide.more_seeds))
-            argv = command(records, table, lrs, store, conf_dir, defaults_of, seeds)
-            a = dataclasses.replace(a, verdict=dataclasses.replace(a.verdict, command=shlex.join(argv)))
-        out.append(a)
+        judged = a.verdict
+        if judged.decide is not None:
+            judged = dataclasses.replace(judged, command=line(a.table, judged.decide))
+        if judged.close is not None:
+            judged = dataclasses.replace(judged, close_command=line(a.table, judged.close))
+        out.append(dataclasses.replace(a, verdict=judged))
     return out
 
 
@@ -120,6 +127,7 @@ def summary_frame(analysed: list[Analysed]) -> pd.DataFrame:
     rows = []
     for a in analysed:
         judged, drift_bounds = a.verdict, a.verdict.drift_bounds or (math.nan, math.nan)
+        trend_bounds = judged.trend_bounds or (math.nan, math.nan)
         for r, (opt, (low, high)) in enumerate(zip(a.optima, interval_bounds(a.noise))):
             interval = a.noise.eta[r]
             regret_low, regret_high = judged.regret_bounds.get(opt.size, (math.nan, math.nan))
@@ -131,6 +139,8 @@ def summary_frame(analysed: list[Analysed]) -> pd.DataFrame:
                 "best_loss": opt.loss, "regret": judged.regrets.get(opt.size, math.nan), "regret_low": regret_low,
                 "regret_high": regret_high, "drift": judged.drift, "drift_low": drift_bounds[0],
                 "drift_high": drift_bounds[1], "verdict": judged.outcome or "", "decide": judged.command or "",
+                "lr_star_open": opt.open or "", "trend": judged.trend, "trend_low": trend_bounds[0],
+                "trend_high": trend_bounds[1], "trend_interval": judged.trend_method, "doublings": judged.doublings,
             })
     return pd.DataFrame(rows)
 
@@ -237,7 +247,7 @@ def clear_out(out: Path, force: bool) -> int:
 def report(options: ReportOptions) -> str:
     """Writes the report into options.out; returns the text to print."""
     frame = load(options.store, options.strict)
-    analysed = decide_commands(analyse(frame, options.max_drift, options.max_regret), frame, options.store,
+    analysed = decide_commands(analyse(frame, options.max_trend), frame, options.store,
                                options.conf_dir)
     jobs = []
     if options.figures:  # read every input before writing anything

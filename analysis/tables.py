@@ -129,7 +129,7 @@ def build_tables(frame: pd.DataFrame) -> list[Table]:
         title = {**constant, **{c: first[c] for c in groups if not _missing(first[c])}}
         title = {c: title[c] for c in [*TITLE_FIRST, *groups] if c in title}  # a stable order
         for axis, fixed, line in _sweep_lines(part):
-            tables.append(_grid(line, axis, {**title, fixed: line[fixed].iloc[0]}))
+            tables.append(line_table(line, axis, {**title, fixed: line[fixed].iloc[0]}))
     tables.sort(key=lambda t: [(k, _sort_key(v)) for k, v in t.title.items()])
     return tables
 
@@ -157,8 +157,8 @@ def _sweep_lines(part: pd.DataFrame):
         yield "width", "depth", line
 
 
-def _grid(line: pd.DataFrame, axis: str, title: dict) -> Table:
-    """The table of one sweep line's runs: per seed, then over the seeds."""
+def line_table(line: pd.DataFrame, axis: str, title: dict) -> Table:
+    """The table of one sweep line's runs (run_frame's columns): per seed, then over the seeds."""
     sizes, lrs = np.unique(line[axis].to_numpy(float)), np.unique(line[LR].to_numpy(float))  # failed: blank
     failed = int(line["failed"].sum())
     line = line[~line["failed"]]
@@ -203,13 +203,16 @@ def _cell(table: Table, r: int, c: int, counts: bool) -> str:
 def _fit(opt: RowOptimum) -> str:
     if opt.lr is None:
         return ""
-    if opt.edge:
-        return ("<= " if opt.edge == "below" else ">= ") + f"{opt.lr:g}"
+    if opt.open:
+        return ("<= " if opt.open == "below" else ">= ") + f"{opt.lr:g}"
     return f"{opt.lr_refined:.2f}"
 
 
 def _interval(interval) -> str:
-    return "" if interval is None else "[{:.2f}, {:.2f}]".format(*interval.bounds())
+    if interval is None:
+        return ""
+    low, high = interval.bounds()
+    return ("(-inf" if math.isinf(low) else f"[{low:.2f}") + ", " + ("inf)" if math.isinf(high) else f"{high:.2f}]")
 
 
 def _regret(verdict: Verdict, size: float) -> str:
@@ -278,6 +281,8 @@ def notes(table: Table, optima: list[RowOptimum], verdict: Verdict, noise: Table
     lines = [f"verdict: {verdict.summary}"]
     if verdict.command and command:
         lines.append(f"to decide, run: {command(verdict.command)}")
+    if verdict.close_command and command and verdict.close_command != verdict.command:
+        lines.append(f"to close the open optima, run: {command(verdict.close_command)}")
     return lines + (table_facts(table, optima, noise) if facts is None else facts)
 
 
@@ -289,7 +294,7 @@ def table_facts(table: Table, optima: list[RowOptimum], noise: TableNoise) -> li
     if sparse:
         lines.append(sparse)
     for opt in optima:
-        if opt.edge:
+        if opt.open:
             lines.append(f"{table.axis} {value_text(opt.size)}: {opt.edge_note()}")
     lines.append(seeds_note(table))
     method = method_note(table, optima, noise)
@@ -347,6 +352,7 @@ def to_frame(table: Table, optima: list[RowOptimum], verdict: Verdict, noise: Ta
     grid["lr_star_fit"] = [opt.lr_refined for opt in optima]
     grid["lr_star_low"], grid["lr_star_high"] = zip(*interval_bounds(noise)) if len(optima) else ([], [])
     grid["edge"] = [opt.edge or "" for opt in optima]
+    grid["open"] = [opt.open or "" for opt in optima]
     grid["regret"] = [verdict.regrets.get(opt.size) for opt in optima]
     return grid
 

@@ -33,7 +33,7 @@ def test_ingest_and_report_the_paper_without_importing_torch(tmp_path):
                         python_flags=("-X", "importtime"))
     assert reported.returncode == 0, reported.stderr
     assert "| **4.364** |" in reported.stdout  # Table 8, width 128: the best cell, bold
-    assert "- verdict: transfers: eta* drift 0.99 (log2)" in reported.stdout  # Table 9
+    assert "- verdict: transfers: eta* trend -0.19 log2 per doubling of width" in reported.stdout  # Table 9
     assert (out / "report.md").read_text().startswith("# Report of")
     curves = analysis("curves", "--store", store, "--key", key, "--out", out)  # an ingested cell: no curves
     assert curves.returncode == 0 and (out / "figures" / f"curves_{key}.png").is_file(), curves.stderr
@@ -48,7 +48,7 @@ def test_help_names_every_command_and_option():
     assert top.returncode == 0 and all(c in top.stdout for c in ("report", "ingest", "curves"))
     helps = {c: analysis(c, "--help") for c in ("report", "ingest", "curves")}
     assert all(h.returncode == 0 for h in helps.values())
-    for option in ("--store", "--out", "--coord-check", "--curves", "--no-figures", "--max-drift", "--max-regret"):
+    for option in ("--store", "--out", "--coord-check", "--curves", "--no-figures", "--max-trend"):
         assert option in helps["report"].stdout
     assert "nan: diverged" in helps["ingest"].stdout and "--experiment" in helps["ingest"].stdout
     assert "--key" in helps["curves"].stdout

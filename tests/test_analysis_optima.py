@@ -6,14 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from analysis.optima import parabola_vertex, refit, row_optimum, verdict
+from analysis.optima import parabola_vertex, row_optimum, verdict
 
 LRS = np.array([-10.0, -9.0, -8.0, -7.0, -6.0])
 NONE = np.zeros(5, bool)
 
 
-def bowl(center: float, scale: float = 0.1, floor: float = 3.0) -> np.ndarray:
-    return floor + scale * (LRS - center) ** 2
+def bowl(center: float, scale: float = 0.1, floor: float = 3.0, lrs: np.ndarray = LRS) -> np.ndarray:
+    return floor + scale * (lrs - center) ** 2
 
 
 def test_parabola_vertex_is_exact_on_a_parabola_even_on_an_uneven_grid():
@@ -52,32 +52,35 @@ def test_row_without_finite_loss_has_no_optimum():
     assert opt.lr is None and opt.estimate is None
 
 
-def _verdict(rows: list[np.ndarray], diverged=None, **kwargs):
+def _verdict(rows: list[np.ndarray], diverged=None, lrs: np.ndarray = LRS, **kwargs):
     loss = np.array(rows)
     diverged = np.zeros(loss.shape, bool) if diverged is None else diverged
-    optima = [row_optimum(2.0 ** (7 + i), LRS, loss[i], diverged[i]) for i in range(len(rows))]
-    return verdict("width", LRS, loss, diverged, optima, **kwargs)
+    optima = [row_optimum(2.0 ** (7 + i), lrs, loss[i], diverged[i]) for i in range(len(rows))]
+    return verdict("width", lrs, loss, diverged, optima, **kwargs)
 
 
 def test_stable_optimum_transfers_and_drifting_one_does_not():
-    good = _verdict([bowl(-7.6), bowl(-7.5), bowl(-7.4, floor=2.5)])
+    good = _verdict([bowl(-7.6), bowl(-7.5), bowl(-7.4, floor=2.5)])  # -7.5: a tie of -8 and -7
     assert good.outcome == "transfers" and good.drift == pytest.approx(0.2)
-    assert good.summary.startswith("transfers: eta* drift 0.20 (log2)")
-    # Width 128's grid eta* is -8; width 512's best is at -7: 0.1 * (0.6^2 - 0.4^2) = 0.02 (0.8%).
-    assert good.regrets == {128.0: 0.0, 256.0: 0.0, 512.0: pytest.approx(0.02)}
+    assert good.trend == pytest.approx(0.1) and good.doublings == 2
+    assert good.summary.startswith("transfers: eta* trend +0.10 log2 per doubling of width (90% interval 0.10 to 0.10")
+    # The regret of width 128's grid eta* (-8) on each row's fitted parabola: 0.1 * (-8 - eta*)^2,
+    # not zero where -8 is the row's own best cell.
+    assert good.regrets == pytest.approx({128.0: 0.016, 256.0: 0.025, 512.0: 0.036})
 
-    bad = _verdict([bowl(-6.0), bowl(-7.0), bowl(-8.6)])
-    assert bad.outcome == "does not transfer" and bad.drift == pytest.approx(2.6)
-    # Using width 128's eta* (-6) at width 512 costs 0.1 * (2.6^2 - 0.4^2) over its best (at -9).
-    assert bad.regrets[512.0] == pytest.approx(0.1 * (2.6**2 - 0.4**2))
-    assert bad.summary.startswith("does not transfer: eta* drift 2.60 (log2), max regret 0.660")
+    bad = _verdict([bowl(-6.6), bowl(-7.6), bowl(-8.6)])
+    assert bad.outcome == "does not transfer" and bad.drift == pytest.approx(2.0)
+    # Width 128's eta* (-7) is two cells from width 512's best (-9): that cell above the fitted minimum.
+    assert bad.regrets[512.0] == pytest.approx(0.1 * 1.6**2)
+    assert bad.summary.startswith("does not transfer: eta* trend -1.00 log2 per doubling")
 
 
-def test_thresholds_are_the_verdicts():
-    rows = [bowl(-7.0), bowl(-8.0)]
-    assert _verdict(rows, max_drift=0.5).outcome == "does not transfer"
-    assert _verdict(rows, max_drift=1.0, max_regret=0.05).outcome == "transfers"
-    assert _verdict(rows, max_drift=1.0, max_regret=0.01).outcome == "does not transfer"  # regret 0.1 / 3.0 = 3.3%
+def test_the_threshold_is_on_the_trend_per_doubling():
+    rows = [bowl(-7.0), bowl(-7.5), bowl(-8.0)]  # -0.5 log2 per doubling, exactly (no noise)
+    assert _verdict(rows, max_trend=0.4).outcome == "does not transfer"
+    assert _verdict(rows, max_trend=0.6).outcome == "transfers"
+    # Two rows and no seeds: no noise estimate, so no verdict either way.
+    assert _verdict(rows[:2], max_trend=0.6).outcome == "undecided"
 
 
 def test_reference_lr_that_diverges_at_a_larger_size_is_infinite_regret():
@@ -92,27 +95,35 @@ def test_reference_lr_that_diverges_at_a_larger_size_is_infinite_regret():
 
 def test_transfer_from_some_size_up_is_reported():
     # Like the paper's Table 13: the small sizes want another LR, the large ones agree.
-    result = _verdict([bowl(-9.0), bowl(-7.0), bowl(-7.1), bowl(-7.05)])
+    lrs = np.arange(-12.0, -4.0)
+    result = _verdict([bowl(c, lrs=lrs) for c in (-9.6, -9.0, -8.4, -7.0, -7.05, -7.1)], lrs=lrs)
     assert result.outcome == "does not transfer"
-    assert "transfers for width >= 256" in result.summary
+    assert "transfers for width >= 1024 (eta* trend -0.05" in result.summary
+
+
+def test_open_optima_never_decide_and_the_verdict_says_which_cells_close_them():
+    top = _verdict([bowl(-5.0 - 0.01 * i) for i in range(4)])  # every row best at the grid's top (-6)
+    assert top.trend is None  # no closed row: no trend at all
+    assert top.outcome == "undecided" and top.decide.lrs == [-5.0, -4.0] and top.decide.sizes == [128, 256, 512, 1024]
+    assert "close the open optima: run log2 eta -5, -4 at widths 128, 256, 512 and 1024" in top.summary
+    # Against a diverged neighbour (the stability limit): half a step towards it closes the row.
+    rows = [bowl(-7.0), bowl(-7.1), bowl(-7.2), bowl(-7.3)]
+    diverged = np.zeros((4, 5), bool)
+    diverged[3, 4] = True
+    rows[3][4] = np.nan
+    bounded = _verdict(rows, diverged)
+    assert bounded.outcome == "undecided" and bounded.trend == pytest.approx(-0.1)  # the closed rows': no say
+    assert bounded.close.lrs == [-6.5] and bounded.close.sizes == [1024]
 
 
 def test_single_size_has_no_verdict():
     assert _verdict([bowl(-7.0)]).outcome is None
 
 
-def test_refit_of_many_rows_at_once_is_row_optimum_of_each():
-    rng = np.random.default_rng(0)
-    rows = np.array([bowl(c) for c in rng.uniform(-11, -5, 200)]) + rng.normal(0, 0.05, (200, 5))
-    rows[rng.random((200, 5)) < 0.15] = np.nan  # missing cells: edges and missing neighbours
-    expected = [row_optimum(1, LRS, row, NONE).estimate for row in rows]
-    assert np.allclose(refit(LRS, rows), np.array(expected, dtype=float), equal_nan=True)
-
-
 def test_a_regret_never_run_is_undecided_and_says_which_cell_decides():
     rows = [bowl(-7.0), bowl(-9.0)]
     rows[1][3] = np.nan  # width 256 never ran width 128's eta* (-7); its own optimum is bracketed
-    result = _verdict(rows, max_drift=2.5)
+    result = _verdict(rows)
     assert result.outcome == "undecided" and result.decide.lr == -7.0 and result.decide.sizes == [256.0]
     assert "to decide: run log2 eta -7 at width 256" in result.summary
 
@@ -121,9 +132,9 @@ def test_an_unfinished_row_is_named_incomplete_and_the_rest_judged():
     # A sweep stopped halfway through width 512: -10 .. -8 ran, its best (-8) has -7 unrun beside it.
     half = bowl(-7.0)
     half[3:] = np.nan
-    stopped = _verdict([bowl(-7.0), bowl(-7.1), half])
-    assert stopped.outcome == "transfers" and set(stopped.regrets) == {128.0, 256.0}
-    assert stopped.summary.endswith("; incomplete (3 of 5 cells) at width 512")
+    stopped = _verdict([bowl(-7.0), bowl(-7.1), bowl(-7.2), half])
+    assert stopped.outcome == "transfers" and set(stopped.regrets) == {128.0, 256.0, 512.0}
+    assert stopped.summary.endswith("; incomplete (3 of 5 cells) at width 1024")
     # Cells missing away from a bracketed optimum, or beyond the line's end, leave a row judged.
     far = bowl(-7.0)
     far[0] = np.nan

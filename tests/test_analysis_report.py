@@ -38,8 +38,9 @@ def read_markdown(path: Path) -> dict[int, dict[float, str]]:
     rows = [[c.strip() for c in line.strip().strip("|").split("|")]
             for line in path.read_text().splitlines() if line.startswith("|")]
     header, body = rows[0], rows[2:]
-    lrs = [float(h) for h in header[1:-3]]  # then eta* grid, eta* fit, regret
-    return {int(row[0]): dict(zip(lrs, row[1:-3])) for row in body}
+    count = header.index("eta* grid") - 1  # then eta* fit, eta* 90% (where known) and regret
+    lrs = [float(h) for h in header[1:1 + count]]
+    return {int(row[0]): dict(zip(lrs, row[1:1 + count])) for row in body}
 
 
 def table_file(out: Path, *parts: str, suffix: str = ".md") -> Path:
@@ -98,9 +99,15 @@ def test_depth_sweeps_without_layernorm_edges_and_partial_transfer(paper):
     assert dict(zip(mup["size"], mup["edge"])) == {4: "", 8: "", 16: "", 32: "above", 64: "above",
                                                     128: "above", 256: "above"}
     assert "depth 256: edge: the optimum may lie above -7" in text
-    # The paper: "muP transfers ... across different depths larger than 32".
+    # The paper says "muP transfers ... across different depths larger than 32", but its Table 13 has
+    # those rows' best cell on the grid's top edge: open optima decide nothing, and the report says
+    # which cells would close them.
     section = text.split("paper_tables_12_13, param=mup")[1].split("###")[0]
-    assert "does not transfer" in section and "transfers for depth >= 32" in section
+    assert "- verdict: undecided: " in section and "transfers for depth" not in section
+    assert (mup["lr_star_high"] == math.inf).sum() == 4 and (mup["lr_star_low"][mup["edge"] != ""] == -7.5).all()
+    command = mup["decide"].iloc[0]
+    assert "depth=32,64,128,256" in command and command.endswith("lr=-6,-5")
+    assert f"- to decide, run: `{command}`" in section
 
 
 def test_latex_and_csv_carry_the_same_table(paper):
@@ -201,6 +208,7 @@ def test_y_range_keeps_exploding_losses_from_flattening_the_curves(paper):
     assert 5.2 < high < 20  # 345.85, 246.45, 131.43 ... are off the top; every row's best is in
     assert low < 3.724
     lines = figures.eta_star("depth", [table13.table], [table13.optima], [interval_bounds(table13.noise)]).axes[0].get_lines()
+    lines = [line for line in lines if not line.get_label().startswith("_")]  # not the bars' caps
     assert len(lines) == 1 and lines[0].get_xdata().tolist() == [4, 8, 16, 32, 64, 128, 256]
 
 
