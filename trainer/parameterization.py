@@ -318,7 +318,13 @@ def _citation(table: str, place: _Place, param: str) -> str:
 
 def model_shape(cfg: TrainConfig, vocab_size: int) -> ModelShape:
     return ModelShape(vocab_size=vocab_size, seq_len=cfg.seq_len, width=cfg.width, depth=cfg.depth,
-                      n_head=cfg.n_head(), layernorm=cfg.layernorm)
+                      n_head=cfg.n_head(), layernorm=cfg.layernorm,
+                      attention_scale=attention_scale(cfg))
+
+
+def attention_scale(cfg: TrainConfig) -> Optional[float]:
+    """The factor on q.k: None (SDPA's own 1/sqrt(d_head), as before the setting existed) or 1/d_head."""
+    return None if cfg.attention_scale == "inv_sqrt_d" else cfg.n_head() / cfg.width
 
 
 def build_model(cfg: TrainConfig, vocab_size: int, generator: Optional[torch.Generator] = None) -> GPT:
