@@ -48,10 +48,10 @@ def check_one(cfg: TrainConfig, tokens) -> list[dict]:
     probe, _ = get_batch(tokens.train, cfg.batch_size, cfg.seq_len, torch.Generator().manual_seed(cfg.seed + 2))
     cell = {"param": cfg.param, "optimizer": cfg.optimizer, "width": cfg.width, "depth": cfg.depth,
             "seed": cfg.seed}
-    start = [block.mlp.fc.weight.detach().clone() for block in model.h]
+    w1_start = [block.mlp.fc.weight.detach().clone() for block in model.h]
     rows, initial = [], None
     for step in range(cfg.steps + 1):
-        logits, outputs, updates = measure(model, probe, start)
+        logits, outputs, updates = measure(model, probe, w1_start)
         sites = ([("block", i, h) for i, h in enumerate(outputs)] + [("mlp_update", i, u) for i, u in enumerate(updates)]
                  + [("logits", None, logits)])
         initial = initial or [value for *_, value in sites]
@@ -69,7 +69,7 @@ def check_one(cfg: TrainConfig, tokens) -> list[dict]:
     return rows
 
 
-def measure(model, probe, start: list[torch.Tensor]):
+def measure(model, probe, w1_start: list[torch.Tensor]):
     """The logits, each block's output and, inside each k = 2 block, the part of the MLP's hidden
     layer that its own update made: (W1 - W1 at step 0) x, x the layer's input now. The residual
     stream's h and dh are dominated by the embedding's update (AdamW, the same under every rule
@@ -80,7 +80,8 @@ def measure(model, probe, start: list[torch.Tensor]):
     try:
         with torch.no_grad():
             logits, outputs = model(probe, return_block_outputs=True)
-            updates = [F.linear(x, block.mlp.fc.weight - w0) for x, block, w0 in zip(inputs, model.h, start)]
+            updates = [F.linear(x, block.mlp.fc.weight - w0)
+                       for x, block, w0 in zip(inputs, model.h, w1_start)]
     finally:
         for hook in hooks:
             hook.remove()
