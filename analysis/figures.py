@@ -170,7 +170,8 @@ def coord_check(rows: pd.DataFrame, title: str) -> Figure:
 
     ``rows`` holds one optimizer and one fixed size; the varying of width/depth is the x axis."""
     axis = "width" if rows["width"].nunique() > 1 else "depth"
-    last = rows[rows["block"] == rows["depth"] - 1]
+    blocks = rows[rows["site"] == "block"] if "site" in rows else rows  # older files: block rows only
+    last = blocks[blocks["block"] == blocks["depth"] - 1]
     params = sorted(last["param"].unique(), key=lambda p: (p != "sp", p))  # SP first, as in the paper
     fig = _figure(len(params))
     axes = fig.subplots(1, len(params), sharey=True, squeeze=False)[0]

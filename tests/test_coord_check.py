@@ -1,9 +1,13 @@
-"""Coordinate check (D.2) over width and depth: the verdict passes mup and k = 1 and fails SP and
-two broken mups, each broken through the rule table (the seam every model is built from).
+"""Coordinate check (D.2) over width and depth: the verdict passes mup and fails SP, k = 1's rules on
+the model's k = 2 blocks, and three broken mups, each broken through the rule table (the seam every
+model is built from).
 
 Measured here (widths 32-128 at depth 2, depths 2-8 at width 32, seq 64, Muon-Kimi, one seed):
-every slope of mup and mup_k1 within ±0.08; SP's last block over depth +0.86 and logits' update over
-width +0.46. The verdict's margin (flat <= 0.2 < unclear < 0.35 <= not flat) sits between them.
+every slope of mup within ±0.11; SP's last block over depth +0.86, logits' update over width +0.46,
+ΔW1·x over width +0.41; mup_k1's ΔW1·x over depth -0.50; mup without its output multiplier: Δlogits
+over width +0.52, h -0.39; without 1/r_L: h over depth +0.85; with SP's hidden lr: ΔW1·x over width
++0.55 (h and Δh only +0.21: the embedding's update dominates the residual stream). The verdict's
+margin (flat <= 0.2 < unclear < 0.35 <= not flat) sits between them.
 """
 import dataclasses
 import json
@@ -16,7 +20,7 @@ import pytest
 from trainer import parameterization as P
 from trainer.cli import load_config
 from trainer.coord_check import D2, coord_check, shapes
-from trainer.coord_verdict import verdicts
+from trainer.coord_verdict import STEEP, verdicts
 
 REPO = Path(__file__).resolve().parent.parent
 WIDTHS, DEPTHS = [32, 64, 128], [2, 4, 8]
@@ -35,19 +39,41 @@ def verdict_of(base, param: str) -> str:
     return found[0].verdict
 
 
-@pytest.mark.parametrize("param, expected", [("mup", "flat"), ("mup_k1", "flat"), ("sp", "not flat")])
+@pytest.mark.parametrize("param, expected", [("mup", "flat"), ("sp", "not flat")])
 def test_the_verdict_passes_mup_and_fails_sp(base, param, expected):
     assert verdict_of(base, param) == expected
 
 
-@pytest.mark.parametrize("column, position", [(P.OUTPUT, "output"), (P.HIDDEN, "block")],
-                         ids=["no 1/r_n output multiplier", "no 1/r_L block multiplier"])
-def test_a_mup_missing_one_multiplier_fails(base, monkeypatch, column, position):
+def test_k1s_rules_on_the_models_two_layer_blocks_fail_over_depth(base):
+    # 1/sqrt(r_L) multiplier and lr: h and dh stay flat (B.1's first-order condition holds), but the
+    # inner layer's own update shrinks with depth, so C2.3's second-order term vanishes.
+    assert fails_on(base, "mup_k1", ("depth", "ΔW1·x (MLP, every block)"))
+
+
+def fails_on(base, param: str, scale: tuple[str, str]) -> bool:
+    """The verdict is "not flat" and the given (axis, scale) is one of the steep slopes."""
+    (found,) = verdicts(coord_check(base, WIDTHS, DEPTHS, [param], seeds=[0]))
+    return found.verdict == "not flat" and abs(found.slopes[scale]) >= STEEP
+
+
+@pytest.mark.parametrize("column, position, scale", [
+    (P.OUTPUT, "output", ("width", "Δlogits")), (P.HIDDEN, "block", ("depth", "Δh (last block)"))],
+    ids=["no 1/r_n output multiplier", "no 1/r_L block multiplier"])
+def test_a_mup_missing_one_multiplier_fails(base, monkeypatch, column, position, scale):
     largest = dataclasses.replace(base, param="mup", width=WIDTHS[-1], depth=DEPTHS[-1])
     assert getattr(P.multipliers(largest), position) < 1
     monkeypatch.setitem(P.FORWARD, column, dataclasses.replace(P.FORWARD[column], multiplier=P.Rule(P.BASE)))
     assert getattr(P.multipliers(largest), position) == 1
-    assert verdict_of(base, "mup") == "not flat"
+    assert fails_on(base, "mup", scale)
+
+
+def test_mup_init_with_sps_hidden_learning_rate_fails(base, monkeypatch):
+    kimi = P.RULES[P.KIMI]
+    monkeypatch.setitem(P.RULES, P.KIMI, {**kimi, P.HIDDEN: dataclasses.replace(kimi[P.HIDDEN], lr=P.Rule(P.BASE))})
+    wide = dataclasses.replace(base, param="mup", width=WIDTHS[-1])
+    hidden = next(g for g in P.param_groups(P.build_model(wide, 256), wide) if g.role == "hidden")
+    assert hidden.lr == wide.eta_base  # SP's hidden lr, with muP's init and multipliers
+    assert fails_on(base, "mup", ("width", "ΔW1·x (MLP, every block)"))
 
 
 def test_cli_writes_every_site_and_prints_the_verdict(tmp_path):
@@ -61,8 +87,10 @@ def test_cli_writes_every_site_and_prints_the_verdict(tmp_path):
     assert {(r["width"], r["depth"]) for r in rows} == set(shapes([32, 64], [2, 3])) == {(32, 2), (64, 2), (32, 3)}
     assert {r["step"] for r in rows} == {0, 1, 2}
     cell = [r for r in rows if (r["width"], r["depth"], r["step"]) == (32, 3, 2)]
-    assert [(r["site"], r["block"]) for r in cell] == [("block", 0), ("block", 1), ("block", 2), ("logits", None)]
+    assert [(r["site"], r["block"]) for r in cell] == [("block", 0), ("block", 1), ("block", 2), ("mlp_update", 0),
+                                                        ("mlp_update", 1), ("mlp_update", 2), ("logits", None)]
     assert all(r["delta_rms"] == 0 for r in rows if r["step"] == 0)
+    assert all(r["rms"] == 0 for r in rows if r["step"] == 0 and r["site"] == "mlp_update")
     assert all(r["delta_rms"] > 0 for r in rows if r["step"] > 0)
     assert "mup (muon_kimi): " in proc.stdout and "slope" in proc.stdout
 
@@ -75,15 +103,15 @@ def test_mup_is_flat_across_widths_for_the_new_optimizers(base, optimizer, lr):
     assert width_verdict(base, optimizer, lr) == "flat"
 
 
-def test_soap_under_table_3_grows_with_width_and_under_adams_hidden_row_is_flat(base, monkeypatch):
-    """A finding against the paper: Table 3 is derived for SOAP reduced to U V^T (C.6: beta3 = 0, no
-    momentum, eps dropped). The real SOAP runs Adam in a rotated basis, and a rotation keeps singular
-    values, so its step has Adam's scale: dense, Theta(1) per entry. Measured at 2^-7 under Table 3:
-    the last block's h and dh slopes +1.80 over widths 32-128; with Table 5's hidden row (eta/r_n,
-    eps/(r_L r_n)) at 2^-10: -0.07, -0.04, and the logits' update -0.13."""
-    assert width_verdict(base, "soap", -7) == "not flat"
+@pytest.mark.parametrize("eps", [1e-16, 1e-8])
+def test_soap_under_table_3_grows_with_width_and_under_adams_hidden_row_is_flat_at_the_same_lr(base, monkeypatch, eps):
+    """Measured, preconditioning every step, at 2^-7 (both rules are the same model at width 32):
+    under Table 3 ΔW1·x grows +0.75 over widths 32-128 and h, dh +0.75; under Table 5's hidden row
+    (eta/r_n, eps/(r_L r_n)) every slope is within ±0.10, with eps 1e-16 and 1e-8 alike."""
+    soap = dataclasses.replace(base, precondition_frequency=1, adam_eps=eps)
+    assert width_verdict(soap, "soap", -7) == "not flat"
     monkeypatch.setitem(P.RULES, P.SOAP, {**P.RULES[P.SOAP], P.HIDDEN: P.RULES[P.ADAM][P.HIDDEN]})
-    assert width_verdict(base, "soap", -10) == "flat"
+    assert width_verdict(soap, "soap", -7) == "flat"
 
 
 def width_verdict(base, optimizer: str, lr: float) -> str:

@@ -40,6 +40,10 @@ class TrainConfig:
     base_width: int = 256
     base_depth: int = 4
     head_dim: int = 64
+    # Attention logits' scale: inv_sqrt_d is 1/sqrt(d_head) (GPT-2's); inv_d is 1/d_head, the muP
+    # choice of microsoft/mup and of the paper's reference code (nanoGPT-mup, CompleteP), which keeps
+    # the logits' scale when d_head grows. With a fixed head_dim the two differ by a constant.
+    attention_scale: str = "inv_sqrt_d"
     init_std: float = 0.02  # sigma_base (D.3.1)
     weight_decay: float = 0.0  # lambda_base: the paper trains without weight decay (5.1)
     adam_eps: float = 1e-16  # eps_base (5.1)
@@ -145,6 +149,8 @@ class TrainConfig:
         # range includes 0, which Sophia cannot use.
         if self.sophia_rho is not None and self.sophia_rho <= 0:
             raise ValueError(f"sophia_rho={self.sophia_rho} must be positive")
+        if self.attention_scale not in ATTENTION_SCALES:
+            raise ValueError(f"attention_scale={self.attention_scale!r}: choose {' or '.join(ATTENTION_SCALES)}")
         if self.tokenizer not in ("auto", "byte", "gpt2"):
             raise ValueError(f"tokenizer={self.tokenizer!r}: choose auto, byte or gpt2")
         if self.logger not in LOGGERS:
@@ -154,6 +160,9 @@ class TrainConfig:
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:
             raise ValueError(f"micro_batch_size={self.micro_batch_size} does not divide batch_size="
                              f"{self.batch_size}: use one of {divisors(self.batch_size)} (or 0 for auto)")
+
+
+ATTENTION_SCALES = ("inv_sqrt_d", "inv_d")
 
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")

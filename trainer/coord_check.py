@@ -6,11 +6,12 @@
 D.2's protocol: 10 steps at a constant lr of 2^-7, batch 8, gradient clipping 1, 3 seeds. Widths are
 varied at the first depth and depths at the first width (a cross from the base, not the full grid).
 Every step the model sees one fixed probe batch; on it we measure the logits and each block's output
-h, and their updates since initialisation (Δ = value at step t minus value at step 0). Under a
-parameterization that transfers, the last block's output, its update and the logits' update stay flat
-across widths and depths (``trainer.coord_verdict`` judges the slopes). Rows are written as JSON
-records {param, optimizer, width, depth, seed, step, site, block, rms, delta_rms}, site "block" (block
-0..depth-1) or "logits" (block null), which the analysis stage plots.
+h, and their updates since initialisation (Δ = value at step t minus value at step 0), and inside
+each block the MLP hidden layer's own update ΔW1 x (``measure``). Under a parameterization that
+transfers, the last block's output, its update, the logits' update and ΔW1 x stay flat across widths
+and depths (``trainer.coord_verdict`` judges the slopes). Rows are written as JSON records {param,
+optimizer, width, depth, seed, step, site, block, rms, delta_rms}, site "block" or "mlp_update"
+(block 0..depth-1) or "logits" (block null), which the analysis stage plots.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from .config import TrainConfig
 from .coord_verdict import verdicts, verdict_text
@@ -38,19 +40,20 @@ def rms(x: torch.Tensor) -> float:
 
 def check_one(cfg: TrainConfig, tokens) -> list[dict]:
     """Trains one model for cfg.steps steps at constant lr; before each step and after the last one
-    (step t = updates done so far) the RMS of the logits and of each block's output on a fixed probe
-    batch, and of their change since step 0."""
+    (step t = updates done so far) the RMS of the logits, of each block's output and of each MLP's
+    hidden-layer update (``measure``) on a fixed probe batch, and of their change since step 0."""
     model = build_model(cfg, tokens.vocab_size, torch.Generator().manual_seed(cfg.seed))
     optimizers = build_optimizers(param_groups(model, cfg), cfg)
     batches = torch.Generator().manual_seed(cfg.seed + 1)
     probe, _ = get_batch(tokens.train, cfg.batch_size, cfg.seq_len, torch.Generator().manual_seed(cfg.seed + 2))
     cell = {"param": cfg.param, "optimizer": cfg.optimizer, "width": cfg.width, "depth": cfg.depth,
             "seed": cfg.seed}
+    w1_start = [block.mlp.fc.weight.detach().clone() for block in model.h]
     rows, initial = [], None
     for step in range(cfg.steps + 1):
-        with torch.no_grad():
-            logits, outputs = model(probe, return_block_outputs=True)
-        sites = [("block", i, h) for i, h in enumerate(outputs)] + [("logits", None, logits)]
+        logits, outputs, updates = measure(model, probe, w1_start)
+        sites = ([("block", i, h) for i, h in enumerate(outputs)] + [("mlp_update", i, u) for i, u in enumerate(updates)]
+                 + [("logits", None, logits)])
         initial = initial or [value for *_, value in sites]
         rows += [{**cell, "step": step, "site": site, "block": block, "rms": rms(value),
                   "delta_rms": rms(value - start)} for (site, block, value), start in zip(sites, initial)]
@@ -64,6 +67,25 @@ def check_one(cfg: TrainConfig, tokens) -> list[dict]:
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
     return rows
+
+
+def measure(model, probe, w1_start: list[torch.Tensor]):
+    """The logits, each block's output and, inside each k = 2 block, the part of the MLP's hidden
+    layer that its own update made: (W1 - W1 at step 0) x, x the layer's input now. The residual
+    stream's h and dh are dominated by the embedding's update (AdamW, the same under every rule
+    here), which hides a wrong hidden-matrix lr or depth rule; this one does not."""
+    inputs = []
+    hooks = [block.mlp.fc.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
+             for block in model.h]
+    try:
+        with torch.no_grad():
+            logits, outputs = model(probe, return_block_outputs=True)
+            updates = [F.linear(x, block.mlp.fc.weight - w0)
+                       for x, block, w0 in zip(inputs, model.h, w1_start)]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return logits, outputs, updates
 
 
 def shapes(widths, depths) -> list[tuple[int, int]]:

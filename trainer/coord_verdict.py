@@ -1,12 +1,15 @@
 """The coordinate check's verdict: do the measured scales stay flat over width and over depth?
 
 For each parameterization (and optimizer) the log2-log2 slope against width (at the cross's depth)
-and against depth (at its width) of three scales after the last step, averaged over seeds: the last
-block's output h, its update Δh since initialisation, and the logits' update. Under a parameterization
-that transfers each stays Θ(1), slope 0; one missing multiplier makes some scale grow like a power of
-the size (no 1/r_n output multiplier: the logits' update grows ~ r_n; no 1/r_L block multiplier: the
-residual stream grows with depth). The verdict keeps a margin between the two sides: every |slope| at
-most FLAT is "flat", any |slope| from STEEP up is "not flat", and anything between is "unclear".
+and against depth (at its width) of four scales after the last step, averaged over seeds: the last
+block's output h, its update Δh since initialisation, the logits' update, and the MLP hidden layer's
+own update ΔW1 x averaged over the blocks. Under a parameterization that transfers each stays Θ(1),
+slope 0; one wrong rule makes some scale grow like a power of the size (no 1/r_n output multiplier:
+the logits' update grows with width; no 1/r_L block multiplier: the residual stream grows with depth;
+SP's hidden lr on muP: ΔW1 x grows ~ sqrt(r_n); k = 1's rules on these k = 2 blocks: ΔW1 x shrinks
+~ 1/sqrt(r_L), the inner layer stops learning features as the model deepens, C2.3). The verdict
+keeps a margin between the two sides: every |slope| at most FLAT is "flat", any |slope| from STEEP up
+is "not flat", and anything between is "unclear".
 """
 from __future__ import annotations
 
@@ -17,10 +20,12 @@ import numpy as np
 FLAT = 0.2
 STEEP = 0.35
 
-# (name, site, which block: -1 the last, None the logits, column)
+# (name, site, which block: -1 the last, None the logits, ALL every block (their mean), column)
+ALL = "all"
 SCALES = (("h (last block)", "block", -1, "rms"),
           ("Δh (last block)", "block", -1, "delta_rms"),
-          ("Δlogits", "logits", None, "delta_rms"))
+          ("Δlogits", "logits", None, "delta_rms"),
+          ("ΔW1·x (MLP, every block)", "mlp_update", ALL, "rms"))
 
 
 @dataclass
@@ -61,7 +66,7 @@ def verdicts(rows: list[dict]) -> list[Verdict]:
                 points: dict[int, list[float]] = {}
                 for r in own:
                     if r[other] == fixed and r.get("site", "block") == site and \
-                            (block is None or r["block"] == r["depth"] + block):
+                            (block in (None, ALL) or r["block"] == r["depth"] + block):
                         points.setdefault(r[axis], []).append(r[column])
                 if len(points) > 1:
                     slopes[(axis, name)] = _slope(points)

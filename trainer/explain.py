@@ -40,7 +40,8 @@ def to_row(group: ParamGroup) -> dict:
 
 def header(cfg: TrainConfig, vocab_size: int) -> str:
     r_n, r_L = ratios(cfg)
-    return (f"model: width={cfg.width} depth={cfg.depth} heads={cfg.n_head()} vocab={vocab_size} "
+    return (f"model: width={cfg.width} depth={cfg.depth} heads={cfg.n_head()} head_dim={cfg.width // cfg.n_head()} "
+            f"attention_scale={cfg.attention_scale} vocab={vocab_size} "
             f"r_n={r_n:g} r_L={r_L:g} eta_base=2^{cfg.lr:g} ({cfg.eta_base:g}) "
             f"param={cfg.param} optimizer={cfg.optimizer}"
             + "".join(f" {name}={optimizer_setting(cfg, name)}" for name, takers in OPTIMIZER_SETTINGS.items()

@@ -8,6 +8,7 @@ Initialisation is not done here: the parameterization table owns every init std.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -26,6 +27,7 @@ class ModelShape:
     depth: int
     n_head: int
     layernorm: bool = True
+    attention_scale: Optional[float] = None  # the factor on q.k; None: SDPA's 1/sqrt(d_head)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         n = shape.width
         self.n_head = shape.n_head
+        self.scale = shape.attention_scale
         # Separate Q, K and V so that Muon orthogonalises each matrix on its own.
         self.q = nn.Linear(n, n)
         self.k = nn.Linear(n, n)
@@ -58,7 +61,7 @@ class CausalSelfAttention(nn.Module):
         qkv = F.linear(x, torch.cat([self.q.weight, self.k.weight, self.v.weight]),
                        torch.cat([self.q.bias, self.k.bias, self.v.bias]))
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in qkv.split(C, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 

@@ -143,8 +143,8 @@ RULES: dict[str, dict[str, UpdateRules]] = {
 }
 # Shampoo (C.5) and SOAP (C.6) reduce to Muon's U V^T step: Table 3. SOAP's Adam in the eigenbasis
 # has an eps that C.6 drops (the reduction holds without it): it stays eps_base at every size.
-# Measured, the real SOAP's step has Adam's scale, not U V^T's (tests/test_coord_check.py): the row
-# is kept as the paper states it, so that sweeps test the paper's claim.
+# Measured, the real SOAP's hidden update grows with width under this row, as Adam's would
+# (tests/test_coord_check.py, README): the row is kept as the paper states it, so sweeps test the claim.
 RULES[SHAMPOO] = RULES[MUON]
 RULES[SOAP] = {column: dataclasses.replace(rules, eps=Rule(BASE)) for column, rules in RULES[MUON].items()}
 # Sophia's clipped step is bounded like AdamW's (C.9): Table 5, eps included.
@@ -318,7 +318,13 @@ def _citation(table: str, place: _Place, param: str) -> str:
 
 def model_shape(cfg: TrainConfig, vocab_size: int) -> ModelShape:
     return ModelShape(vocab_size=vocab_size, seq_len=cfg.seq_len, width=cfg.width, depth=cfg.depth,
-                      n_head=cfg.n_head(), layernorm=cfg.layernorm)
+                      n_head=cfg.n_head(), layernorm=cfg.layernorm,
+                      attention_scale=attention_scale(cfg))
+
+
+def attention_scale(cfg: TrainConfig) -> Optional[float]:
+    """The factor on q.k: None (SDPA's own 1/sqrt(d_head), as before the setting existed) or 1/d_head."""
+    return None if cfg.attention_scale == "inv_sqrt_d" else cfg.n_head() / cfg.width
 
 
 def build_model(cfg: TrainConfig, vocab_size: int, generator: Optional[torch.Generator] = None) -> GPT:
