@@ -1,10 +1,11 @@
 """What a sweep costs besides training, and how fast a big store loads.
 
-    python benchmarks/sweep_overhead.py [--cells 24] [--records 10000]
+    python benchmarks/sweep_overhead.py [--cells 24] [--records 10000] [--jobs 1]
 
 1. Cells with zero steps through the real command line (Hydra multirun, our sweeper, the basic
-   launcher, the job entry, record writes): wall time per cell, and the marginal cost per cell
-   (the same sweep with every cell skipped subtracted). Target: < 1 s per cell.
+   launcher -- in the sweep's process with --jobs 1, else that many worker processes -- the job
+   entry, record writes): wall time per cell, and the marginal cost per cell (the same sweep with
+   every cell skipped subtracted). Target: < 1 s per cell.
 2. load_store on a store of N records (with curves like a 1221-step run's): cold (no index),
    warm (index up to date) and after 1% of the records changed. Target: < 2 s.
 """
@@ -26,11 +27,11 @@ from sweeper.result_store import load_store, write_record  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 
 
-def sweep_overhead(cells: int, workdir: Path) -> None:
+def sweep_overhead(cells: int, workdir: Path, jobs: int) -> None:
     store = workdir / "sweep_store"
     lrs = f"lr=-{cells}:-1"
     args = [sys.executable, str(ROOT / "sweep.py"), "-m", "experiment=smoke", "width=32", lrs,
-            "steps=0", "eval_batches=1", f"store={store}"]
+            "steps=0", "eval_batches=1", f"jobs={jobs}", f"store={store}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
     subprocess.run(args, cwd=workdir, env=env, check=True, capture_output=True)
@@ -41,7 +42,7 @@ def sweep_overhead(cells: int, workdir: Path) -> None:
     t0 = time.perf_counter()
     subprocess.run(args, cwd=workdir, env=env, check=True, capture_output=True)
     rerun = time.perf_counter() - t0
-    print(f"sweep of {cells} zero-step cells: {total:.1f} s wall, {total / cells:.2f} s per cell "
+    print(f"sweep of {cells} zero-step cells, jobs={jobs}: {total:.1f} s wall, {total / cells:.2f} s per cell "
           f"(all but training steps: Hydra, planning, job setup, data and model build, one eval, "
           f"record write; the trainer's timed loop took {in_trainer / cells:.3f} s per cell)")
     print(f"same sweep again, every cell skipped: {rerun:.1f} s (process start, imports, planning)")
@@ -86,9 +87,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=24)
     parser.add_argument("--records", type=int, default=10_000)
+    parser.add_argument("--jobs", type=int, default=1, help="cells at once (the sweep's jobs=)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        sweep_overhead(args.cells, Path(tmp))
+        sweep_overhead(args.cells, Path(tmp), args.jobs)
         store_load(args.records, Path(tmp))
 
 

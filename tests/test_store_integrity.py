@@ -385,7 +385,8 @@ def test_analysis_next_piped_into_bash_runs_no_name_from_the_store(tmp_path):
         record["key"] = cell_key(record["config"], origin_of("ingest", record["experiment"]))
         path = record_path(store, record["key"])
         path.write_text(json.dumps(record))
-    nxt = run(["-m", "analysis", "next", "--store", str(store)], tmp_path)
+    # budget 1: width 128's one cell never settles its row, so the script runs a sweep for it
+    nxt = run(["-m", "analysis", "next", "--store", str(store), "--budget", "1"], tmp_path)
     assert nxt.returncode == 0, nxt.stderr
     assert "experiment=x\\ntouch PWNED\\n" in nxt.stdout  # its table's heading, as text
     subprocess.run(["bash", "-c", "cat > script.sh"], input=nxt.stdout, text=True, cwd=tmp_path, check=True)
