@@ -1,15 +1,19 @@
 """Throughput of the trainer against a plain reference GPT-2 of the same shape, in one process.
 
     python benchmarks/trainer_throughput.py [--steps 10] [--repeats 3] [--threads 2] [--optimizers all]
-        [--compile off|on|both] [--peak-tflops T]
+        [--widths 256,512] [--vocabs 256,50304] [--precisions fp32,bf16] [--compile off|on|both]
+        [--peak-tflops T]
 
-For each vocab (256, 50304) and precision (fp32, bf16) it times training steps of
+For each width (--widths), vocab (--vocabs) and precision (--precisions) it times training steps of
   * trainer: trainer.train.run with param=mup (multipliers, per-group rules) and the given optimizers,
   * reference: a plain nanoGPT-style GPT-2 (fused QKV, no multipliers) with plain AdamW,
-on the same shape (width 256, depth 4, seq 256, batch 16) and data, and prints tokens/s, MFU, the
-ratio trainer / reference (target >= 1.0 at equal precision), the median over --repeats rounds, and
-the optimizer step's share of a training step (forward, backward, clipping and step timed apart in
-the trainer's own model and optimizers). FLOPs per token are trainer.cost's.
+on the same shape (depth 4, seq 256, batch 16) and data, and prints tokens/s, MFU, the ratio
+trainer / reference (target >= 1.1 with AdamW in fp32), the median over --repeats rounds, and the
+optimizer step's share of a training step (forward, backward, clipping and step timed apart in the
+trainer's own model and optimizers). FLOPs per token are trainer.cost's. For the matrix optimizers
+written here (Muon, Shampoo, SSO) it also prints the step's matmul FLOPs (Newton-Schulz, power
+iteration, statistics, eigh counted as 9 n^3, root and preconditioning products) and its measured
+time over those FLOPs at the measured peak ("opt/peak", target <= 1.25).
 --optimizers takes a comma list or "all" (every optimizer the trainer has).
 --compile: time the models eager (off, the default), under torch.compile (on), or both; each
 compiled row's ratio is against the compiled reference.
@@ -43,8 +47,9 @@ from trainer.optimizers import OPTIMIZERS, StepInputs, build_optimizers, cpu_has
 from trainer.parameterization import build_model, param_groups
 from trainer.train import run
 
-SHAPE = dict(width=256, depth=4, seq_len=256, batch_size=16)
+SHAPE = dict(depth=4, seq_len=256, batch_size=16)  # and a width from --widths
 TOKENS_PER_STEP = SHAPE["batch_size"] * SHAPE["seq_len"]
+EIGH_FLOPS = 9  # x n^3: symmetric QR with eigenvectors (Golub & Van Loan), the usual estimate
 
 
 class RefBlock(nn.Module):
@@ -89,10 +94,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def reference_tokens_per_s(vocab: int, precision: str, steps: int, tokens, device: torch.device,
+def reference_tokens_per_s(width: int, vocab: int, precision: str, steps: int, tokens, device: torch.device,
                            compiled: bool, skip_first: bool) -> float:
     torch.manual_seed(0)
-    model = RefGPT(vocab, SHAPE["seq_len"], SHAPE["width"], SHAPE["depth"]).to(device)
+    model = RefGPT(vocab, SHAPE["seq_len"], width, SHAPE["depth"]).to(device)
     loss_fn = torch.compile(model) if compiled else model
     # fused on CUDA, as the trainer's AdamW (and nanoGPT's) is there
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0,
@@ -126,9 +131,9 @@ class LoggedRates(Callback):
         self.rates[step] = metrics["train/tokens_per_s"]
 
 
-def trainer_tokens_per_s(vocab: int, optimizer: str, precision: str, steps: int, device: torch.device,
-                         compiled: bool, skip_first: bool) -> float:
-    cfg = TrainConfig(**SHAPE, param="mup", optimizer=optimizer, lr=-8, steps=steps, warmup_steps=1,
+def trainer_tokens_per_s(width: int, vocab: int, optimizer: str, precision: str, steps: int,
+                         device: torch.device, compiled: bool, skip_first: bool) -> float:
+    cfg = TrainConfig(**SHAPE, width=width, param="mup", optimizer=optimizer, lr=-8, steps=steps, warmup_steps=1,
                       eval_interval=0, eval_batches=1, log_interval=10**9, precision=precision,
                       device=device.type, compile=compiled, dataset="embedded", tokenizer="byte",
                       vocab_size=vocab)
@@ -141,10 +146,36 @@ def trainer_tokens_per_s(vocab: int, optimizer: str, precision: str, steps: int,
     return (steps - 1) * TOKENS_PER_STEP / (last - first)
 
 
-def optimizer_step_share(vocab: int, optimizer: str, precision: str, steps: int, tokens,
-                         device: torch.device) -> float:
-    """Seconds in step_optimizers over seconds in the whole step, over ``steps`` steps after one warm-up."""
-    cfg = TrainConfig(**SHAPE, param="mup", optimizer=optimizer, lr=-8, precision=precision, vocab_size=vocab)
+def optimizer_step_flops(cfg: TrainConfig, model: torch.nn.Module) -> float:
+    """Matmul FLOPs of one step of the matrix optimizers written here (0 for the others): what the
+    step would cost at the matmul peak."""
+    from trainer.spectral import NS_STEPS
+    from trainer.sso import POWER_STEPS, ROOT_EVALUATIONS
+
+    def newton_schulz(m: int, n: int) -> float:  # m <= n: X X^T, its square, the product with X
+        return NS_STEPS * (4 * m * m * n + 2 * m ** 3)
+
+    flops = 0.0
+    for group in param_groups(model, cfg):
+        for p in group.params:
+            r, c = p.shape if p.ndim == 2 else (0, 0)
+            m, n = sorted((r, c))
+            if group.update == "muon":
+                flops += newton_schulz(m, n)
+            elif group.update == "sso":
+                flops += ROOT_EVALUATIONS * newton_schulz(m, n) + (POWER_STEPS + 1) * 4 * r * c
+            elif group.update == "shampoo":
+                roots = (EIGH_FLOPS + 2) * (r ** 3 + c ** 3)  # every step at the default frequency
+                flops += 2 * (2 * r * r * c + 2 * r * c * c) + roots  # statistics, L^-1/4 G R^-1/4
+    return flops
+
+
+def optimizer_step_time(width: int, vocab: int, optimizer: str, precision: str, steps: int, tokens,
+                        device: torch.device) -> tuple[float, float, float]:
+    """(seconds in step_optimizers over seconds in the whole step, seconds per optimizer step, its
+    matmul FLOPs), over ``steps`` steps after one warm-up."""
+    cfg = TrainConfig(**SHAPE, width=width, param="mup", optimizer=optimizer, lr=-8, precision=precision,
+                      vocab_size=vocab)
     model = build_model(cfg, vocab, torch.Generator().manual_seed(0)).to(device)
     optimizers = build_optimizers(param_groups(model, cfg), cfg)
     autocast = autocast_for(device, precision)
@@ -167,7 +198,7 @@ def optimizer_step_share(vocab: int, optimizer: str, precision: str, steps: int,
         t2 = time.perf_counter()
         if i:  # the first step allocates optimizer state
             in_step, total = in_step + t2 - t1, total + t2 - t0
-    return in_step / total
+    return in_step / total, in_step / steps, optimizer_step_flops(cfg, model)
 
 
 def matmul_peak_flops(dtype: torch.dtype, n: int = 1024, reps: int = 3) -> float:
@@ -205,6 +236,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--optimizers", default="adamw,muon_kimi")
+    parser.add_argument("--widths", default="256,512", help="comma list of model widths")
+    parser.add_argument("--vocabs", default="256,50304", help="comma list of vocabulary sizes")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of reference and trainer runs")
     parser.add_argument("--compile", choices=("off", "on", "both"), default="off",
                         help="time the models eager, under torch.compile, or both")
@@ -224,22 +258,28 @@ def main() -> None:
     print(f"threads {torch.get_num_threads()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
     peaks = peaks_of(device, args.peak_tflops)
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    print(f"{'vocab':>6} {'prec':>5} {'model':>32} {'tok/s':>9} {'MFU':>6} {'ratio':>6} {'opt step':>8}")
+    print(f"{'width':>5} {'vocab':>6} {'prec':>5} {'model':>32} {'tok/s':>9} {'MFU':>6} {'ratio':>6} "
+          f"{'opt step':>8} {'opt/peak':>8}")
     # Byte tokens for both vocabularies (no network for the GPT-2 BPE here): the cost of a step
     # depends on the vocab size of the embedding and output layer, not on which ids occur.
     tokens = load_tokens("embedded", "byte").train
-    for vocab in (256, 50304):
-        per_token = flops_per_token(TrainConfig(**SHAPE), vocab)
-        for precision in ("fp32", "bf16"):
+    for width, vocab in ((w, v) for w in map(int, args.widths.split(",")) for v in map(int, args.vocabs.split(","))):
+        per_token = flops_per_token(TrainConfig(**SHAPE, width=width), vocab)
+        for precision in args.precisions.split(","):
             if device.type == "cpu" and precision == "bf16" and not cpu_has_fast_bf16():
                 step_s = per_token * TOKENS_PER_STEP / peaks["bf16"]
-                print(f"{vocab:>6} {precision:>5} skipped: no fast bf16 matmul on this CPU "
+                print(f"{width:>5} {vocab:>6} {precision:>5} skipped: no fast bf16 matmul on this CPU "
                       f"(a step would take >= {step_s:.0f} s at the measured bf16 peak)")
                 continue
             steps = max(2, args.steps // 4 ** (vocab > 256))
             mfu = lambda tps: f"{tps * per_token / peaks[precision]:>6.1%}" if peaks[precision] else f"{'-':>6}"
-            shares = {optimizer: optimizer_step_share(vocab, optimizer, precision, steps, tokens, device)
+            shares = {optimizer: optimizer_step_time(width, vocab, optimizer, precision, steps, tokens, device)
                       for optimizer in args.optimizers.split(",")}  # eager: the same for every mode
+
+            def at_peak(optimizer: str) -> str:
+                _, seconds, flops = shares[optimizer]
+                return f"{seconds * peaks[precision] / flops:>8.2f}" if flops and peaks[precision] else f"{'-':>8}"
+
             for compiled in modes:
                 skip_first = device.type == "cuda" or compiled
                 suffix = ", compiled" if compiled else ""
@@ -248,21 +288,22 @@ def main() -> None:
                 rounds = []
                 for r in range(args.repeats):
                     measure = {"reference": lambda: reference_tokens_per_s(
-                        vocab, precision, steps, tokens, device, compiled, skip_first)}
+                        width, vocab, precision, steps, tokens, device, compiled, skip_first)}
                     for optimizer in args.optimizers.split(","):
                         measure[optimizer] = lambda o=optimizer: trainer_tokens_per_s(
-                            vocab, o, precision, steps, device, compiled, skip_first)
+                            width, vocab, o, precision, steps, device, compiled, skip_first)
                     order = list(measure) if r % 2 == 0 else list(reversed(measure))
                     rounds.append({name: measure[name]() for name in order})
                 ref = statistics.median(r["reference"] for r in rounds)
-                print(f"{vocab:>6} {precision:>5} {'reference (AdamW)' + suffix:>32} {ref:>9,.0f} {mfu(ref)}")
+                print(f"{width:>5} {vocab:>6} {precision:>5} {'reference (AdamW)' + suffix:>32} {ref:>9,.0f} "
+                      f"{mfu(ref)}")
                 for optimizer in args.optimizers.split(","):
                     tps = statistics.median(r[optimizer] for r in rounds)
                     ratios = [r[optimizer] / r["reference"] for r in rounds]
-                    print(f"{vocab:>6} {precision:>5} {'trainer mup ' + optimizer + suffix:>32} {tps:>9,.0f} "
-                          f"{mfu(tps)} {statistics.median(ratios):>6.2f} {shares[optimizer]:>8.0%}  (rounds: "
+                    print(f"{width:>5} {vocab:>6} {precision:>5} {'trainer mup ' + optimizer + suffix:>32} "
+                          f"{tps:>9,.0f} {mfu(tps)} {statistics.median(ratios):>6.2f} "
+                          f"{shares[optimizer][0]:>8.0%} {at_peak(optimizer)}  (rounds: "
                           + " ".join(f"{x:.2f}" for x in ratios) + ")", flush=True)
-
 
 if __name__ == "__main__":
     main()
