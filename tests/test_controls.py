@@ -18,8 +18,8 @@ from trainer.parameterization import build_model, multipliers
 def preset(name: str) -> tuple[TrainConfig, dict]:
     """The experiment's trainer settings and its swept axes, as a sweep composes them."""
     composed = compose_sweep(name)
-    axes = {axis: [int(v) for v in grid_values(axis, str(value))] for axis, value in composed.hydra.sweeper.params.items()
-            if axis != "lr"}
+    axes = {axis: [int(v) for v in grid_values(axis, str(value)) or str(value).split(",")]
+            for axis, value in composed.hydra.sweeper.params.items() if axis != "lr"}
     settings = {k: v for k, v in sweep_settings(composed).items() if k in TrainConfig.__dataclass_fields__}
     return TrainConfig(**settings), axes
 
