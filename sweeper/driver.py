@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from .claims import is_live, live_claims, read_claim, store_now
 from .grid import Cell, GridError, expand
-from .job import JobLostError, describe, failed_record
+from .job import JobLostError, NotLaunched, describe, failed_record
 from .leftovers import clean, unwritten_line
 from .plan import DONE, PlannedCell, job_overrides, plan
 from .progress import Progress, clock, config_cost
@@ -206,11 +206,6 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
     batches = _batches(unclaimed(todo), settings.batch_size)
     not_launched = 0
     for n, batch in enumerate(batches):
-        if unrecorded:  # every later cell would train only to fail the same way
-            not_launched = sum(len(b) for b in batches[n:])
-            print(f"[sweep] stopping: the store cannot record results; {not_launched} cells not "
-                  f"launched", file=out, flush=True)
-            break
         if n:
             batch = unclaimed(batch)  # claimed since the sweep started (another sweep's job)
         if not batch:
@@ -223,8 +218,16 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
             except Exception as err:  # the launcher lost the whole batch (e.g. a killed array job)
                 outcomes = [err] * len(batch)
         for cell, outcome in zip(batch, outcomes):
-            if cell.key not in landed and cell.key not in elsewhere:
+            if isinstance(outcome, NotLaunched):  # the pool stopped dispatching (below)
+                not_launched += 1
+            elif cell.key not in landed and cell.key not in elsewhere:
                 land(cell, _settle(cell, outcome, settings, job_ids.get(cell.key), watcher.before[cell.key]))
+        if unrecorded:  # every later cell would train only to fail the same way
+            not_launched += sum(len(b) for b in batches[n + 1:])
+            if not_launched:
+                print(f"[sweep] stopping: the store cannot record results; {not_launched} cells not "
+                      f"launched", file=out, flush=True)
+            break
 
     records = list(landed.values())
     failed = [r for r in records if r["status"] == "failed"]

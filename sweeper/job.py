@@ -37,6 +37,11 @@ class PlanChanged(RuntimeError):
     the planned cell as failed with this message."""
 
 
+class NotLaunched(RuntimeError):
+    """A job the launcher never started: the store had failed to record an earlier cell, and every
+    later cell would train only to fail the same way."""
+
+
 class JobLostError(RuntimeError):
     """A job that ended without writing its cell's record (cancelled, killed for memory, its node
     lost): the submitting side records the cell as failed with what the scheduler says."""

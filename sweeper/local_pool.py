@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Optional
 
-from .job import JobLostError
+from .job import JobLostError, NotLaunched
+from .result_store import RecordWriteError
 
 STOP_WAIT_S = 60.0  # for a stopped worker to checkpoint its cell before it is killed
 
@@ -159,6 +160,11 @@ class LocalPool:
         self.workers = [w for w in self.workers if w.process.is_alive()]
         try:
             while len(outcomes) < len(batch):
+                if any(isinstance(o, RecordWriteError) for o in outcomes.values()):
+                    while todo:  # the store cannot record: the rest would train for nothing
+                        outcomes[todo.popleft()] = NotLaunched("the store cannot record results")
+                    if len(outcomes) == len(batch):
+                        break
                 idle = [w for w in self.workers if w.task is None]
                 while todo and (idle or len(self.workers) < self.jobs):
                     worker = idle.pop() if idle else self._start()

@@ -85,9 +85,10 @@ needs_freeze = pytest.mark.skipif(not CAN_FREEZE, reason="makes a folder unwrita
 # ---- a record that cannot be written ------------------------------------------------------------
 
 @needs_freeze
-def test_a_sweep_whose_records_turn_unwritable_fails_fast_and_the_rerun_trains_nothing_again(tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2])  # in the sweep's process; two worker processes side by side
+def test_a_sweep_whose_records_turn_unwritable_fails_fast_and_the_rerun_trains_nothing_again(tmp_path, jobs):
     store = tmp_path / "store"
-    grid = ["width=32,64", "lr=-10:-9", "steps=4", f"store={store}"]
+    grid = ["width=32,64", "lr=-10:-9", "steps=4", f"store={store}", f"jobs={jobs}"]
     with records_turn_unwritable(store) as frozen:
         broken = sweep(grid, tmp_path)  # how soon it ends: benchmarks/unwritable_records.py
         assert frozen.is_set()
@@ -95,18 +96,19 @@ def test_a_sweep_whose_records_turn_unwritable_fails_fast_and_the_rerun_trains_n
         again = sweep(grid, tmp_path)  # still unwritable: stops before training anything
     assert broken.returncode != 0
     assert "RecordWriteError" in broken.stderr and "Operation not permitted" in broken.stderr
-    assert "[sweep] 1/4 cells finished: 0 ok, 0 diverged, 1 failed" in broken.stdout
-    assert "[sweep] stopping: the store cannot record results; 3 cells not launched" in broken.stdout
+    # the cells already training when the first record fails end failed; no other cell starts
+    assert f"[sweep] {jobs}/4 cells finished: 0 ok, 0 diverged, {jobs} failed" in broken.stdout
+    assert f"[sweep] stopping: the store cannot record results; {4 - jobs} cells not launched" in broken.stdout
     assert not list(records_dir(store).glob("*.json"))
-    [finished] = attempted(store)  # trained, its attempt kept, its record not written
-    assert trained_keys(broken.stdout) == {finished}
+    finished = attempted(store)  # trained, their attempts kept, their records not written
+    assert len(finished) == jobs and trained_keys(broken.stdout) == finished
     assert "have no record and the store cannot write it" in status.stdout
     assert again.returncode != 0 and "is not writable" in again.stderr and not trained_keys(again.stdout)
 
     writable = sweep(grid, tmp_path)
     assert writable.returncode == 0, writable.stderr[-3000:]
-    assert "wrote the records of 1 cell(s) from their attempts" in writable.stdout
-    assert len(trained_keys(writable.stdout)) == 3 and finished not in trained_keys(writable.stdout)
+    assert f"wrote the records of {jobs} cell(s) from their attempts" in writable.stdout
+    assert len(trained_keys(writable.stdout)) == 4 - jobs and not finished & trained_keys(writable.stdout)
     frame = load_store(store)
     assert len(frame) == 4 and set(frame["status"]) == {"ok"}
 
@@ -114,7 +116,8 @@ def test_a_sweep_whose_records_turn_unwritable_fails_fast_and_the_rerun_trains_n
 @needs_freeze
 def test_a_transfer_search_that_cannot_record_stops_and_resumes_without_retraining(tmp_path):
     store = tmp_path / "store"
-    args = ["width=32,64", "lr=-10:-7", "steps=8", "search=transfer", f"store={store}"]
+    # one cell at a time, so exactly one cell of round 1 has trained when its record fails
+    args = ["width=32,64", "lr=-10:-7", "steps=8", "search=transfer", f"store={store}", "jobs=1"]
     with records_turn_unwritable(store):
         broken = sweep(args, tmp_path, timeout=120)  # before: round 1 forever, the same cells again
     assert broken.returncode != 0
