@@ -84,13 +84,17 @@ def read_claim(store: Path, key: str) -> Optional[Claim]:
 
 
 def _pid_exists(pid: int) -> bool:
+    """A running process; a zombie (a killed trainer whose parent died too, not yet reaped) is not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process: it exists
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no procfs (macOS) or gone in between
+        return not Path("/proc").is_dir()
 
 
 def store_now(store: Path) -> float:

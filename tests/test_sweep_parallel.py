@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.claims import CLAIMS
+import socket
+
+from sweeper.claims import CLAIMS, Claim, is_live
 from sweeper.local_pool import resolve_jobs
 from sweeper.result_store import ATTEMPTS, load_store, read_record, records_dir
 
@@ -140,13 +142,32 @@ def test_a_two_worker_sweep_killed_with_kill_9_reruns_with_nothing_finished_trai
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"skipping {len(before)} of 5 cells already in the store" in rerun.stdout
     after = snapshot(store)
-    assert len(after) == 5 and {name: after[name] for name in before} == before
+    assert len(after) == 5 and {name: after[name] for name in before} == before, rerun.stdout[-3000:]
     assert trained_keys(rerun.stdout) == {n[:-5] for n in after} - {n[:-5] for n in before}
     if how == "sweep alone":
         assert "resuming from" in rerun.stdout + rerun.stderr
     frame = load_store(store)
     assert set(frame["status"]) == {"ok"} and (frame["steps_done"] == 40).all()
     assert set(attempt_counts(store).values()) == {1}
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="zombies are read from /proc")
+def test_a_claim_whose_trainer_is_a_zombie_is_dead():
+    # A worker killed with its sweep (kill -9 of the process group) stays a zombie until something
+    # reaps it; its claim must not hold the cell meanwhile (a rerun then trained nothing of it).
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    claim = Claim("k", socket.gethostname(), child.pid, None, "t", time.time())
+    try:
+        assert is_live(claim)
+        child.kill()
+        deadline = time.time() + 10
+        while not gone(child.pid) and time.time() < deadline:
+            time.sleep(0.05)
+        assert gone(child.pid) and os.path.exists(f"/proc/{child.pid}")  # a zombie, not yet reaped
+        assert not is_live(claim)
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_ctrl_c_stops_both_workers_their_cells_checkpoint_and_a_rerun_resumes_them(tmp_path):
