@@ -144,7 +144,7 @@ RULES: dict[str, dict[str, UpdateRules]] = {
 # Shampoo (C.5) and SOAP (C.6) reduce to Muon's U V^T step: Table 3. SOAP's Adam in the eigenbasis
 # has an eps that C.6 drops (the reduction holds without it): it stays eps_base at every size.
 # Measured, the real SOAP's hidden update grows with width under this row, as Adam's would
-# (tests/test_coord_check.py, README): the row is kept as the paper states it, so sweeps test the claim.
+# (tests/test_coord_check.py, docs/trainer.md): the row is kept as the paper states it, so sweeps test the claim.
 RULES[SHAMPOO] = RULES[MUON]
 RULES[SOAP] = {column: dataclasses.replace(rules, eps=Rule(BASE)) for column, rules in RULES[MUON].items()}
 # Sophia's clipped step is bounded like AdamW's (C.9): Table 5, eps included.
