@@ -72,7 +72,8 @@ class Muon(torch.optim.Optimizer):
                                    steps=group["ns_steps"], eps=group["eps"])
             ortho = ns(wide[0]).unsqueeze(0) if len(wide) == 1 else ns(torch.stack(wide))
             for (group, p, u), o in zip(stack, ortho):
-                p.mul_(1 - group["lr"] * group["weight_decay"])
+                if group["weight_decay"]:  # a factor of 1 would be a pass over W for nothing
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(o.mT if u.size(0) > u.size(1) else o,
                        alpha=-group["lr"] * muon_lr_scale(group["adjust_lr_fn"], p.shape))
         return loss
