@@ -13,7 +13,10 @@ optimizer step's share of a training step (forward, backward, clipping and step 
 trainer's own model and optimizers). FLOPs per token are trainer.cost's. For the matrix optimizers
 written here (Muon, Shampoo, SSO) it also prints the step's matmul FLOPs (Newton-Schulz, power
 iteration, statistics, eigh counted as 9 n^3, root and preconditioning products) and its measured
-time over those FLOPs at the measured peak ("opt/peak", target <= 1.25).
+time over those FLOPs' time at the measured peaks ("opt/peak", target <= 1.25): the Newton-Schulz
+FLOPs at the peak of the dtype the optimizer runs it in (trainer.optimizers.newton_schulz_dtype:
+bf16 on CUDA and AMX CPUs, fp32 elsewhere; the "peak" column names it), the rest (SSO's power
+iteration, all of Shampoo's step) at the fp32 peak.
 --optimizers takes a comma list or "all" (every optimizer the trainer has).
 --compile: time the models eager (off, the default), under torch.compile (on), or both; each
 compiled row's ratio is against the compiled reference.
@@ -146,34 +149,37 @@ def trainer_tokens_per_s(width: int, vocab: int, optimizer: str, precision: str,
     return (steps - 1) * TOKENS_PER_STEP / (last - first)
 
 
-def optimizer_step_flops(cfg: TrainConfig, model: torch.nn.Module) -> float:
-    """Matmul FLOPs of one step of the matrix optimizers written here (0 for the others): what the
-    step would cost at the matmul peak."""
+def optimizer_step_flops(cfg: TrainConfig, model: torch.nn.Module) -> tuple[float, float]:
+    """Matmul FLOPs of one step of the matrix optimizers written here ((0, 0) for the others): those
+    in the Newton-Schulz dtype (Muon's and SSO's iteration) and those in fp32 (SSO's power iteration,
+    all of Shampoo), what the step would cost at the matmul peaks."""
     from trainer.spectral import NS_STEPS
     from trainer.sso import POWER_STEPS, ROOT_EVALUATIONS
 
     def newton_schulz(m: int, n: int) -> float:  # m <= n: X X^T, its square, the product with X
         return NS_STEPS * (4 * m * m * n + 2 * m ** 3)
 
-    flops = 0.0
+    ns = fp32 = 0.0
     for group in param_groups(model, cfg):
         for p in group.params:
             r, c = p.shape if p.ndim == 2 else (0, 0)
             m, n = sorted((r, c))
             if group.update == "muon":
-                flops += newton_schulz(m, n)
+                ns += newton_schulz(m, n)
             elif group.update == "sso":
-                flops += ROOT_EVALUATIONS * newton_schulz(m, n) + (POWER_STEPS + 1) * 4 * r * c
+                ns += ROOT_EVALUATIONS * newton_schulz(m, n)
+                fp32 += (POWER_STEPS + 1) * 4 * r * c
             elif group.update == "shampoo":
                 roots = (EIGH_FLOPS + 2) * (r ** 3 + c ** 3)  # every step at the default frequency
-                flops += 2 * (2 * r * r * c + 2 * r * c * c) + roots  # statistics, L^-1/4 G R^-1/4
-    return flops
+                fp32 += 2 * (2 * r * r * c + 2 * r * c * c) + roots  # statistics, L^-1/4 G R^-1/4
+    return ns, fp32
 
 
 def optimizer_step_time(width: int, vocab: int, optimizer: str, precision: str, steps: int, tokens,
-                        device: torch.device) -> tuple[float, float, float]:
+                        device: torch.device) -> tuple[float, float, tuple[float, float], str]:
     """(seconds in step_optimizers over seconds in the whole step, seconds per optimizer step, its
-    matmul FLOPs), over ``steps`` steps after one warm-up."""
+    matmul FLOPs in the Newton-Schulz dtype and in fp32, the name of that dtype's peak: "bf16" or
+    "fp32"), over ``steps`` steps after one warm-up."""
     cfg = TrainConfig(**SHAPE, width=width, param="mup", optimizer=optimizer, lr=-8, precision=precision,
                       vocab_size=vocab)
     model = build_model(cfg, vocab, torch.Generator().manual_seed(0)).to(device)
@@ -198,7 +204,10 @@ def optimizer_step_time(width: int, vocab: int, optimizer: str, precision: str, 
         t2 = time.perf_counter()
         if i:  # the first step allocates optimizer state
             in_step, total = in_step + t2 - t1, total + t2 - t0
-    return in_step / total, in_step / steps, optimizer_step_flops(cfg, model)
+    # the dtype the optimizers chose (trainer.optimizers.newton_schulz_dtype); fp32 where none iterates
+    ns_dtype = next((o.ns_dtype for o in optimizers if hasattr(o, "ns_dtype")), torch.float32)
+    return (in_step / total, in_step / steps, optimizer_step_flops(cfg, model),
+            "bf16" if ns_dtype == torch.bfloat16 else "fp32")
 
 
 def matmul_peak_flops(dtype: torch.dtype, n: int = 1024, reps: int = 3) -> float:
@@ -259,7 +268,7 @@ def main() -> None:
     peaks = peaks_of(device, args.peak_tflops)
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     print(f"{'width':>5} {'vocab':>6} {'prec':>5} {'model':>32} {'tok/s':>9} {'MFU':>6} {'ratio':>6} "
-          f"{'opt step':>8} {'opt/peak':>8}")
+          f"{'opt step':>8} {'opt/peak':>8} {'peak':>6}")
     # Byte tokens for both vocabularies (no network for the GPT-2 BPE here): the cost of a step
     # depends on the vocab size of the embedding and output layer, not on which ids occur.
     tokens = load_tokens("embedded", "byte").train
@@ -277,8 +286,12 @@ def main() -> None:
                       for optimizer in args.optimizers.split(",")}  # eager: the same for every mode
 
             def at_peak(optimizer: str) -> str:
-                _, seconds, flops = shares[optimizer]
-                return f"{seconds * peaks[precision] / flops:>8.2f}" if flops and peaks[precision] else f"{'-':>8}"
+                """Measured step time over its FLOPs' time at the peak of the dtype each runs in."""
+                _, seconds, (ns_flops, fp32_flops), ns_peak = shares[optimizer]
+                if not ns_flops + fp32_flops or not peaks[ns_peak] or not peaks["fp32"]:
+                    return f"{'-':>8} {'-':>6}"
+                ideal = ns_flops / peaks[ns_peak] + fp32_flops / peaks["fp32"]
+                return f"{seconds / ideal:>8.2f} {ns_peak if ns_flops else 'fp32':>6}"
 
             for compiled in modes:
                 skip_first = device.type == "cuda" or compiled

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+import trainer.muon  # noqa: F401  (its newton_schulz is patched by name)
 import trainer.shampoo
 import trainer.spectral
 from trainer.config import TrainConfig
@@ -118,7 +119,7 @@ def test_without_tf32_works_where_the_process_used_torchs_newer_tf32_setting():
 
 @pytest.mark.parametrize("optimizer, module, function, calls", [
     # depth 3: 12 square attention matrices, 3 W_in (4n x n) and 3 W_out (n x 4n)
-    ("muon_kimi", "trainer.optimizers", "newton_schulz", 2),  # W_in^T stacked with W_out
+    ("muon_kimi", "trainer.muon", "newton_schulz", 2),  # W_in^T stacked with W_out
     ("shampoo", "trainer.shampoo", "inverse_fourth_root", 3 * 2),  # a stack per shape, L and R
     ("sso", "trainer.sso", "newton_schulz", 3 * ROOT_EVALUATIONS),  # every evaluation of the root search
 ])

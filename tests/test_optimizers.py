@@ -6,7 +6,8 @@ import torch.optim._muon as torch_muon
 
 import trainer.spectral
 from trainer.config import TrainConfig
-from trainer.optimizers import Muon, build_optimizers
+from trainer.muon import Muon
+from trainer.optimizers import build_optimizers
 from trainer.parameterization import build_model, check_names, param_groups
 from trainer.spectral import NS_COEFFICIENTS, newton_schulz
 
@@ -58,7 +59,7 @@ def test_newton_schulz_runs_in_fp32_exactly_where_bf16_is_slow(monkeypatch, opti
         seen.append((dtype, out.dtype))
         return out
 
-    monkeypatch.setattr("trainer.optimizers.newton_schulz", spy)
+    monkeypatch.setattr("trainer.muon.newton_schulz", spy)
     monkeypatch.setattr("trainer.sso.newton_schulz", spy)
     cfg = TrainConfig(optimizer=optimizer, width=64, depth=1, base_width=64, base_depth=1, seq_len=8)
     model = build_model(cfg, 32, torch.Generator().manual_seed(0))
@@ -73,9 +74,9 @@ def test_newton_schulz_runs_in_fp32_exactly_where_bf16_is_slow(monkeypatch, opti
 
 def test_spectral_is_the_one_newton_schulz():
     # Muon and SSO call the same function object: no copy to drift.
-    import trainer.optimizers
+    import trainer.muon
     import trainer.sso
-    assert trainer.optimizers.newton_schulz is trainer.sso.newton_schulz is trainer.spectral.newton_schulz
+    assert trainer.muon.newton_schulz is trainer.sso.newton_schulz is trainer.spectral.newton_schulz
 
 
 @pytest.mark.parametrize("setting, optimizer, takers", [
@@ -117,3 +118,49 @@ def test_shampoo_refuses_a_gpt2_vocabulary_under_matrix_io_and_takes_a_byte_one(
                 build_optimizers(param_groups(model, cfg), cfg)
         else:
             assert build_optimizers(param_groups(model, cfg), cfg)
+
+
+@pytest.mark.parametrize("optimizer", ["muon_kimi", "muon"])
+def test_muon_steps_a_model_as_torchs_documented_muon_per_matrix(monkeypatch, optimizer):
+    # The oracle: torch.optim.Muon through its public API, one matrix at a time, with its documented
+    # lr rules; the paper's bare U V^T step (matrix_io, C.2.2) as "original" with lr / sqrt(max(1, r/c)).
+    # Ours stacks same-shape matrices across groups (W_in^T with W_out): equal up to bf16 rounding.
+    monkeypatch.setattr("trainer.optimizers.cpu_has_fast_bf16", lambda: True)  # torch's Muon is bf16 only
+    cfg = TrainConfig(optimizer=optimizer, matrix_io=True, weight_decay=0.1, width=64, depth=2, base_width=64,
+                      base_depth=2, seq_len=8)
+    model = build_model(cfg, 48, torch.Generator().manual_seed(0))
+    (muon,) = [o for o in build_optimizers(param_groups(model, cfg), cfg) if isinstance(o, Muon)]
+    assert {g["adjust_lr_fn"] for g in muon.param_groups} == (
+        {"original", "bare"} if optimizer == "muon" else {"match_rms_adamw"})
+    pairs = []
+    for group in muon.param_groups:
+        for p in group["params"]:
+            copy = torch.nn.Parameter(p.detach().clone())
+            adjust, lr = group["adjust_lr_fn"], group["lr"]
+            if adjust == "bare":
+                adjust, lr = "original", lr / max(1, p.shape[0] / p.shape[1]) ** 0.5
+            pairs.append((p, copy, torch.optim.Muon([copy], lr=lr, weight_decay=group["weight_decay"] * group["lr"] / lr,
+                                                    momentum=group["momentum"], nesterov=True, adjust_lr_fn=adjust)))
+    gen = torch.Generator().manual_seed(1)
+    start = [p.detach().clone() for p, _, _ in pairs]
+    for _ in range(3):  # the momentum buffer too
+        for p, copy, _ in pairs:
+            p.grad = torch.randn(p.shape, generator=gen)
+            copy.grad = p.grad.clone()
+        muon.step()
+        for _, _, theirs in pairs:
+            theirs.step()
+    for (p, copy, _), p0 in zip(pairs, start):
+        moved = (copy - p0).abs().max()
+        assert moved > 1e-4
+        assert (p - copy).abs().max() <= 0.02 * moved  # bf16 rounding of stacked vs single matmuls
+
+
+def test_muon_is_the_projects_own_and_refuses_unknown_lr_rules():
+    # torch.optim.Muon neither defines "bare" nor lets another iteration in: ours subclasses its public base only
+    assert torch.optim.Muon not in Muon.__mro__
+    p = torch.nn.Parameter(torch.zeros(4, 8))
+    with pytest.raises(ValueError, match="adjust_lr_fn 'rms'.*original, match_rms_adamw, bare"):
+        Muon([p], ns_dtype=torch.float32, adjust_lr_fn="rms")
+    with pytest.raises(ValueError, match="matrices only"):
+        Muon([torch.nn.Parameter(torch.zeros(4))], ns_dtype=torch.float32)

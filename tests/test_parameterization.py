@@ -10,6 +10,7 @@ import torch
 
 from trainer.config import TrainConfig
 from trainer.model import GPT, Multipliers
+from trainer.muon import Muon
 from trainer.optimizers import OPTIMIZERS, StepInputs, build_optimizers, step_optimizers
 from trainer.parameterization import (MATRIX_OPTIMIZERS, PARAMS, build_model, check_names, model_shape,
                                       multipliers, param_groups)
@@ -294,7 +295,7 @@ def test_muon_kimi_gives_muon_exactly_the_hidden_matrices():
     cfg = config(optimizer="muon_kimi", weight_decay=0.0, width=128, depth=2)
     model = build_model(cfg, 64)
     optimizers = build_optimizers(param_groups(model, cfg), cfg)
-    (muon,) = [o for o in optimizers if isinstance(o, torch.optim.Muon)]
+    (muon,) = [o for o in optimizers if isinstance(o, Muon)]
     (adamw,) = [o for o in optimizers if isinstance(o, torch.optim.AdamW)]
     assert len(optimizers) == 2
     hidden = {id(p) for name, p in model.named_parameters() if name.startswith("h.") and p.ndim == 2}
@@ -306,10 +307,10 @@ def test_muon_kimi_gives_muon_exactly_the_hidden_matrices():
         assert g["momentum"] == 0.95 and g["nesterov"]
     assert all(tuple(g["betas"]) == (0.9, 0.95) for g in adamw.param_groups)
     plain = build_optimizers(param_groups(model, config(optimizer="muon")), config(optimizer="muon"))
-    assert {g["adjust_lr_fn"] for o in plain if isinstance(o, torch.optim.Muon) for g in o.param_groups} == {"original"}
+    assert {g["adjust_lr_fn"] for o in plain if isinstance(o, Muon) for g in o.param_groups} == {"original"}
     # matrix_io: Table 3's input/output rows are for the bare U V^T step (C.2.2)
     io = config(optimizer="muon", matrix_io=True)
-    (muon,) = [o for o in build_optimizers(param_groups(model, io), io) if isinstance(o, torch.optim.Muon)]
+    (muon,) = [o for o in build_optimizers(param_groups(model, io), io) if isinstance(o, Muon)]
     assert {g["name"]: g["adjust_lr_fn"] for g in muon.param_groups if not g["name"].startswith("h.")} == {
         "wte.weight": "bare", "wpe.weight": "bare", "lm_head.weight": "bare"}
 

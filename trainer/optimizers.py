@@ -1,7 +1,7 @@
 """Torch optimizers for the parameterization's groups: one optimizer per update kind, one torch
 param group per ParamGroup, its "lr" the group's peak lr (schedules scale all lrs by one factor).
 
-Choices: Muon runs Nesterov momentum cfg.momentum (5.1); Muon-Kimi uses torch's RMS matching to
+Choices: Muon runs Nesterov momentum cfg.momentum (5.1); Muon-Kimi uses Liu et al.'s RMS matching to
 AdamW ("match_rms_adamw", 0.2*sqrt(max(rows, cols))), plain Muon Keller Jordan's "original"
 sqrt(max(1, rows/cols)). AdamW uses betas (cfg.adam_beta1, cfg.adam_beta2). SGD runs without
 momentum: Table 4 is derived for the plain step -eta(grad + lambda W) (C.3.1) and checked with plain
@@ -14,13 +14,12 @@ precondition_frequency steps (10, Vyas et al.'s default), with decoupled weight 
 SophiaH fed this module's Gauss-Newton-Bartlett Hessian estimate (Liu et al.'s SophiaG estimator)
 every hessian_interval = k steps (10), scaled by gamma = sophia_rho (0.04) and clipped at 1, so that
 its step is C.9's clip(m / max(gamma h, eps), 1) with per-group eps, betas (0.965, 0.99) as Liu et al.
-Shampoo (trainer.shampoo) and SSO (trainer.sso) are written here; Muon's and SSO's Newton-Schulz
-iteration is trainer.spectral's.
+Muon (trainer.muon), Shampoo (trainer.shampoo) and SSO (trainer.sso) are written here; Muon's and
+SSO's Newton-Schulz iteration is trainer.spectral's.
 """
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -31,10 +30,9 @@ from pytorch_optimizer import SOAP, SophiaH
 
 from .config import TrainConfig
 from .parameterization import OPTIMIZERS, ParamGroup, check_names, optimizer_setting
-from .spectral import newton_schulz, same_shape_stacks
+from .muon import Muon
 from .shampoo import Shampoo
 from .sso import SSO
-from .stepping import closure_loss, with_grads
 
 __all__ = ["OPTIMIZERS", "build_optimizers", "StepInputs", "step_optimizers"]
 
@@ -66,53 +64,6 @@ def newton_schulz_dtype(torch_groups: list[dict]) -> torch.dtype:
     dominate training: there fp32."""
     on_cpu = all(p.device.type == "cpu" for g in torch_groups for p in g["params"])
     return torch.float32 if on_cpu and not cpu_has_fast_bf16() else torch.bfloat16
-
-
-def muon_lr_scale(adjust: str, shape: torch.Size) -> float:
-    """The factor torch's Muon puts on a matrix's lr ("original", "match_rms_adamw"); "bare": none."""
-    rows, cols = shape[:2]
-    if adjust == "match_rms_adamw":
-        return 0.2 * math.sqrt(max(rows, cols))  # Liu et al. 2025: update RMS 0.2, as AdamW's
-    if adjust == "bare":
-        return 1.0
-    return math.sqrt(max(1, rows / cols))
-
-
-class Muon(torch.optim.Muon):
-    """torch.optim.Muon's groups, validation and state, stepping with the project's Newton-Schulz
-    (torch 2.13 offers no public hook for its own): the same operations as torch's step, in
-    ns_dtype (trainer.spectral.newton_schulz), with the matrices that share a shape (up to
-    transposition: an MLP's W_in^T and W_out), whatever their group, orthogonalised as one stack."""
-
-    def __init__(self, params, ns_dtype: torch.dtype, **kwargs):
-        super().__init__(params, **kwargs)
-        self.ns_dtype = ns_dtype
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure_loss(closure)
-        updates = []
-        for group in self.param_groups:
-            for p in with_grads(group["params"]):
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                updates.append((group, p, p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf))
-        # one stack per wide shape (W and W^T share one) and iteration, across the groups
-        for stack in same_shape_stacks(updates, lambda gpu: (tuple(sorted(gpu[2].shape)), gpu[0]["ns_coefficients"],
-                                                             gpu[0]["ns_steps"], gpu[0]["eps"])):
-            group = stack[0][0]
-            wide = [u.mT if u.size(0) > u.size(1) else u for _, _, u in stack]
-            ns = functools.partial(newton_schulz, dtype=self.ns_dtype, coefficients=group["ns_coefficients"],
-                                   steps=group["ns_steps"], eps=group["eps"])
-            ortho = ns(wide[0]).unsqueeze(0) if len(wide) == 1 else ns(torch.stack(wide))
-            for (group, p, u), o in zip(stack, ortho):
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(o.mT if u.size(0) > u.size(1) else o,
-                       alpha=-group["lr"] * muon_lr_scale(group["adjust_lr_fn"], p.shape))
-        return loss
 
 
 @dataclass

@@ -67,15 +67,18 @@ class Shampoo(torch.optim.Optimizer):
                     state["L"], state["R"] = g.new_zeros(g.shape[0], g.shape[0]), g.new_zeros(g.shape[1], g.shape[1])
                 state["L"].addmm_(g, g.T)
                 state["R"].addmm_(g.T, g)
+            roots = {}  # the stacks of roots made this step: used as they are, not stacked again
             if states[0]["step"] % stack[0][0]["precondition_frequency"] == 0:
                 for side in ("L", "R"):
-                    roots = inverse_fourth_root(torch.stack([state[side] for state in states]))
-                    for state, root in zip(states, roots):
+                    roots[side] = inverse_fourth_root(torch.stack([state[side] for state in states]))
+                    for state, root in zip(states, roots[side]):
                         state[side + "_root"] = root
-            g = torch.stack(grads)
-            steps = torch.stack([s["L_root"] for s in states]) @ g @ torch.stack([s["R_root"] for s in states])
+            left, right = (roots[side] if side in roots else torch.stack([s[side + "_root"] for s in states])
+                           for side in ("L", "R"))
+            steps = left @ torch.stack(grads) @ right
             for (group, p), state, update in zip(stack, states, steps):
                 state["step"] += 1
-                p.mul_(1 - group["lr"] * group["weight_decay"])
+                if group["weight_decay"]:  # a factor of 1 would be a pass over W for nothing
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update.to(p.dtype), alpha=-group["lr"])
         return loss
