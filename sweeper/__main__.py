@@ -36,13 +36,17 @@ def main(argv: list[str]) -> int:
 
     from .leftovers import clean, unwritten_line
     from .queue import QueueError, queued_cells, squeue_available
-    from .result_store import StoreError
+    from .claims import live_claims
     from .record import SchemaError
+    from .result_store import STORE_ERROR, StoreError, check_readable_store
     from .status import report
 
-    if not args.store.is_dir():
-        print(f"error: store {args.store} is not a directory", file=sys.stderr)
-        return 2
+    try:
+        check_readable_store(args.store)
+    except StoreError as err:
+        if not (args.store.is_dir() and live_claims(args.store)):  # cells training, none finished yet
+            print(f"error: {err}", file=sys.stderr)
+            return STORE_ERROR
     try:
         done = clean(args.store)
         for line in done.lines:
@@ -71,10 +75,15 @@ def main(argv: list[str]) -> int:
 def _replay(args) -> int:
     from .record import SchemaError
     from .replay import main as replay
-    from .result_store import StoreError
+    from .result_store import STORE_ERROR, StoreError, check_readable_store
     from .search import SearchError
     from .transfer import BUDGET
 
+    try:
+        check_readable_store(args.oracle)
+    except StoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return STORE_ERROR
     try:
         print(replay(args.oracle, args.json, BUDGET if args.budget is None else args.budget))
     except (SearchError, StoreError, SchemaError) as err:
