@@ -112,6 +112,7 @@ class MutransferSweeper(Sweeper):
         from sweeper.result_store import StoreError, check_writable_store
 
         cfg = self.config
+        self._preflight(cfg, self._overrides(arguments))
         store = (Path(cfg.hydra.runtime.cwd) / Path(str(cfg.store)).expanduser()).resolve()
         try:
             check_writable_store(store)  # before the sweep's log dir, which lives in the store
@@ -128,6 +129,25 @@ class MutransferSweeper(Sweeper):
             if self.pool is not None:
                 self.pool.close()
                 self.pool = None
+
+    def _overrides(self, arguments: List[str]) -> List[str]:
+        """The experiment's default grid, then the command line's overrides (which replace it per key)."""
+        return [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+
+    def _preflight(self, cfg: DictConfig, overrides: List[str]) -> None:
+        """Raises SweepError, one line per mistake, before anything is written or launched."""
+        from sweeper.driver import SweepError
+        from sweeper.grid import GridError, expand
+        from sweeper.preflight import preflight
+
+        try:
+            cells = expand(overrides)
+        except GridError as err:
+            raise SweepError(str(err)) from None
+        problems = preflight(cells, cfg.hydra.launcher, cfg.hydra.runtime.choices.get("cluster"),
+                             str(cfg.dataset), cfg.get("data_dir"))
+        if problems:
+            raise SweepError("\n".join(problems) + "\nnothing was launched")
 
     def _start_pool(self, cfg: DictConfig) -> None:
         """Worker processes for the basic launcher when ``jobs`` asks for more than one cell at once."""
@@ -155,7 +175,7 @@ class MutransferSweeper(Sweeper):
             cells_on=self._cells_on(),
         )
         self._launched = 0
-        overrides = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        overrides = self._overrides(arguments)
         if cfg.search.name == "transfer":  # rounds of cells through the same launcher
             from sweeper.search_sweep import run_transfer_sweep
 
