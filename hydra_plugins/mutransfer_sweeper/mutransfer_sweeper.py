@@ -6,6 +6,7 @@ Thin on purpose: it adapts Hydra's config loader and launcher to sweeper.driver.
 # (no "from __future__ import annotations": Hydra execs plugin modules outside sys.modules,
 #  where dataclasses cannot resolve string annotations)
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ class MutransferSweeperConf:
     params: Optional[Dict[str, str]] = None
 
 
+LAUNCHER_LOGGERS = ("hydra._internal.core_plugins.basic_launcher",
+                    "hydra_plugins.hydra_submitit_launcher.submitit_launcher")
+
 ConfigStore.instance().store(group="hydra/sweeper", name="mutransfer", node=MutransferSweeperConf,
                              provider="mutransfer")
 
@@ -54,6 +58,9 @@ class MutransferSweeper(Sweeper):
 
         self.config = config
         self.hydra_context = hydra_context
+        # Hydra's launchers log two lines per job; the sweep prints its own line per cell
+        for name in LAUNCHER_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO if config.get("verbose") else logging.WARNING)
         self.task_function = task_function
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
