@@ -119,9 +119,11 @@ _EXAMPLE = {"width": "32,...,128", "depth": "2,...,8", "lr": "-10:-5", "seed": "
 def _check_numbers(key: str, text: str) -> None:
     """A numeric axis's value that is neither a number, a list of numbers nor one of Hydra's sweep
     functions fails here, naming the forms that work, rather than as OmegaConf's type error."""
-    if _FUNCTION.match(text) or "${" in text:
-        return
-    if all(re.fullmatch(_NUMBER, piece.strip()) for piece in text.split(",")):
+    pieces = [piece.strip() for piece in text.split(",")]
+    if (_FUNCTION.match(text) or "${" in text or text.count("[") != text.count("]")
+            or any(re.fullmatch(r"\.{2,}|[-+]?(nan|inf)", p, re.IGNORECASE) for p in pieces)):
+        return  # Hydra's functions, interpolations, syntax errors, a,..,b, nan: their own messages
+    if all(re.fullmatch(_NUMBER, piece) for piece in pieces):
         return
     sizes = key in ("width", "depth")
     near = _NEAR_RANGE.match(text)
