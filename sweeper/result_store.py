@@ -48,7 +48,7 @@ ATTEMPTS = "attempts"
 RUNS = "runs"
 _INDEX_VERSION = 3  # bump when flat_row's columns, the index layout or what reads as a record change
 _INDEX = Path(".cache") / f"index-v{_INDEX_VERSION}.parquet"
-_STORE_FOLDERS = (RECORDS, ATTEMPTS, RUNS, "claims")  # a directory holding none of them is no store
+_STORE_FOLDERS = (RECORDS, ATTEMPTS, RUNS, "claims", "asked")  # a directory holding none is no store
 
 BASE_COLUMNS = [
     "key", "experiment", "source", "status", "val_loss", "train_loss", "steps_done", "tokens",

@@ -3,6 +3,7 @@ the project's help before Hydra's."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,24 @@ def test_help_is_the_projects_first(tmp_path):
                  "optimizer=", "width=", "depth=", "seed=", "store=", "jobs=", "cluster=", "search=",
                  "force=true", "verbose=true"):
         assert text in own, text
+
+
+def test_status_shows_the_grid_the_sweep_asked_for(tmp_path):
+    """A 2x2 sweep of an experiment whose default grid is 3x3 shows as 2x2; a store without the
+    sweep's ask (an older one) still shows the experiment's default grid."""
+    done = sweep(["-m", "experiment=smoke", "store=store", "width=32,64", "lr=-9,-8", "steps=2"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    def grid(store):
+        shown = subprocess.run([sys.executable, "-m", "sweeper", "status", "--store", str(store)], cwd=ROOT,
+                               capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        start = next(i for i, line in enumerate(lines) if "width \\ lr" in line)
+        return [line.split() for line in lines[start:] if line.startswith("    ")]
+
+    assert grid(tmp_path / "store") == [["width", "\\", "lr", "-9", "-8"], ["32", "done", "done"],
+                                        ["64", "done", "done"]]
+    shutil.rmtree(tmp_path / "store" / "asked")  # as a store written before sweeps recorded it
+    assert grid(tmp_path / "store") == [["width", "\\", "lr", "-9", "-8", "-7"], ["32", "done", "done", "."],
+                                        ["64", "done", "done", "."], ["128", ".", ".", "."]]

@@ -125,6 +125,9 @@ class MutransferSweeper(Sweeper):
             check_writable_store(store)  # before the sweep's log dir, which lives in the store
         except StoreError as err:
             raise SweepError(str(err)) from None
+        from sweeper.asked import write_asked
+
+        write_asked(store, cfg.hydra.runtime.choices.get("experiment"), self._overrides(arguments))
         sweep_dir = Path(str(cfg.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
