@@ -1,4 +1,4 @@
-"""python -m sweeper status --store PATH | replay --oracle STORE [--json] | plan OVERRIDES [--gpu NAME] [--json]"""
+"""python -m sweeper status --store PATH | clean --store PATH | replay --oracle STORE [--json] | plan OVERRIDES [--gpu NAME] [--json]"""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,11 @@ def main(argv: list[str]) -> int:
                         help="config dir whose experiments give the expected grids (default: %(default)s)")
     status.add_argument("--strict", action="store_true",
                         help="an unreadable record is an error (default: named, and the rest shown)")
+    clean = commands.add_parser(
+        "clean", help="remove what dead jobs left in a store (checkpoints of finished cells, claims of "
+                      "dead runs, temp files of interrupted writes) and write the records finished "
+                      "attempts lack; each sweep does this when it starts")
+    clean.add_argument("--store", required=True, type=Path, help="the result store directory")
     replay = commands.add_parser(
         "replay", help="run the transfer search against a complete grid in a store, answering each "
                        "cell from it: eta* and compute per row and table")
@@ -33,8 +38,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "clean":
+        return _clean(args)
 
-    from .leftovers import clean, unwritten_line
     from .queue import QueueError, queued_cells, squeue_available
     from .claims import live_claims
     from .record import SchemaError
@@ -47,16 +53,6 @@ def main(argv: list[str]) -> int:
         if not (args.store.is_dir() and live_claims(args.store)):  # cells training, none finished yet
             print(f"error: {err}", file=sys.stderr)
             return STORE_ERROR
-    try:
-        done = clean(args.store)
-        for line in done.lines:
-            print(f"note: {line}", file=sys.stderr)
-        if done.unwritten:  # those cells show as missing until their record is written
-            print(f"warning: {unwritten_line(done.unwritten)}; the next sweep or status writes it "
-                  f"once the store is writable", flush=True)
-    except OSError as err:  # a read-only store is still shown
-        print(f"note: leftovers not cleaned: {err}", file=sys.stderr)
-
     queued = None
     if squeue_available():  # no Slurm here: no queue line
         try:
@@ -69,6 +65,24 @@ def main(argv: list[str]) -> int:
     except (StoreError, SchemaError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _clean(args) -> int:
+    from .leftovers import clean, unwritten_line
+    from .result_store import STORE_ERROR, StoreError, check_readable_store
+
+    try:
+        check_readable_store(args.store, allow_empty=True)
+    except StoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return STORE_ERROR
+    done = clean(args.store)
+    for line in done.lines or ["nothing to clean"]:
+        print(line)
+    if done.unwritten:  # those cells show as missing until their record is written
+        print(f"error: {unwritten_line(done.unwritten)}; rerun once the store is writable", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,4 +1,4 @@
-"""What a killed job leaves in a store, removed (or completed) by the next sweep or status run.
+"""What a killed job leaves in a store, removed (or completed) by the next sweep or `python -m sweeper clean`.
 
 A job killed between "record written" and "cleanup" leaves its checkpoint (GBs per cell at paper
 scale) and its claim; a kill during an atomic write leaves a dot-named temp file; a job killed, or a

@@ -109,10 +109,10 @@ def check_writable_store(store_dir: PathLike) -> None:
             raise StoreError(f"store {store_dir} is not writable ({folder}: {err.strerror or err})") from None
 
 
-def check_readable_store(store_dir: PathLike) -> Path:
+def check_readable_store(store_dir: PathLike, allow_empty: bool = False) -> Path:
     """The store's path; raises StoreError, with the one line every command that reads a store
     prints, when it is missing, not a store (a file, or a directory none of whose folders is a
-    store's, e.g. STORE/records itself) or holds no records yet. Reads only."""
+    store's, e.g. STORE/records itself) or, unless ``allow_empty``, holds no records yet. Reads only."""
     store_dir = Path(store_dir)
     fix = "pass the directory given as store= to the sweep"
     if not store_dir.exists():
@@ -123,7 +123,7 @@ def check_readable_store(store_dir: PathLike) -> Path:
         inside = (f" (it looks like the {store_dir.name}/ folder of store {store_dir.parent})"
                   if store_dir.name in _STORE_FOLDERS else "")
         raise StoreError(f"{store_dir} is not a result store: it has no {RECORDS}/ folder{inside}; {fix}")
-    if not _record_files(store_dir):
+    if not allow_empty and not _record_files(store_dir):
         raise StoreError(f"store {store_dir} holds no records yet")
     return store_dir
 

@@ -61,3 +61,40 @@ def test_every_store_command_says_the_same_line_and_writes_nothing(stores, where
     assert says.format(path=path, root=stores) in line, line
     assert (snapshot(path) if path.exists() else None) == before  # nothing written, no index cache
     assert not (stores / "out").exists()
+
+
+def test_status_only_reads_and_clean_says_what_it_removes(tmp_path):
+    """status leaves a store's files as they were (its index cache aside); `sweeper clean` removes a
+    finished cell's leftover checkpoint and an old temp file, a line each."""
+    import os
+    import time
+
+    from trainer.config import CHECKPOINT
+
+    store = tmp_path / "store"
+    (record,) = ingest(FIXTURES / "paper_tables_12_13.csv", store)[:1]
+    checkpoint = store / "runs" / record["key"] / CHECKPOINT
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"\0" * 2**20)
+    temp = store / "records" / f".{record['key']}.json.123.abcd.tmp"
+    temp.write_text("{")
+    old = time.time() - 7 * 24 * 3600
+    os.utime(temp, (old, old))
+
+    def files():
+        return {p: p.read_bytes() for p in store.rglob("*") if p.is_file() and ".cache" not in p.parts}
+
+    before = files()
+    status = subprocess.run([sys.executable, "-m", "sweeper", "status", "--store", str(store)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert files() == before
+    cleaned = subprocess.run([sys.executable, "-m", "sweeper", "clean", "--store", str(store)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "removed 1 leftover checkpoint(s) of finished cells (1.0 MiB" in cleaned.stdout
+    assert "removed 1 temp file(s) of interrupted writes" in cleaned.stdout
+    assert not checkpoint.exists() and not temp.exists()
+    again = subprocess.run([sys.executable, "-m", "sweeper", "clean", "--store", str(store)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert again.stdout.strip() == "nothing to clean"
