@@ -43,6 +43,7 @@ def main(argv: list[str]) -> int:
 
     from .queue import QueueError, queued_cells, squeue_available
     from .claims import live_claims
+    from .leftovers import unrecorded
     from .record import SchemaError
     from .result_store import STORE_ERROR, StoreError, check_readable_store
     from .status import report
@@ -50,9 +51,14 @@ def main(argv: list[str]) -> int:
     try:
         check_readable_store(args.store)
     except StoreError as err:
-        if not (args.store.is_dir() and live_claims(args.store)):  # cells training, none finished yet
+        # a store whose cells are training, or whose finished attempts lack records, still shows
+        if not (args.store.is_dir() and (live_claims(args.store) or unrecorded(args.store))):
             print(f"error: {err}", file=sys.stderr)
             return STORE_ERROR
+    missing = unrecorded(args.store)
+    if missing:
+        print(f"note: {len(missing)} cell(s) have a finished attempt but no record yet (e.g. {missing[0]}): "
+              f"`python -m sweeper clean --store {args.store}` or the next sweep writes them", flush=True)
     queued = None
     if squeue_available():  # no Slurm here: no queue line
         try:
