@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import AnalysisError
 from sweeper.experiments import CONF_DIR
+from sweeper.result_store import STORE_ERROR
 from sweeper.transfer import BUDGET
 
 from .optima import MAX_TREND
@@ -114,6 +115,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "ingest":  # ingest makes its store; every other command reads one
+        from sweeper.result_store import StoreError, check_readable_store
+
+        try:
+            check_readable_store(args.store)
+        except StoreError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return STORE_ERROR
     # Imported after parsing, per command: --help and ingest need no matplotlib.
     try:
         if args.command == "report":

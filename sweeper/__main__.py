@@ -1,4 +1,4 @@
-"""python -m sweeper status --store PATH | replay --oracle STORE [--json] | plan OVERRIDES [--gpu NAME] [--json]"""
+"""python -m sweeper status --store PATH | clean --store PATH | replay --oracle STORE [--json] | plan OVERRIDES [--gpu NAME] [--json]"""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,11 @@ def main(argv: list[str]) -> int:
                         help="config dir whose experiments give the expected grids (default: %(default)s)")
     status.add_argument("--strict", action="store_true",
                         help="an unreadable record is an error (default: named, and the rest shown)")
+    clean = commands.add_parser(
+        "clean", help="remove what dead jobs left in a store (checkpoints of finished cells, claims of "
+                      "dead runs, temp files of interrupted writes) and write the records finished "
+                      "attempts lack; each sweep does this when it starts")
+    clean.add_argument("--store", required=True, type=Path, help="the result store directory")
     replay = commands.add_parser(
         "replay", help="run the transfer search against a complete grid in a store, answering each "
                        "cell from it: eta* and compute per row and table")
@@ -33,26 +38,27 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "clean":
+        return _clean(args)
 
-    from .leftovers import clean, unwritten_line
     from .queue import QueueError, queued_cells, squeue_available
-    from .result_store import StoreError
+    from .claims import live_claims
+    from .leftovers import unrecorded
     from .record import SchemaError
+    from .result_store import STORE_ERROR, StoreError, check_readable_store
     from .status import report
 
-    if not args.store.is_dir():
-        print(f"error: store {args.store} is not a directory", file=sys.stderr)
-        return 2
     try:
-        done = clean(args.store)
-        for line in done.lines:
-            print(f"note: {line}", file=sys.stderr)
-        if done.unwritten:  # those cells show as missing until their record is written
-            print(f"warning: {unwritten_line(done.unwritten)}; the next sweep or status writes it "
-                  f"once the store is writable", flush=True)
-    except OSError as err:  # a read-only store is still shown
-        print(f"note: leftovers not cleaned: {err}", file=sys.stderr)
-
+        check_readable_store(args.store)
+    except StoreError as err:
+        # a store whose cells are training, or whose finished attempts lack records, still shows
+        if not (args.store.is_dir() and (live_claims(args.store) or unrecorded(args.store))):
+            print(f"error: {err}", file=sys.stderr)
+            return STORE_ERROR
+    missing = unrecorded(args.store)
+    if missing:
+        print(f"note: {len(missing)} cell(s) have a finished attempt but no record yet (e.g. {missing[0]}): "
+              f"`python -m sweeper clean --store {args.store}` or the next sweep writes them", flush=True)
     queued = None
     if squeue_available():  # no Slurm here: no queue line
         try:
@@ -68,13 +74,36 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _clean(args) -> int:
+    from .leftovers import clean, unwritten_line
+    from .result_store import STORE_ERROR, StoreError, check_readable_store
+
+    try:
+        check_readable_store(args.store, allow_empty=True)
+    except StoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return STORE_ERROR
+    done = clean(args.store)
+    for line in done.lines or ["nothing to clean"]:
+        print(line)
+    if done.unwritten:  # those cells show as missing until their record is written
+        print(f"error: {unwritten_line(done.unwritten)}; rerun once the store is writable", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _replay(args) -> int:
     from .record import SchemaError
     from .replay import main as replay
-    from .result_store import StoreError
+    from .result_store import STORE_ERROR, StoreError, check_readable_store
     from .search import SearchError
     from .transfer import BUDGET
 
+    try:
+        check_readable_store(args.oracle)
+    except StoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return STORE_ERROR
     try:
         print(replay(args.oracle, args.json, BUDGET if args.budget is None else args.budget))
     except (SearchError, StoreError, SchemaError) as err:

@@ -106,7 +106,35 @@ def grid_values(key: str, text: str) -> Optional[list[str]]:
             raise GridError(f"{key}={text}: ranges a:b are for numeric axes ({', '.join(NUMERIC_AXES)});"
                             f" list the {key} values as {key}=a,b")
         return _arange(key, text)
+    if key in NUMERIC_AXES:
+        _check_numbers(key, text)
     return None
+
+
+_FUNCTION = re.compile(r"^\s*(?:range|choice|interval|glob|shuffle|sort|tag)\(")
+_NEAR_RANGE = re.compile(rf"^\s*({_NUMBER})\s*(\.\.|-|…|to)\s*({_NUMBER})\s*$")
+_EXAMPLE = {"width": "32,...,128", "depth": "2,...,8", "lr": "-10:-5", "seed": "0:2"}
+
+
+def _check_numbers(key: str, text: str) -> None:
+    """A numeric axis's value that is neither a number, a list of numbers nor one of Hydra's sweep
+    functions fails here, naming the forms that work, rather than as OmegaConf's type error."""
+    pieces = [piece.strip() for piece in text.split(",")]
+    if (_FUNCTION.match(text) or "${" in text or text.count("[") != text.count("]")
+            or any(re.fullmatch(r"\.{2,}|[-+]?(nan|inf)", p, re.IGNORECASE) for p in pieces)):
+        return  # Hydra's functions, interpolations, syntax errors, a,..,b, nan: their own messages
+    if all(re.fullmatch(_NUMBER, piece) for piece in pieces):
+        return
+    sizes = key in ("width", "depth")
+    near = _NEAR_RANGE.match(text)
+    meant = ""
+    if near and (sizes or near.group(2) != "-"):  # lr=-10-5 may be either
+        a, b = near.group(1), near.group(3)
+        meant = (f" did you mean {key}={a},...,{b} (doubling) or {key}={a}:{b} (every integer)?" if sizes
+                 else f" did you mean {key}={a}:{b}?")
+    forms = "a number, a list a,b,c, " + ("a doubling progression a,...,b " if sizes else "")
+    raise GridError(f"{key}={text}: not a value of {key}.{meant} {key} takes {forms}or a range a:b "
+                    f"(a:b:s in steps of s), e.g. {key}={_EXAMPLE[key]}")
 
 
 def _split(override: str) -> tuple[str, str]:

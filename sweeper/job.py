@@ -108,11 +108,21 @@ def describe(record: dict) -> str:
     return f"{head}: {record['status']}" + (f" val_loss={loss:.4f}" if loss is not None else "") + took
 
 
+def run_label(config: TrainConfig, key: str) -> str:
+    """A cell's run name: its settings, as a person scans a run list (``mup adamw w128 d2 lr-4 s0``),
+    then its key's first 8 digits, so two cells that differ only in another setting never share
+    (and a requeued job resumes) the same run."""
+    lr = f"{config.lr:g}"
+    parts = [config.param, config.optimizer, f"w{config.width}", f"d{config.depth}", f"lr{lr}",
+             f"s{config.seed}", *([] if config.layernorm else ["noln"]), key[:8]]
+    return " ".join(parts)
+
+
 def tracker_names(config: TrainConfig, store: Path, key: str, experiment: Optional[str]) -> dict:
-    """How a cell shows in TensorBoard or W&B (trainer.tracking): its key names the run, so a
-    requeued job resumes the same one; its experiment and store name the group and project (unless
-    set), so the cells of one table sit together; event files go under STORE/tb/<key>."""
-    return {"run_name": key, "run_group": config.run_group or experiment,
+    """How a cell shows in TensorBoard or W&B (trainer.tracking): its settings name the run
+    (run_label); its experiment and store name the group and project (unless set), so the cells
+    of one table sit together; event files go under STORE/tb/<run name>."""
+    return {"run_name": run_label(config, key), "run_group": config.run_group or experiment,
             "project": config.project or store.name, "tb_dir": config.tb_dir or str(store / "tb")}
 
 

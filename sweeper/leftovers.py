@@ -1,4 +1,4 @@
-"""What a killed job leaves in a store, removed (or completed) by the next sweep or status run.
+"""What a killed job leaves in a store, removed (or completed) by the next sweep or `python -m sweeper clean`.
 
 A job killed between "record written" and "cleanup" leaves its checkpoint (GBs per cell at paper
 scale) and its claim; a kill during an atomic write leaves a dot-named temp file; a job killed, or a
@@ -18,7 +18,8 @@ from trainer.config import CHECKPOINT
 from .claims import (CLAIMS, STALE_S, BrokenClaim, inspect_claim, is_live, read_claim, remove_dead,
                      store_now)
 from .record import DONE, KEY_PATTERN, SchemaError
-from .result_store import ATTEMPTS, RECORDS, RUNS, RecordWriteError, promote, record_path, record_status
+from .result_store import (ATTEMPTS, RECORDS, RUNS, RecordWriteError, StoreError, attempts, promote, read_record,
+                           record_path, record_status, result_of)
 
 KEEP = "keep_checkpoint"  # in a run dir: keep its checkpoint after the record (keep_checkpoints=true)
 
@@ -50,6 +51,28 @@ def _behind(store: Path, key: str) -> bool:
         return record_path(store, key).stat().st_mtime_ns < newest
     except FileNotFoundError:
         return True
+
+
+def unrecorded(store: Path, stale_s: float = STALE_S) -> list[str]:
+    """The cells whose newest attempt is not (yet) their record and whose job is gone: what clean
+    (or the next sweep) writes. Reads only."""
+    now = store_now(store)
+    keys = []
+    for folder in sorted((Path(store) / ATTEMPTS).glob("*")):
+        key = folder.name
+        if not KEY_PATTERN.fullmatch(key) or not _behind(store, key):  # the cheap test first
+            continue
+        claim = read_claim(store, key)
+        if claim is not None and is_live(claim, stale_s, now):
+            continue
+        best = result_of(attempts(store, key))
+        try:
+            record = read_record(store, key)
+        except StoreError:
+            record = None
+        if best is not None and best != record:
+            keys.append(key)
+    return keys
 
 
 def _promote_finished(store: Path, stale_s: float, now: float, done: Cleanup) -> None:

@@ -41,12 +41,14 @@ from .record import (DONE, KEY_PATTERN, SCHEMA_VERSION, STATUSES, NewerSchemaErr
                      cell_key, check_key, migrate, origin_of)
 
 PathLike = Union[str, os.PathLike]
+STORE_ERROR = 2  # the exit code of every command given a store it cannot read (check_readable_store)
 
 RECORDS = "records"
 ATTEMPTS = "attempts"
 RUNS = "runs"
 _INDEX_VERSION = 3  # bump when flat_row's columns, the index layout or what reads as a record change
 _INDEX = Path(".cache") / f"index-v{_INDEX_VERSION}.parquet"
+_STORE_FOLDERS = (RECORDS, ATTEMPTS, RUNS, "claims", "asked")  # a directory holding none is no store
 
 BASE_COLUMNS = [
     "key", "experiment", "source", "status", "val_loss", "train_loss", "steps_done", "tokens",
@@ -105,6 +107,25 @@ def check_writable_store(store_dir: PathLike) -> None:
             probe.unlink()
         except OSError as err:
             raise StoreError(f"store {store_dir} is not writable ({folder}: {err.strerror or err})") from None
+
+
+def check_readable_store(store_dir: PathLike, allow_empty: bool = False) -> Path:
+    """The store's path; raises StoreError, with the one line every command that reads a store
+    prints, when it is missing, not a store (a file, or a directory none of whose folders is a
+    store's, e.g. STORE/records itself) or, unless ``allow_empty``, holds no records yet. Reads only."""
+    store_dir = Path(store_dir)
+    fix = "pass the directory given as store= to the sweep"
+    if not store_dir.exists():
+        raise StoreError(f"store {store_dir} does not exist: {fix}")
+    if not store_dir.is_dir():
+        raise StoreError(f"store {store_dir} is a file, not a store directory: {fix}")
+    if any(store_dir.iterdir()) and not any((store_dir / name).is_dir() for name in _STORE_FOLDERS):
+        inside = (f" (it looks like the {store_dir.name}/ folder of store {store_dir.parent})"
+                  if store_dir.name in _STORE_FOLDERS else "")
+        raise StoreError(f"{store_dir} is not a result store: it has no {RECORDS}/ folder{inside}; {fix}")
+    if not allow_empty and not _record_files(store_dir):
+        raise StoreError(f"store {store_dir} holds no records yet")
+    return store_dir
 
 
 def _fsync_dir(path: Path) -> None:
@@ -506,7 +527,8 @@ def load_store(store_dir: PathLike, strict: bool = False) -> pd.DataFrame:
         frame = fresh_frame if kept.empty else pd.concat([kept, fresh_frame], ignore_index=True)
     if fresh or cached is None or len(kept) != len(cached):
         table = _to_table(frame.sort_values("_file", ignore_index=True))
-        _write_index(index_path, table)
+        if files:  # only in a store that holds records: a reader pointed elsewhere writes nothing
+            _write_index(index_path, table)
         frame = _to_frame(table)
     frame = frame.drop(columns=_STAMP)
     missing = [c for c in BASE_COLUMNS + result_fields() if c not in frame.columns]

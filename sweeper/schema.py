@@ -42,10 +42,13 @@ class SweepAppConfig(TrainConfig):
     # from the files again when the job starts, so a config edited mid-sweep would otherwise train
     # (and record) another cell than the one planned.
     planned_cell: str = ""
+    # true: Hydra's launcher lines too ("Launching 1 jobs locally", each job's overrides); the
+    # sweep's own progress line per cell is printed either way
+    verbose: bool = False
 
 
 APP_FIELDS = ("store", "force", "keep_checkpoints", "search", "search_budget", "search_refine", "jobs",
-              "planned_cell")
+              "planned_cell", "verbose")
 
 ConfigStore.instance().store(name="sweep_schema", node=SweepAppConfig)
 

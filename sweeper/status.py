@@ -14,6 +14,7 @@ from typing import Iterable, Optional, TextIO
 import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from .asked import read_asked
 from .claims import live_claims
 from .experiments import compose_sweep, has_experiment
 from .grid import expand
@@ -37,14 +38,17 @@ def store_cells(frame: pd.DataFrame) -> pd.DataFrame:
     return cells
 
 
-def expected_cells(experiment: str, conf_dir: Path) -> pd.DataFrame:
-    """The cells of an experiment's default grid (conf/experiment/NAME.yaml), all 'missing'."""
+def expected_cells(experiment: Optional[str], conf_dir: Path,
+                   overrides: Optional[list[str]] = None) -> pd.DataFrame:
+    """The cells a sweep asked for (``overrides``, sweeper.asked), else those of the experiment's
+    default grid (conf/experiment/NAME.yaml), all 'missing'."""
     cfg = compose_sweep(experiment, conf_dir)
     base = {k: cfg[k] for k in cfg if k != "hydra"}
-    params = cfg.hydra.sweeper.params or {}
+    if overrides is None:
+        overrides = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.params or {}).items()]
     parser = OverridesParser.create()
     rows = []
-    for cell in expand([f"{k}={v}" for k, v in params.items()], parser):
+    for cell in expand(overrides, parser):
         values = dict(base)
         for override in cell.overrides:
             parsed = parser.parse_override(override)
@@ -52,6 +56,23 @@ def expected_cells(experiment: str, conf_dir: Path) -> pd.DataFrame:
         row = {k: v for k, v in result_config(values).items() if k in POSITION}
         rows.append({**row, "experiment": experiment, "state": "missing", "error": None})
     return pd.DataFrame(rows, columns=[*POSITION, "state", "error"])
+
+
+def asked_cells(store: Path, frame: pd.DataFrame, conf_dir: Path) -> list[pd.DataFrame]:
+    """The cells expected in the store: what its sweeps asked for (sweeper.asked); for an
+    experiment no recorded sweep asked for (a store older than those records), its default grid."""
+    asks = read_asked(store)
+    sources = []
+    for ask in asks:
+        try:
+            sources.append(expected_cells(ask["experiment"], conf_dir, ask["overrides"]))
+        except Exception:  # noqa: BLE001  an ask the config no longer composes (renamed experiment, edited grid)
+            continue
+    asked = {ask["experiment"] for ask in asks}
+    for name in sorted(set(frame["experiment"].dropna().unique()) - asked):
+        if has_experiment(name, conf_dir):
+            sources.append(expected_cells(name, conf_dir))
+    return sources
 
 
 def queue_cells(queued: list[dict]) -> pd.DataFrame:
@@ -136,9 +157,7 @@ def report(store: Path, out: TextIO, conf_dir: Optional[Path] = None,
               file=out)
         sources.insert(1, queue_cells(queued))
     if conf_dir is not None:
-        for name in sorted(frame["experiment"].dropna().unique()):
-            if has_experiment(name, conf_dir):
-                sources.append(expected_cells(name, conf_dir))
+        sources += asked_cells(store, frame, conf_dir)
     cells = merge(sources)
     print("legend: " + ", ".join(f"{sym}={state}" for state, sym in SYMBOLS.items()), file=out)
     for keys, group in cells.groupby(["experiment", *GROUP_AXES], sort=True, dropna=False):

@@ -255,7 +255,7 @@ def test_a_checkpoint_refuses_a_run_with_other_settings(tmp_path):
     assert "Traceback" not in other.stderr
 
 
-def test_status_removes_what_killed_jobs_left_and_keeps_what_is_live_or_kept(tmp_path):
+def test_clean_removes_what_killed_jobs_left_and_keeps_what_is_live_or_kept(tmp_path):
     store = tmp_path / "store"
     done = [{"width": w, "depth": 2, "lr": -8.0} for w in (32, 64)]
     for config in done:
@@ -274,11 +274,11 @@ def test_status_removes_what_killed_jobs_left_and_keeps_what_is_live_or_kept(tmp
     dead.parent.mkdir(parents=True)
     dead.write_text(json.dumps({"host": socket.gethostname(), "pid": _dead_pid(), "token": "t"}))
 
-    status = run(["-m", "sweeper", "status", "--store", str(store)], tmp_path)
-    assert status.returncode == 0, status.stderr
+    cleaned = run(["-m", "sweeper", "clean", "--store", str(store)], tmp_path)
+    assert cleaned.returncode == 0, cleaned.stderr
     assert not (leftover / CHECKPOINT).exists() and (kept / CHECKPOINT).exists()
     assert not old_tmp.exists() and young_tmp.exists() and not dead.exists()
-    assert "removed 1 leftover checkpoint(s)" in status.stderr
+    assert "removed 1 leftover checkpoint(s)" in cleaned.stdout
 
 
 # ---- no input can break a store -----------------------------------------------------------------

@@ -15,6 +15,7 @@ from sweeper.job import run_cell
 from sweeper.result_store import load_store, read_record
 from trainer.callbacks import Callback
 from trainer.config import TrainConfig
+from trainer.tracking import wandb_run_id
 from trainer.train import main as train_main, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,15 +38,29 @@ def scalars(accumulator, tag):
 def test_a_tensorboard_sweep_writes_the_records_curves_under_store_tb_key(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
     done = sweep([*CELLS, "logger=tensorboard"], tmp_path, {})
     assert done.returncode == 0, done.stderr[-3000:]
     store = tmp_path / "store"
-    keys = list(load_store(store)["key"])
-    assert len(keys) == 2 and sorted(p.name for p in (store / "tb").iterdir()) == sorted(keys)
+    frame = load_store(store)
+    keys = list(frame["key"])
+    # runs named by their settings (then the key's start), as a person scans a run list
+    names = {key: f"mup muon_kimi w{w} d2 lr-9 s0 {key[:8]}" for key, w in zip(keys, frame["width"])}
+    assert len(keys) == 2 and sorted(p.name for p in (store / "tb").iterdir()) == sorted(names.values())
     for key in keys:
         curves = read_record(store, key)["curves"]
-        events = EventAccumulator(str(store / "tb" / key))
+        events = EventAccumulator(str(store / "tb" / names[key]))
         events.Reload()
+        # the HParams dashboard: the cell's settings, val/loss as the metric, a finished session
+        content = events.PluginTagToContent("hparams")
+        experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+        assert [m.name.tag for m in experiment.metric_infos] == ["val/loss"]
+        start = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+        width = int(frame.set_index("key").loc[key, "width"])
+        assert start.hparams["width"].number_value == width and start.hparams["lr"].number_value == -9
+        assert start.hparams["param"].string_value == "mup"
+        assert "_hparams_/session_end_info" in content
         assert [s for s, _ in curves["train"]] == [1, 2, 4, 6] and len(curves["val"]) == 2
         for tag, curve in (("train/loss", curves["train"]), ("val/loss", curves["val"])):
             logged = scalars(events, tag)
@@ -55,7 +70,7 @@ def test_a_tensorboard_sweep_writes_the_records_curves_under_store_tb_key(tmp_pa
             assert [s for s, _ in scalars(events, tag)] == [1, 2, 4, 6]
             assert all(v > 0 for _, v in scalars(events, tag))
         config = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
-        assert f"| run_name | {key} |" in config and "| width | " in config
+        assert f"| run_name | {names[key]} |" in config and "| width | " in config
 
 
 class DiesAtStep(Callback):
@@ -116,7 +131,9 @@ def test_a_wandb_offline_cell_logs_its_history_config_and_key(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     [record] = [read_record(tmp_path / "store", key) for key in load_store(tmp_path / "store")["key"]]
     key = record["key"]
-    [log] = (tmp_path / "wandb_home" / "wandb").glob(f"offline-run-*-{key}/run-{key}.wandb")
+    name = f"mup muon_kimi w32 d2 lr-9 s0 {key[:8]}"  # its settings name it
+    run_id = wandb_run_id(name)
+    [log] = (tmp_path / "wandb_home" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
 
     rows, run = [], None  # rows: one dict per logged step
     for entry in wandb_records(log):
@@ -125,12 +142,12 @@ def test_a_wandb_offline_cell_logs_its_history_config_and_key(tmp_path):
         if entry.HasField("history"):
             rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                          for item in entry.history.item})
-    # The key names and identifies the run (a requeued job resumes it); experiment and store
-    # name its group and project.
-    assert (run.run_id, run.display_name, run.run_group, run.project) == (key, key, "smoke", "store")
+    # The settings name the run, and its id comes from the name (a requeued job resumes it);
+    # experiment and store name its group and project; the config is W&B's config.
+    assert (run.run_id, run.display_name, run.run_group, run.project) == (run_id, name, "smoke", "store")
     assert run.resume
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
-    assert config["run_name"] == key
+    assert config["run_name"] == name
     assert {name: config[name] for name in record["config"]} == record["config"]
     for tag, curve in (("train/loss", record["curves"]["train"]), ("val/loss", record["curves"]["val"])):
         logged = [[row["_step"], row[tag]] for row in rows if tag in row]

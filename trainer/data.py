@@ -160,6 +160,25 @@ def load_tokens(dataset: str, tokenizer: str = "auto", data_dir: Optional[str] =
     return _open(name, cache, vocab)
 
 
+def data_problem(dataset: str, data_dir: Optional[str] = None) -> Optional[str]:
+    """One line saying why a run of ``dataset`` could not start on this machine's data, or None.
+    Reads only: it prepares and downloads nothing (a text dataset is prepared by its first run)."""
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    if dataset == "openwebtext":
+        folder = root / "openwebtext"
+        if _is_prepared(folder):
+            return None
+        return (f"dataset=openwebtext is not prepared: {folder} has no train.bin and val.bin; run "
+                f"`python -m trainer.data prepare openwebtext --data-dir {root}` first (or --from FILE.jsonl)")
+    if dataset == "embedded":
+        return None
+    try:
+        _folder_source(dataset)
+    except DataUnavailable as err:
+        return str(err)
+    return None
+
+
 def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int,
               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows x (int64, CPU) and y = x shifted by one; starts come from ``generator`` (CPU),

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 LOGGERS = ("none", "tensorboard", "wandb")
 INSTALL = "pip install -e '.[tracking]'"
+HPARAMS_METRIC = "val/loss"  # the scalar the HParams dashboard compares runs by
 
 
 def check_installed(logger: str) -> None:
@@ -57,6 +58,18 @@ class TensorBoard(Callback):
         # steps after its checkpoint again, a run started afresh (force=true) replaces them all.
         self.writer = SummaryWriter(str(self.log_dir), purge_step=step + 1)
         self.writer.add_text("config", config_table(config), step)
+        self._hparams(config)
+
+    def _hparams(self, config: dict) -> None:
+        """The run's settings for the HParams dashboard (its table and parallel coordinates), with
+        val/loss (its last value: the final val loss) as the metric. Written into this run's own
+        directory, beside its scalars, which add_hparams would not do (it makes a new one)."""
+        from torch.utils.tensorboard.summary import hparams
+
+        settings = {k: v for k, v in config.items() if isinstance(v, (bool, int, float, str))}
+        experiment, start, _ = hparams(settings, {HPARAMS_METRIC: 0.0})
+        for summary in (experiment, start):
+            self.writer.file_writer.add_summary(summary)
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         for tag, value in metrics.items():
@@ -66,6 +79,9 @@ class TensorBoard(Callback):
 
     def on_end(self, result) -> None:
         if self.writer is not None:  # None: the run ended before it started
+            from torch.utils.tensorboard.summary import hparams
+
+            self.writer.file_writer.add_summary(hparams({}, {})[2])  # the session's end
             self.writer.close()
 
 

@@ -6,6 +6,7 @@ Thin on purpose: it adapts Hydra's config loader and launcher to sweeper.driver.
 # (no "from __future__ import annotations": Hydra execs plugin modules outside sys.modules,
 #  where dataclasses cannot resolve string annotations)
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ class MutransferSweeperConf:
     params: Optional[Dict[str, str]] = None
 
 
+LAUNCHER_LOGGERS = ("hydra._internal.core_plugins.basic_launcher",
+                    "hydra_plugins.hydra_submitit_launcher.submitit_launcher")
+
 ConfigStore.instance().store(group="hydra/sweeper", name="mutransfer", node=MutransferSweeperConf,
                              provider="mutransfer")
 
@@ -54,6 +58,9 @@ class MutransferSweeper(Sweeper):
 
         self.config = config
         self.hydra_context = hydra_context
+        # Hydra's launchers log two lines per job; the sweep prints its own line per cell
+        for name in LAUNCHER_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO if config.get("verbose") else logging.WARNING)
         self.task_function = task_function
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
@@ -112,11 +119,15 @@ class MutransferSweeper(Sweeper):
         from sweeper.result_store import StoreError, check_writable_store
 
         cfg = self.config
+        self._preflight(cfg, self._overrides(arguments))
         store = (Path(cfg.hydra.runtime.cwd) / Path(str(cfg.store)).expanduser()).resolve()
         try:
             check_writable_store(store)  # before the sweep's log dir, which lives in the store
         except StoreError as err:
             raise SweepError(str(err)) from None
+        from sweeper.asked import write_asked
+
+        write_asked(store, cfg.hydra.runtime.choices.get("experiment"), self._overrides(arguments))
         sweep_dir = Path(str(cfg.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
@@ -128,6 +139,25 @@ class MutransferSweeper(Sweeper):
             if self.pool is not None:
                 self.pool.close()
                 self.pool = None
+
+    def _overrides(self, arguments: List[str]) -> List[str]:
+        """The experiment's default grid, then the command line's overrides (which replace it per key)."""
+        return [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+
+    def _preflight(self, cfg: DictConfig, overrides: List[str]) -> None:
+        """Raises SweepError, one line per mistake, before anything is written or launched."""
+        from sweeper.driver import SweepError
+        from sweeper.grid import GridError, expand
+        from sweeper.preflight import preflight
+
+        try:
+            cells = expand(overrides)
+        except GridError as err:
+            raise SweepError(str(err)) from None
+        problems = preflight(cells, cfg.hydra.launcher, cfg.hydra.runtime.choices.get("cluster"),
+                             str(cfg.dataset), cfg.get("data_dir"))
+        if problems:
+            raise SweepError("\n".join(problems) + "\nnothing was launched")
 
     def _start_pool(self, cfg: DictConfig) -> None:
         """Worker processes for the basic launcher when ``jobs`` asks for more than one cell at once."""
@@ -155,7 +185,7 @@ class MutransferSweeper(Sweeper):
             cells_on=self._cells_on(),
         )
         self._launched = 0
-        overrides = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        overrides = self._overrides(arguments)
         if cfg.search.name == "transfer":  # rounds of cells through the same launcher
             from sweeper.search_sweep import run_transfer_sweep
 
