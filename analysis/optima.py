@@ -41,7 +41,8 @@ class RowOptimum:
     edge: str | None  # "below" | "above" when the optimum may lie beyond the best point (never run there)
     bounded: str | None = None  # "below" | "above": the neighbour on that side diverged
     curvature: float | None = None  # the parabola's loss per (log2 eta)^2, where refined
-    step: float | None = None  # to the neighbour on the open side
+    step: float | None = None  # to the worse neighbour on the closed side of an open optimum
+    gap: float | None = None  # to the diverged neighbour of a stability-bounded optimum
 
     def edge_note(self) -> str | None:
         if self.edge is not None:
@@ -79,7 +80,7 @@ class RowOptimum:
         sign, step = (1 if self.open == "above" else -1), self.step or 1.0
         if self.edge:
             return [self.lr + sign * step, self.lr + 2 * sign * step]
-        return [self.lr + sign * step / 2]
+        return [self.lr + sign * (self.gap or step) / 2]
 
 
 def parabola_vertices(xs, ys) -> np.ndarray:
@@ -118,7 +119,7 @@ def row_optimum(size: float, lrs: np.ndarray, loss: np.ndarray, diverged: np.nda
     k = int(np.flatnonzero(run == i)[0])
     below, above = (int(run[k - 1]) if k > 0 else None), (int(run[k + 1]) if k + 1 < len(run) else None)
     lr, best = float(lrs[i]), float(loss[i])
-    edge = bounded = step = curvature = None
+    edge = bounded = step = curvature = gap = None
     if below is None:
         edge = "below"
     elif above is None:
@@ -131,12 +132,14 @@ def row_optimum(size: float, lrs: np.ndarray, loss: np.ndarray, diverged: np.nda
     if side:  # the step to the worse neighbour on the closed side, for the open interval's bound
         j = below if side == "above" else above
         step = float(abs(lrs[j] - lr)) if j is not None and finite[j] else None
+    if bounded:
+        gap = float(abs(lrs[above if bounded == "above" else below] - lr))
     refined = lr
     if side is None:
         vertex, a = _parabolas((lrs[below], lr, lrs[above]), (loss[below], best, loss[above]))
         if not np.isnan(vertex):
             refined, curvature = float(vertex), float(a)
-    return RowOptimum(float(size), lr, best, refined, edge, bounded, curvature, step)
+    return RowOptimum(float(size), lr, best, refined, edge, bounded, curvature, step, gap)
 
 
 def on_parabola(opt: RowOptimum, lrs: np.ndarray, loss: np.ndarray, diverged: np.ndarray, lr: float) -> bool:
