@@ -33,7 +33,7 @@ import numpy as np
 
 from .intervals import LEVEL, OPEN, RESIDUALS, SEEDS, STANDARD_ERRORS, Interval, open_interval, residual_sd, \
     t_interval, trend
-from .optima import RowOptimum, fitted_regret, row_optimum
+from .optima import RowOptimum, fitted_regret, on_parabola, row_optimum
 
 if TYPE_CHECKING:
     from .tables import Table  # which imports this module for its notes
@@ -106,7 +106,7 @@ class TableNoise:
         if not math.isfinite(point):
             return None
         j, best = int(np.flatnonzero(t.lrs == reference_lr)[0]), int(np.flatnonzero(t.lrs == opt.lr)[0])
-        if opt.curvature is not None and abs(j - best) <= 1:
+        if on_parabola(opt, t.lrs, t.loss[r], t.diverged[r], reference_lr):
             return None if self.eta[r] is None else RegretInterval(self.eta[r].method, opt.curvature, reference_lr, self.eta[r])
         differences = t.seed_loss[:, r, j] - t.seed_loss[:, r, best]
         differences = differences[np.isfinite(differences)]

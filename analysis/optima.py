@@ -1,9 +1,9 @@
 """Optimal base learning rates and transfer verdicts of one table.
 
 A row's optimum is the grid's argmin over its finite losses, refined by the vertex of the parabola
-(in log2 eta) through the best point and its two grid neighbours. An optimum is *open* when the
-data do not bracket it: on the grid's *edge* (the best point's neighbour on one side was never run:
-grid edge or missing cell), or *bounded* by a diverged neighbour (the optimum is set by the stability
+(in log2 eta) through the best point and the nearest point the row ran on each side. An optimum is
+*open* when the data do not bracket it: on the grid's *edge* (the row ran nothing on one side of its
+best point), or *bounded* by a diverged neighbour (the optimum is set by the stability
 limit, not by an interior minimum; a longer warmup could move it). An open optimum keeps the grid's
 value, gets a one-sided interval (analysis.confidence) and never decides a verdict.
 
@@ -41,7 +41,8 @@ class RowOptimum:
     edge: str | None  # "below" | "above" when the optimum may lie beyond the best point (never run there)
     bounded: str | None = None  # "below" | "above": the neighbour on that side diverged
     curvature: float | None = None  # the parabola's loss per (log2 eta)^2, where refined
-    step: float | None = None  # to the neighbour on the open side
+    step: float | None = None  # to the worse neighbour on the closed side of an open optimum
+    gap: float | None = None  # to the diverged neighbour of a stability-bounded optimum
 
     def edge_note(self) -> str | None:
         if self.edge is not None:
@@ -79,7 +80,7 @@ class RowOptimum:
         sign, step = (1 if self.open == "above" else -1), self.step or 1.0
         if self.edge:
             return [self.lr + sign * step, self.lr + 2 * sign * step]
-        return [self.lr + sign * step / 2]
+        return [self.lr + sign * (self.gap or step) / 2]
 
 
 def parabola_vertices(xs, ys) -> np.ndarray:
@@ -106,32 +107,50 @@ def parabola_vertex(xs: tuple[float, float, float], ys: tuple[float, float, floa
 
 
 def row_optimum(size: float, lrs: np.ndarray, loss: np.ndarray, diverged: np.ndarray) -> RowOptimum:
-    """Optimum of one row: ``loss`` is NaN where a cell is missing or diverged."""
-    lrs, loss = np.asarray(lrs, float), np.asarray(loss, float)
+    """Optimum of one row: ``loss`` is NaN where a cell is missing or diverged. The best cell's
+    neighbours are the nearest cells the row ran: a column another row added (a half step, a closing
+    cell) leaves this row's bracket as it was."""
+    lrs, loss, diverged = np.asarray(lrs, float), np.asarray(loss, float), np.asarray(diverged, bool)
     finite = np.isfinite(loss)
     if not finite.any():
         return RowOptimum(float(size), None, None, None, None)
+    run = np.flatnonzero(finite | diverged)
     i = int(np.nanargmin(np.where(finite, loss, np.inf)))
+    k = int(np.flatnonzero(run == i)[0])
+    below, above = (int(run[k - 1]) if k > 0 else None), (int(run[k + 1]) if k + 1 < len(run) else None)
     lr, best = float(lrs[i]), float(loss[i])
-    edge = bounded = step = curvature = None
-    if i == 0 or not (finite[i - 1] or diverged[i - 1]):
+    edge = bounded = step = curvature = gap = None
+    if below is None:
         edge = "below"
-    elif i == len(lrs) - 1 or not (finite[i + 1] or diverged[i + 1]):
+    elif above is None:
         edge = "above"
-    elif diverged[i + 1]:
+    elif diverged[above]:
         bounded = "above"
-    elif diverged[i - 1]:
+    elif diverged[below]:
         bounded = "below"
     side = edge or bounded
     if side:  # the step to the worse neighbour on the closed side, for the open interval's bound
-        j = i - 1 if side == "above" else i + 1
-        step = float(abs(lrs[j] - lr)) if 0 <= j < len(lrs) and finite[j] else None
+        j = below if side == "above" else above
+        step = float(abs(lrs[j] - lr)) if j is not None and finite[j] else None
+    if bounded:
+        gap = float(abs(lrs[above if bounded == "above" else below] - lr))
     refined = lr
     if side is None:
-        vertex, a = _parabolas((lrs[i - 1], lr, lrs[i + 1]), (loss[i - 1], best, loss[i + 1]))
+        vertex, a = _parabolas((lrs[below], lr, lrs[above]), (loss[below], best, loss[above]))
         if not np.isnan(vertex):
             refined, curvature = float(vertex), float(a)
-    return RowOptimum(float(size), lr, best, refined, edge, bounded, curvature, step)
+    return RowOptimum(float(size), lr, best, refined, edge, bounded, curvature, step, gap)
+
+
+def on_parabola(opt: RowOptimum, lrs: np.ndarray, loss: np.ndarray, diverged: np.ndarray, lr: float) -> bool:
+    """Whether ``lr`` is one of the three points of the row's fitted parabola: the best cell or a
+    nearest cell the row ran on either side of it."""
+    if opt.curvature is None:
+        return False
+    lrs = np.asarray(lrs, float)
+    ran = np.isfinite(np.asarray(loss, float)) | np.asarray(diverged, bool)
+    low, high = sorted((lr, opt.lr))
+    return not (ran & (lrs > low) & (lrs < high)).any()
 
 
 class Noise(Protocol):
@@ -183,7 +202,7 @@ def fitted_regret(opt: RowOptimum, lrs: np.ndarray, loss: np.ndarray, diverged: 
         return math.inf
     if math.isnan(loss[j]):
         return math.nan
-    if opt.curvature is not None and abs(int(np.flatnonzero(lrs == opt.lr)[0]) - j) <= 1:
+    if on_parabola(opt, lrs, loss, diverged, lr):
         return opt.curvature * (lr - opt.lr_refined) ** 2
     fitted_min = opt.loss - (opt.curvature or 0.0) * (opt.lr - opt.lr_refined) ** 2
     return max(0.0, float(loss[j] - fitted_min))
@@ -228,8 +247,8 @@ def _with_note(judged: Verdict, note: str) -> Verdict:
 
 
 def unfinished(lrs: np.ndarray, loss: np.ndarray, diverged: np.ndarray, opt: RowOptimum) -> tuple[int, int] | None:
-    """(cells run, cells of the line) for a row still being swept: its best cell has a cell of the
-    line that was never run next to it, so the optimum may lie there. A row whose own cells bracket
+    """(cells run, cells of the line) for a row still being swept: the row ran nothing on one side of
+    its best cell, where the line goes on, so the optimum may lie there. A row whose own cells bracket
     its optimum is judged whatever else is missing; so is one whose best cell is at the line's end."""
     if opt.edge is None or opt.lr is None:
         return None

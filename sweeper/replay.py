@@ -6,6 +6,7 @@ analysis.optima's fit of the whole row, the same fit the search uses on its brac
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -34,6 +35,27 @@ class ReplayOracle:
         return out
 
 
+def on_lattice(grid):
+    """The table on its grid's lrs: the lattice of the columns every row ran (their smallest lr plus
+    multiples of their smallest step). A column off it that only some rows ran (the half steps or
+    closing cells a report asked for) is no part of the grid the search walks and is left out; a
+    lattice column some row lacks stays, a hole. Returns (table, the lrs left out)."""
+    full = grid.lrs[(grid.runs > 0).all(axis=0)]
+    if len(full) < 2 or len(full) == len(grid.lrs):
+        return grid, []
+    step = float(np.diff(full).min())
+    steps = (grid.lrs - full[0]) / step
+    keep = np.isclose(steps, np.round(steps)) | (grid.runs > 0).all(axis=0)
+    if keep.all():
+        return grid, []
+    cols = np.flatnonzero(keep)
+    sliced = dataclasses.replace(
+        grid, lrs=grid.lrs[cols], loss=grid.loss[:, cols], diverged=grid.diverged[:, cols],
+        runs=grid.runs[:, cols], spread=grid.spread[:, cols], se=grid.se[:, cols],
+        seed_loss=grid.seed_loss[:, :, cols], seed_diverged=grid.seed_diverged[:, :, cols])
+    return sliced, [float(lr) for lr in grid.lrs[~keep]]
+
+
 def _search_table(grid) -> SearchTable:
     """A store table as a search line; raises SearchError naming the holes of an incomplete one."""
     holes = [(s, lr) for r, s in enumerate(grid.sizes) for c, lr in enumerate(grid.lrs) if grid.runs[r, c] == 0]
@@ -57,12 +79,18 @@ def replay(store: Path, budget: float = BUDGET) -> dict:
     frame = load_store(store)
     if frame.empty:
         raise SearchError(f"{store} holds no records to replay")
-    grids = [g for g in build_tables(frame) if len(g.lrs) >= 2]
+    grids, left_out = [], []
+    for table in build_tables(frame):
+        grid, extra = on_lattice(table)
+        if len(grid.lrs) >= 2:
+            grids.append(grid)
+            left_out.append(extra)
     if not grids:
         raise SearchError(f"{store} holds no table with two or more learning rates")
     tables = [_search_table(g) for g in grids]
     results = run_search(tables, ReplayOracle(grids), budget=budget)
-    return {"tables": [_table(g, result, row_optimum) for g, result in zip(grids, results)]}
+    return {"tables": [{**_table(g, result, row_optimum), **({"left_out_lrs": extra} if extra else {})}
+                       for g, result, extra in zip(grids, results, left_out)]}
 
 
 def _table(grid, result: TableResult, row_optimum) -> dict:
@@ -95,7 +123,11 @@ def to_text(figures: dict) -> str:
             lines.append(f"{row['size']:>8} {_f(row['eta_star'], '.2f'):>7} {_f(row['eta_star_grid'], '.2f'):>9} "
                          f"{row['cells']:>5} {100 * row['compute_fraction']:>6.0f}%  {row['settled']}")
         lines += [f"compute {100 * table['compute_fraction']:.1f}% of the grid; largest eta* error "
-                  f"{_f(table['max_error'], '.2f')} log2 (rows whose grid optimum is interior)", ""]
+                  f"{_f(table['max_error'], '.2f')} log2 (rows whose grid optimum is interior)"]
+        if table.get("left_out_lrs"):
+            lines.append("left out (off the grid's lr lattice, run at some sizes only): log2 eta "
+                         + ", ".join(f"{lr:g}" for lr in table["left_out_lrs"]))
+        lines.append("")
     return "\n".join(lines).rstrip()
 
 

@@ -142,3 +142,20 @@ def test_an_unfinished_row_is_named_incomplete_and_the_rest_judged():
     both = _verdict([bowl(-7.0), half])
     assert both.outcome is None and both.summary == (
         "n/a: fewer than two finished widths with a finite loss; incomplete (3 of 5 cells) at width 256")
+
+
+def test_a_column_another_row_added_leaves_this_rows_bracket_and_fit_as_they_were():
+    # results/cpu_depth: the half step -3.5 ran at depth 4 only, to close that row; at the other
+    # depths the best cell -4 keeps -3 as its upper neighbour (it used to read "edge", the verdict n/a).
+    lrs = np.array([-6.0, -5.0, -4.0, -3.5, -3.0])
+    full = bowl(-4.2, lrs=lrs)
+    gap = full.copy()
+    gap[3] = np.nan
+    opt = row_optimum(2, lrs, gap, np.zeros(5, bool))
+    assert opt.edge is None and opt.lr == -4.0
+    without = row_optimum(2, np.delete(lrs, 3), np.delete(gap, 3), np.zeros(4, bool))
+    assert (opt.lr_refined, opt.curvature) == (without.lr_refined, without.curvature)
+    assert opt.lr_refined == pytest.approx(-4.2)
+    judged = verdict("depth", lrs, np.array([gap, full, gap]), np.zeros((3, 5), bool),
+                     [row_optimum(d, lrs, row, np.zeros(5, bool)) for d, row in zip((2, 4, 8), (gap, full, gap))])
+    assert judged.outcome == "transfers" and "incomplete" not in judged.summary

@@ -43,13 +43,14 @@ def noise():
 
 
 def test_the_synthetic_noise_reproduces_the_stores_spread_of_eta_star(noise):
-    # One seed's eta* spreads on synthetic tables about as much as in the committed 3-seed stores:
-    # not much less (the calibration would flatter the verdict), and at most 2x (~25 % for the
-    # pooled estimates' own uncertainty, on top of the synthetic noise being independent per cell
-    # where a real row's is partly smooth along lr: 1.3x on the stores of 5eb25b5, 1.8x with the
-    # 3-seed cpu_width store, so the calibration's rates are at more noise than the stores show).
+    # One seed's eta* spreads on synthetic tables at least about as much as in the committed 3-seed
+    # stores: not much less (the calibration would flatter the verdict). More is conservative (wider
+    # intervals make every target harder to meet) and expected, as the synthetic noise is
+    # independent per cell where a real row's is partly smooth along lr: 1.3x on the stores of
+    # 5eb25b5, 1.8x with the 3-seed cpu_width store, 2.1x with the 3-seed cpu_depth store of heads
+    # of 16; at most 2.5x, beyond which the rates would say little about the stores.
     assert noise.eta_sd is not None and noise.cells > 20
-    assert 2 / 3 <= calibration.simulated_eta_sd(noise, draws=40) / noise.eta_sd <= 2
+    assert 2 / 3 <= calibration.simulated_eta_sd(noise, draws=40) / noise.eta_sd <= 2.5
 
 
 def test_the_verdict_meets_its_targets_and_the_intervals_cover(noise):
@@ -94,16 +95,20 @@ def cpu_depth(tmp_path_factory):
 def test_stability_bounded_optima_get_open_intervals_and_the_cells_that_close_them(cpu_depth):
     text, summary = cpu_depth
     sp = summary[(summary["param"] == "sp") & (summary["layernorm"].astype(str) == "False")].set_index("size")
-    for depth in (8, 16):  # best at -5 with -4 diverged: set by the stability limit
+    # Set by the stability limit: depth 8's best -4.5 (a closing cell) has -4 diverged above it and
+    # -5 below; depth 16's best -5 has -4.5 diverged above it and -6 below.
+    for depth, best, low in ((8, -4.5, -4.75), (16, -5.0, -5.5)):
         row = sp.loc[depth]
         assert row["lr_star_open"] == "above" and row["lr_star_interval"] == "open"
-        assert float(row["lr_star_low"]) == -5.5 and math.isinf(float(row["lr_star_high"]))
+        assert float(row["lr_star_low"]) == low and math.isinf(float(row["lr_star_high"]))
     section = text.split("param=sp, optimizer=muon_kimi, layernorm=False")[1].split("###")[0]
     assert "transfers for depth" not in section
-    assert "depth 8: stability-bounded: the above neighbour of -5 diverged" in section
+    assert "depth 16: stability-bounded: the above neighbour of -5 diverged" in section
     [line] = [n for n in section.splitlines() if n.startswith("- to close the open optima, run: ")]
     cells = sweep_cells(line.split("`")[1])  # the sweeper's own grid parser reads it back
-    assert {(int(c["depth"]), float(c["lr"])) for c in cells} >= {(8, -4.5), (16, -4.5)}
+    # half way to the diverged neighbour, never the diverged cell itself
+    assert {(int(c["depth"]), float(c["lr"])) for c in cells} >= {(8, -4.25), (16, -4.75)}
+    assert not {(int(c["depth"]), float(c["lr"])) for c in cells} & {(8, -4.0), (16, -4.5)}
     assert {str(c["layernorm"]).lower() for c in cells} == {"false"} and {c["param"] for c in cells} == {"sp"}
 
 
