@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence, TextIO
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
+from .argv import hydra_quote
 from .claims import is_live, live_claims, read_claim, store_now
 from .grid import Cell, GridError, expand
 from .job import JobLostError, NotLaunched, describe, failed_record
@@ -46,10 +47,6 @@ class SweepSettings:
     batch_size: Optional[int]  # cells launched together; None: all at once
     poll_s: float = 2.0  # how often a running batch's new records are looked for
     cells_on: Optional[str] = None  # "cuda": the launcher gives each cell a GPU; None: this machine
-
-
-def hydra_quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _batches(cells: list[PlannedCell], size: Optional[int]) -> list[list[PlannedCell]]:

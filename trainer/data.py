@@ -333,22 +333,12 @@ def _scratch(target: Path) -> Path:
     return scratch
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(scratch: Path, target: Path) -> None:
     """Moves the finished files into ``target``, each durable before its atomic rename, train.bin last."""
     target.mkdir(parents=True, exist_ok=True)
     splits = [f"{split}.bin" for split in SPLITS]
     for name in sorted(set(os.listdir(scratch)) - set(splits)) + splits:
-        _fsync(scratch / name)
-        os.replace(scratch / name, target / name)
-        _fsync(target)
+        replace_durably(scratch / name, target / name)
     scratch.rmdir()
 
 

@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .atomic import atomic_write
 from .callbacks import Callback, Callbacks
 from .config import CHECKPOINT, RESULT, TrainConfig, recorded_default, resolve_precision, result_fields
 from .data import DataUnavailable, fixed_batches, load_tokens
@@ -113,12 +114,7 @@ class StopRequest:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def run_settings(cfg: TrainConfig) -> dict:
