@@ -7,7 +7,7 @@ import torch.optim._muon as torch_muon
 import trainer.spectral
 from trainer.config import TrainConfig
 from trainer.optimizers import Muon, build_optimizers
-from trainer.parameterization import build_model, check_names, param_groups
+from trainer.parameterization import build_model, param_groups
 from trainer.spectral import NS_COEFFICIENTS, newton_schulz
 
 torch.set_num_threads(1)
@@ -88,7 +88,7 @@ def test_a_setting_given_to_another_optimizer_names_its_optimizers(setting, opti
     name, value = setting.split("=")
     cfg = TrainConfig(optimizer=optimizer, **{name: eval(value)})
     with pytest.raises(ValueError, match=f"{name}=.* of {takers} only, not of optimizer={optimizer}"):
-        check_names(cfg)
+        cfg.validate()
 
 
 @pytest.mark.parametrize("transposed, radius", [(False, 2.0), (True, 0.5)])  # R = sqrt(n_out / n_in)

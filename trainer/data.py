@@ -55,6 +55,8 @@ import torch
 from filelock import FileLock, Timeout
 from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str  # GPT-2's special token and split pattern
 
+from .atomic import replace_durably
+
 VAL_FRACTION = 0.1
 TEXT_SUFFIXES = (".txt", ".md", ".py")
 TOKENIZERS = ("auto", "byte", "gpt2")

@@ -14,7 +14,6 @@ import torch
 
 from .config import TrainConfig
 from .cost import pick_micro_batch
-from .parameterization import check_names
 
 
 def forward_backward(loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, micro_batch_size: int,
@@ -43,7 +42,6 @@ def resolve_micro_batch(cfg: TrainConfig, vocab_size: int, device: torch.device,
     (trainer.cost) fits into the device; on CUDA confirmed by a one-step probe (trainer.probe)."""
     if cfg.micro_batch_size:
         return cfg.micro_batch_size
-    check_names(cfg)  # an unknown optimizer is named with the known ones, not as "no memory model"
     fits = pick_micro_batch(cfg, vocab_size, precision, device_memory_bytes(device), device.type)
     if fits is None:
         fits = 1  # the model says nothing fits: try the smallest, the run names what fails

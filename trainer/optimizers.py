@@ -30,7 +30,8 @@ from lion_pytorch import Lion
 from pytorch_optimizer import SOAP, SophiaH
 
 from .config import TrainConfig
-from .parameterization import OPTIMIZERS, ParamGroup, check_names, optimizer_setting
+from .parameterization import ParamGroup, optimizer_setting
+from .rules import OPTIMIZERS
 from .spectral import newton_schulz, same_shape_stacks
 from .shampoo import Shampoo
 from .sso import SSO
@@ -178,7 +179,6 @@ class Sophia(SophiaH):
 
 
 def build_optimizers(groups: list[ParamGroup], cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-    check_names(cfg)
     by_update: dict[str, list[dict]] = {}
     for group in groups:
         torch_group = {"params": group.params, "lr": group.lr, "weight_decay": group.weight_decay,
