@@ -47,10 +47,11 @@ def test_muon_in_bf16_steps_exactly_as_torchs_muon(adjust):
 
 
 @pytest.mark.parametrize("optimizer", ["muon_kimi", "sso"])
-@pytest.mark.parametrize("fast_bf16, dtype", [(False, torch.float32), (True, torch.bfloat16)])
-def test_newton_schulz_runs_in_fp32_exactly_where_bf16_is_slow(monkeypatch, optimizer, fast_bf16, dtype):
-    # The CPU's bf16 speed is the one stand-in; the spy calls the real iteration and records its dtype.
-    monkeypatch.setattr("trainer.optimizers.cpu_has_fast_bf16", lambda: fast_bf16)
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("auto", torch.float32),
+                                              ("bf16", torch.bfloat16)])
+def test_newton_schulz_runs_in_the_runs_precision(monkeypatch, optimizer, precision, dtype):
+    # on any CPU, AMX or not (it used to be bf16 at every precision on an AMX CPU); the spy calls the
+    # real iteration and records its dtype
     seen = []
 
     def spy(grad, dtype, *args, **kwargs):
@@ -60,7 +61,8 @@ def test_newton_schulz_runs_in_fp32_exactly_where_bf16_is_slow(monkeypatch, opti
 
     monkeypatch.setattr("trainer.optimizers.newton_schulz", spy)
     monkeypatch.setattr("trainer.sso.newton_schulz", spy)
-    cfg = TrainConfig(optimizer=optimizer, width=64, depth=1, base_width=64, base_depth=1, seq_len=8)
+    cfg = TrainConfig(optimizer=optimizer, width=64, depth=1, base_width=64, base_depth=1, seq_len=8,
+                      precision=precision)
     model = build_model(cfg, 32, torch.Generator().manual_seed(0))
     optimizers = build_optimizers(param_groups(model, cfg), cfg)
     x = torch.randint(0, 32, (2, 8), generator=torch.Generator().manual_seed(1))
