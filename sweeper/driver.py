@@ -18,13 +18,15 @@ from typing import Callable, Optional, Sequence, TextIO
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
+from trainer.cost import cell_relative_compute
+
 from .argv import hydra_quote
 from .claims import is_live, live_claims, read_claim, store_now
 from .grid import Cell, GridError, expand
 from .job import JobLostError, NotLaunched, describe, failed_record
 from .leftovers import clean, unwritten_line
 from .plan import DONE, PlannedCell, job_overrides, plan
-from .progress import Progress, clock, config_cost
+from .progress import Progress, clock
 from .queue import QueueError, queued_cells, squeue_available, write_entry
 from .record import SchemaError
 from .result_store import (RecordWriteError, StoreError, newest_attempt, promote, read_record, run_dir,
@@ -171,7 +173,7 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
                 shutil.rmtree(run_dir(store, cell.key), ignore_errors=True)
     out.flush()
 
-    progress = Progress({cell.key: config_cost(cell.config) for cell in todo}, out)
+    progress = Progress({cell.key: cell_relative_compute(cell.config) for cell in todo}, out)
     if settings.batch_size != 1:  # cells side by side: the dearest first, so none trains alone at the end
         todo = sorted(todo, key=lambda cell: -progress.costs[cell.key])
     landed: dict[str, dict] = {}
