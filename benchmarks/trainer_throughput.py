@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from trainer.callbacks import Callback
 from trainer.config import TrainConfig
 from trainer.cost import GPUS, flops_per_token, gpu_named
-from trainer.data import get_batch, load_tokens
+from trainer.data.batches import get_batch
+from trainer.data.tokens import load_tokens
 from trainer.optimizers import OPTIMIZERS, build_optimizers
 from trainer.parameterization import build_model, param_groups
 from trainer.precision import Precision, cpu_has_fast_bf16

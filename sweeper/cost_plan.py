@@ -16,7 +16,7 @@ from pathlib import Path
 from trainer.config import TrainConfig
 from trainer.cost import CellCost, Gpu
 from trainer.cost import cell_cost as trainer_cell_cost
-from trainer.data import vocab_size_of
+from trainer.data.tokenizer import vocab_size_of
 
 from .experiments import CONF_DIR
 

@@ -26,7 +26,9 @@ import torch.nn.functional as F
 
 from .config import TrainConfig
 from .coord_verdict import verdicts, verdict_text
-from .data import DataUnavailable, get_batch, load_tokens
+from .data.batches import get_batch
+from .data.cache import DataUnavailable
+from .data.tokens import load_tokens
 from .optimizers import build_optimizers
 from .parameterization import build_model, param_groups
 from .precision import Precision

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .data import get_batch
+from .data.batches import get_batch
 
 
 def is_async(device: torch.device) -> bool:

@@ -16,7 +16,7 @@ import torch
 
 from .cli import load_config
 from .config import TrainConfig
-from .data import vocab_size_of
+from .data.tokenizer import vocab_size_of
 from .model import GPT
 from .parameterization import ParamGroup, model_shape, multipliers, optimizer_setting, param_groups, ratios
 from .rules import OPTIMIZER_SETTINGS

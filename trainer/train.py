@@ -27,7 +27,9 @@ import torch
 from .atomic import atomic_write
 from .callbacks import Callback, Callbacks
 from .config import CHECKPOINT, RESULT, TrainConfig, recorded_default, result_fields
-from .data import DataUnavailable, fixed_batches, load_tokens
+from .data.batches import fixed_batches
+from .data.cache import DataUnavailable
+from .data.tokens import load_tokens
 from .device import DeviceBatches, StepTimer, is_async
 from .microbatch import resolve_micro_batch
 from .optimizers import build_optimizers
