@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import pandas as pd
 
+from sweeper.argv import hydra_quote
 from sweeper.experiments import CONF_DIR, compose_sweep, has_experiment, sweep_settings
 from sweeper.record import result_config
 from sweeper.search import table_state
@@ -84,8 +85,7 @@ def override_value(value) -> str:
     text = str(value)
     if _PLAIN.fullmatch(text) and text.lower() not in ("true", "false", "null", "nan", "inf"):
         return text
-    # Hydra's quoted strings: a backslash is literal unless it precedes a quote or the closing quote
-    return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text) + "'"
+    return hydra_quote(text)
 
 
 def compose(experiment: str | None, conf_dir: Path) -> DictConfig:

@@ -29,7 +29,7 @@ def child(settings: dict) -> None:
     import torch
 
     from trainer.config import TrainConfig
-    from trainer.data import load_tokens
+    from trainer.data.tokens import load_tokens
     from trainer.probe import measured_peak_bytes
     from trainer.train import run
 

@@ -101,7 +101,7 @@ def check_throughput(steps: int) -> bool:
     import torch
 
     from trainer.cost import flops_per_token
-    from trainer.data import load_tokens
+    from trainer.data.tokens import load_tokens
     from trainer_throughput import SHAPE, peaks_of, reference_tokens_per_s, trainer_tokens_per_s
 
     device = torch.device("cuda")

@@ -21,7 +21,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from trainer.config import TrainConfig
 from trainer.cost import flops_per_token
-from trainer.data import get_batch, load_tokens
+from trainer.data.batches import get_batch
+from trainer.data.tokens import load_tokens
 from trainer.optimizers import build_optimizers
 from trainer.parameterization import build_model, param_groups
 from trainer_throughput import SHAPE, TOKENS_PER_STEP, RefGPT, matmul_peak_flops

@@ -14,7 +14,7 @@ trainer's own model and optimizers). FLOPs per token are trainer.cost's. For the
 written here (Muon, Shampoo, SSO) it also prints the step's matmul FLOPs (Newton-Schulz, power
 iteration, statistics, eigh counted as 9 n^3, root and preconditioning products) and its measured
 time over those FLOPs' time at the measured peaks ("opt/peak", target <= 1.25): the Newton-Schulz
-FLOPs at the peak of the dtype the optimizer runs it in (trainer.optimizers.newton_schulz_dtype:
+FLOPs at the peak of the dtype the optimizer runs it in (trainer.precision.Precision.newton_schulz_dtype:
 bf16 on CUDA and AMX CPUs, fp32 elsewhere; the "peak" column names it), the rest (SSO's power
 iteration, all of Shampoo's step) at the fp32 peak.
 --optimizers takes a comma list or "all" (every optimizer the trainer has).
@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from contextlib import nullcontext
 from typing import Optional
 
 import torch
@@ -45,9 +44,12 @@ import torch.nn.functional as F
 from trainer.callbacks import Callback
 from trainer.config import TrainConfig
 from trainer.cost import GPUS, flops_per_token, gpu_named
-from trainer.data import get_batch, load_tokens
-from trainer.optimizers import OPTIMIZERS, StepInputs, build_optimizers, cpu_has_fast_bf16, step_optimizers
+from trainer.data.batches import get_batch
+from trainer.data.tokens import load_tokens
+from trainer.optimizers import OPTIMIZERS, build_optimizers
 from trainer.parameterization import build_model, param_groups
+from trainer.precision import Precision, cpu_has_fast_bf16
+from trainer.step import TrainingStep
 from trainer.train import run
 
 SHAPE = dict(depth=4, seq_len=256, batch_size=16)  # and a width from --widths
@@ -87,10 +89,6 @@ class RefGPT(nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
 
 
-def autocast_for(device: torch.device, precision: str):
-    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
-
-
 def sync(device: torch.device) -> None:
     """Waits for the device's queued work, so that a clock read after it counts that work."""
     if device.type == "cuda":
@@ -106,7 +104,7 @@ def reference_tokens_per_s(width: int, vocab: int, precision: str, steps: int, t
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0,
                             fused=True if device.type == "cuda" else None)
     gen = torch.Generator().manual_seed(1)
-    autocast = autocast_for(device, precision)
+    autocast = Precision.of(precision, device).autocast
     timed_from = int(skip_first)
     for i in range(steps):  # timed like the trainer's tokens_per_s: every step, batch fetch included
         if i == timed_from:
@@ -183,28 +181,23 @@ def optimizer_step_time(width: int, vocab: int, optimizer: str, precision: str, 
     cfg = TrainConfig(**SHAPE, width=width, param="mup", optimizer=optimizer, lr=-8, precision=precision,
                       vocab_size=vocab)
     model = build_model(cfg, vocab, torch.Generator().manual_seed(0)).to(device)
-    optimizers = build_optimizers(param_groups(model, cfg), cfg)
-    autocast = autocast_for(device, precision)
+    step = TrainingStep(model, build_optimizers(param_groups(model, cfg), cfg), Precision.of(precision, device),
+                        SHAPE["batch_size"], cfg.grad_clip, loss_fn=model.loss)
     gen = torch.Generator().manual_seed(1)
     in_step = total = 0.0
     for i in range(steps + 1):
         t0 = time.perf_counter()
         x, y = get_batch(tokens, SHAPE["batch_size"], SHAPE["seq_len"], gen)
         x, y = x.to(device), y.to(device)
-        with autocast():
-            loss = model.loss(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        step.gradients(x, y)
         sync(device)
         t1 = time.perf_counter()
-        step_optimizers(optimizers, StepInputs(model, x, autocast))
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
+        step.update(x)
         sync(device)
         t2 = time.perf_counter()
         if i:  # the first step allocates optimizer state
             in_step, total = in_step + t2 - t1, total + t2 - t0
-    # the dtype the optimizers chose (trainer.optimizers.newton_schulz_dtype); fp32 where none iterates
+    # the dtype the optimizers chose (trainer.precision.Precision.newton_schulz_dtype); fp32 where none iterates
     ns_dtype = next((o.ns_dtype for o in optimizers if hasattr(o, "ns_dtype")), torch.float32)
     return (in_step / total, in_step / steps, optimizer_step_flops(cfg, model),
             "bf16" if ns_dtype == torch.bfloat16 else "fp32")

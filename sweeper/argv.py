@@ -15,6 +15,12 @@ from .grid import rewrite_override
 _PLAIN_KEY = re.compile(r"^([A-Za-z_]\w*)=")  # no group path, no dotted hydra key, no +/~ prefix
 
 
+def hydra_quote(text: str) -> str:
+    """``text`` as one quoted Hydra value that reads back as ``text``. Inside Hydra's quotes a
+    backslash is literal unless it precedes a quote or the closing quote: only those are doubled."""
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text) + "'"
+
+
 def prepare(argv: list[str], known: set[str]) -> list[str]:
     """Rewritten arguments; raises ValueError (GridError) naming the key and the fix."""
     out = []

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from .result_store import atomic_write_bytes
+from trainer.atomic import atomic_write_bytes
 
 ASKED = "asked"
 

@@ -12,9 +12,11 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
-from trainer.config import TrainConfig, resolve_precision
+from trainer.config import TrainConfig
+from trainer.cost import CellCost, Gpu
+from trainer.cost import cell_cost as trainer_cell_cost
+from trainer.data.tokenizer import vocab_size_of
 
 from .experiments import CONF_DIR
 
@@ -24,25 +26,6 @@ class Device:
     name: str
     memory_gb: float
     tflops: float
-
-
-@dataclass(frozen=True)
-class CellCost:
-    config: TrainConfig
-    params: int
-    params_non_embedding: int
-    flops_per_token: float
-    flops: float
-    micro_batch_size: Optional[int]  # None: does not fit even at 1
-    peak_memory_gb: float
-    hours: float
-    advice: Optional[str]  # what would make an unfitting cell fit
-
-    def to_json(self) -> dict:
-        c = self.config
-        return {"width": c.width, "depth": c.depth, "lr": c.lr, "params": self.params, "flops": self.flops,
-                "micro_batch_size": self.micro_batch_size, "peak_memory_gb": round(self.peak_memory_gb, 3),
-                "hours": self.hours}
 
 
 def grid_configs(overrides: list[str], conf_dir: Path = CONF_DIR) -> list[TrainConfig]:
@@ -69,20 +52,8 @@ def grid_configs(overrides: list[str], conf_dir: Path = CONF_DIR) -> list[TrainC
 
 
 def cell_cost(cfg: TrainConfig, device: Device, mfu: float) -> CellCost:
-    from trainer.cost import GIB, fit_advice, flops_per_token, hours, params, peak_memory, pick_micro_batch, run_flops
-    from trainer.data import vocab_size_of
-
-    vocab = cfg.model_vocab(vocab_size_of(cfg.dataset, cfg.tokenizer))
-    precision = resolve_precision(cfg.precision, "cuda")
-    capacity = device.memory_gb * GIB
-    micro = cfg.micro_batch_size or pick_micro_batch(cfg, vocab, precision, capacity)
-    p = params(cfg, vocab)
-    return CellCost(
-        config=cfg, params=p.total, params_non_embedding=p.non_embedding,
-        flops_per_token=flops_per_token(cfg, vocab), flops=run_flops(cfg, vocab), micro_batch_size=micro,
-        peak_memory_gb=peak_memory(cfg, vocab, micro or 1, precision).total / GIB,
-        hours=hours(cfg, vocab, micro or 1, device.tflops, mfu),
-        advice=None if micro else fit_advice(cfg, vocab, precision, capacity))
+    return trainer_cell_cost(cfg, cfg.model_vocab(vocab_size_of(cfg.dataset, cfg.tokenizer)),
+                             Gpu(device.memory_gb, device.tflops), mfu)
 
 
 def _si(x: float) -> str:

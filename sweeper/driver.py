@@ -18,12 +18,15 @@ from typing import Callable, Optional, Sequence, TextIO
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
+from trainer.cost import cell_relative_compute
+
+from .argv import hydra_quote
 from .claims import is_live, live_claims, read_claim, store_now
 from .grid import Cell, GridError, expand
 from .job import JobLostError, NotLaunched, describe, failed_record
 from .leftovers import clean, unwritten_line
 from .plan import DONE, PlannedCell, job_overrides, plan
-from .progress import Progress, clock, config_cost
+from .progress import Progress, clock
 from .queue import QueueError, queued_cells, squeue_available, write_entry
 from .record import SchemaError
 from .result_store import (RecordWriteError, StoreError, newest_attempt, promote, read_record, run_dir,
@@ -46,10 +49,6 @@ class SweepSettings:
     batch_size: Optional[int]  # cells launched together; None: all at once
     poll_s: float = 2.0  # how often a running batch's new records are looked for
     cells_on: Optional[str] = None  # "cuda": the launcher gives each cell a GPU; None: this machine
-
-
-def hydra_quote(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _batches(cells: list[PlannedCell], size: Optional[int]) -> list[list[PlannedCell]]:
@@ -174,7 +173,7 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
                 shutil.rmtree(run_dir(store, cell.key), ignore_errors=True)
     out.flush()
 
-    progress = Progress({cell.key: config_cost(cell.config) for cell in todo}, out)
+    progress = Progress({cell.key: cell_relative_compute(cell.config) for cell in todo}, out)
     if settings.batch_size != 1:  # cells side by side: the dearest first, so none trains alone at the end
         todo = sorted(todo, key=lambda cell: -progress.costs[cell.key])
     landed: dict[str, dict] = {}

@@ -35,14 +35,6 @@ class PlannedCell:
     previous: Optional[str]  # status of the record already in the store, if any
 
 
-def check_trainable(config: TrainConfig) -> None:
-    """Raises ValueError (with the fix) for a config the trainer cannot run."""
-    from trainer.parameterization import check_names  # imports torch: only when cells will run
-
-    config.validate()
-    check_names(config)
-
-
 def resolved_config(config: TrainConfig, cells_on: Optional[str]) -> TrainConfig:
     """``config`` with its precision as its job will run it: auto is resolved here, for the device the
     cells run on (``cells_on``: "cuda" when the launcher gives each cell a GPU; None: this machine),
@@ -104,11 +96,6 @@ def plan(cells: list[Cell], compose: Callable[[list[str]], DictConfig], store: P
         key = cell_key(config.to_dict())
         planned.setdefault(key, PlannedCell(cell, config, key, record_status(store, key)))
     todo = [c for c in planned.values() if force or c.previous not in DONE]
-    for planned_cell in todo:
-        try:
-            check_trainable(planned_cell.config)
-        except ValueError as err:
-            problems.setdefault(str(err), []).append(planned_cell.cell.label())
     if problems:
         _raise_problems(problems, len(cells))
     return todo, [c for c in planned.values() if c not in todo]

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Iterable, Optional
 
-from trainer.data import data_problem
+from trainer.data.tokens import data_problem
 
 from .grid import Cell
 

@@ -1,7 +1,7 @@
 """Progress lines of a running sweep: cells done / total, failures, elapsed, estimated remaining.
 
 The time left weights each cell by its training compute (tokens x non-embedding parameters,
-sweeper.search.cell_cost): in a width sweep one width-256 cell costs as much as sixty-four of width
+trainer.cost.cell_relative_compute): in a width sweep one width-256 cell costs as much as sixty-four of width
 32, so counting cells would promise minutes where the big cells take most of the time. Each cell also
 pays a fixed start (a process, imports, data) that compute does not see, which dominates small cells:
 the elapsed time so far is fitted as a * cells + b * compute (non-negative least squares over the
@@ -15,18 +15,10 @@ from typing import Callable, Mapping, TextIO
 
 import numpy as np
 
-from trainer.config import TrainConfig
-
-from .search import cell_cost
-
 
 def clock(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def config_cost(config: TrainConfig) -> float:
-    return cell_cost(config.width, config.depth, config.steps * config.batch_size * config.seq_len)
 
 
 class Progress:

@@ -13,8 +13,10 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
+from trainer.atomic import atomic_write_bytes
+
 from .record import now_iso, result_config
-from .result_store import RUNS, atomic_write_bytes, run_dir
+from .result_store import RUNS, run_dir
 
 ENTRY = "slurm.json"
 # squeue states of a job whose cell is computing; every other state in the queue is waiting

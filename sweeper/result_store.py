@@ -35,6 +35,7 @@ import pandas as pd
 if TYPE_CHECKING:
     import pyarrow as pa
 
+from trainer.atomic import atomic_write_bytes
 from trainer.config import result_fields, setting_problems
 
 from .record import (DONE, KEY_PATTERN, SCHEMA_VERSION, STATUSES, NewerSchemaError, SchemaError,
@@ -127,34 +128,6 @@ def check_readable_store(store_dir: PathLike, allow_empty: bool = False) -> Path
         raise StoreError(f"store {store_dir} holds no records yet")
     return store_dir
 
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems cannot open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via a unique temp file in the same directory, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _check_writable(record: dict) -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol, TextIO
 
+from trainer.cost import relative_compute
+
 from .transfer import BUDGET, DIVERGED, TREND_PARAMS, Line, RowResult, TableState, step
 
 JOURNAL = Path("search") / "journal.log"
@@ -166,17 +168,12 @@ def summary(results: list[TableResult]) -> str:
     return "\n".join(lines)
 
 
-def cell_cost(width: float, depth: float, tokens: float = 1.0) -> float:
-    """Training compute of a cell, up to a constant: tokens x non-embedding parameters (12 d^2 L:
-    attention 4 d^2 and MLP 8 d^2 per block)."""
-    return tokens * 12 * float(width) ** 2 * float(depth)
-
-
 def table_line(table) -> Line:
     """The line of a store's table (analysis.tables.Table): its sizes, its lrs, the cost of a cell per
     size. Within a table every cell trains the same tokens, so cost is up to a constant 12 d^2 L."""
     fixed = table.title.get("depth" if table.axis == "width" else "width")
-    costs = tuple(cell_cost(s, fixed) if table.axis == "width" else cell_cost(fixed, s) for s in table.sizes)
+    costs = tuple(relative_compute(s, fixed) if table.axis == "width" else relative_compute(fixed, s)
+                  for s in table.sizes)
     return Line(table.axis, tuple(float(s) for s in table.sizes), tuple(float(x) for x in table.lrs), costs,
                 trend=table.title.get("param") in TREND_PARAMS)
 

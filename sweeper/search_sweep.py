@@ -17,6 +17,7 @@ from typing import Callable, Optional, TextIO
 from omegaconf import DictConfig
 
 from analysis.tables import SIZE_AXES
+from trainer.cost import cell_relative_compute
 
 from .claims import live_claims
 from .driver import (Launch, SweepError, SweepSettings, queued_jobs, report_cleanup, run_sweep,
@@ -24,7 +25,6 @@ from .driver import (Launch, SweepError, SweepSettings, queued_jobs, report_clea
 from .grid import Cell, GridError
 from .journal import repair_journal
 from .plan import PlannedCell, plan
-from .progress import config_cost
 from .record import DONE, SchemaError, cell_key
 from .result_store import StoreError, read_record
 from .search import JOURNAL, LR, Ask, SearchError, SearchTable, journal_storage, run_search, summary
@@ -121,7 +121,7 @@ def _tables(planned: list[PlannedCell]) -> tuple[list[SearchTable], list[dict]]:
         lrs = sorted({float(c.lr) for c in configs})
         by_cell = {(sizes.index(float(getattr(p.config, axis))), float(p.config.lr)): p for p in members}
         first = {sizes.index(float(getattr(p.config, axis))): p.config for p in members}
-        costs = tuple(config_cost(c) for _, c in sorted(first.items()))
+        costs = tuple(cell_relative_compute(c) for _, c in sorted(first.items()))
         line = Line(axis, tuple(sizes), tuple(lrs), costs, trend=configs[0].param in TREND_PARAMS)
         # a row's study: the row's settings, every lr alike
         row_ids = tuple("row-" + cell_key({**c.to_dict(), LR: 0.0}) for _, c in sorted(first.items()))

@@ -83,7 +83,7 @@ def test_missing_column_names_the_column(tmp_path):
 
 
 def test_accepted_params_and_optimizers_are_the_trainers():
-    from trainer.parameterization import OPTIMIZERS, PARAMS
+    from trainer.rules import OPTIMIZERS, PARAMS
 
     assert set(ingest_module.PARAMS) == set(PARAMS)
     assert set(ingest_module.OPTIMIZERS) == set(OPTIMIZERS)

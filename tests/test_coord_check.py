@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from trainer import parameterization as P
+from trainer import rules as R
 from trainer.cli import load_config
 from trainer.coord_check import D2, coord_check, shapes
 from trainer.coord_verdict import STEEP, verdicts
@@ -57,19 +58,19 @@ def fails_on(base, param: str, scale: tuple[str, str]) -> bool:
 
 
 @pytest.mark.parametrize("column, position, scale", [
-    (P.OUTPUT, "output", ("width", "Δlogits")), (P.HIDDEN, "block", ("depth", "Δh (last block)"))],
+    (R.OUTPUT, "output", ("width", "Δlogits")), (R.HIDDEN, "block", ("depth", "Δh (last block)"))],
     ids=["no 1/r_n output multiplier", "no 1/r_L block multiplier"])
 def test_a_mup_missing_one_multiplier_fails(base, monkeypatch, column, position, scale):
     largest = dataclasses.replace(base, param="mup", width=WIDTHS[-1], depth=DEPTHS[-1])
     assert getattr(P.multipliers(largest), position) < 1
-    monkeypatch.setitem(P.FORWARD, column, dataclasses.replace(P.FORWARD[column], multiplier=P.Rule(P.BASE)))
+    monkeypatch.setitem(R.FORWARD, column, dataclasses.replace(R.FORWARD[column], multiplier=R.Rule(R.BASE)))
     assert getattr(P.multipliers(largest), position) == 1
     assert fails_on(base, "mup", scale)
 
 
 def test_mup_init_with_sps_hidden_learning_rate_fails(base, monkeypatch):
-    kimi = P.RULES[P.KIMI]
-    monkeypatch.setitem(P.RULES, P.KIMI, {**kimi, P.HIDDEN: dataclasses.replace(kimi[P.HIDDEN], lr=P.Rule(P.BASE))})
+    kimi = R.RULES[R.KIMI]
+    monkeypatch.setitem(R.RULES, R.KIMI, {**kimi, R.HIDDEN: dataclasses.replace(kimi[R.HIDDEN], lr=R.Rule(R.BASE))})
     wide = dataclasses.replace(base, param="mup", width=WIDTHS[-1])
     hidden = next(g for g in P.param_groups(P.build_model(wide, 256), wide) if g.role == "hidden")
     assert hidden.lr == wide.eta_base  # SP's hidden lr, with muP's init and multipliers
@@ -110,7 +111,7 @@ def test_soap_under_table_3_grows_with_width_and_under_adams_hidden_row_is_flat_
     (eta/r_n, eps/(r_L r_n)) every slope is within ±0.10, with eps 1e-16 and 1e-8 alike."""
     soap = dataclasses.replace(base, precondition_frequency=1, adam_eps=eps)
     assert width_verdict(soap, "soap", -7) == "not flat"
-    monkeypatch.setitem(P.RULES, P.SOAP, {**P.RULES[P.SOAP], P.HIDDEN: P.RULES[P.ADAM][P.HIDDEN]})
+    monkeypatch.setitem(R.RULES, R.SOAP, {**R.RULES[R.SOAP], R.HIDDEN: R.RULES[R.ADAM][R.HIDDEN]})
     assert width_verdict(soap, "soap", -7) == "flat"
 
 

@@ -1,4 +1,4 @@
-"""trainer.data: prepared, cached, shared token files and the batches drawn from them."""
+"""trainer.data (the package): prepared, cached, shared token files and the batches drawn from them."""
 from __future__ import annotations
 
 import base64
@@ -19,8 +19,12 @@ import tiktoken
 import torch
 
 from trainer.config import TrainConfig
-from trainer.data import (DataUnavailable, fixed_batches, get_batch, load_tokens, main,
-                          prepare_openwebtext, vocab_size_of)
+from trainer.data.batches import fixed_batches, get_batch
+from trainer.data.cache import DataUnavailable
+from trainer.data.openwebtext import prepare_openwebtext
+from trainer.data.prepare import main
+from trainer.data.tokenizer import vocab_size_of
+from trainer.data.tokens import load_tokens
 from trainer.train import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +84,7 @@ def test_second_load_reuses_the_cache(tmp_path, capsys):
 CHILD = """
 import hashlib, sys, time
 from pathlib import Path
-from trainer.data import load_tokens
+from trainer.data.tokens import load_tokens
 ready, go, data_dir = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 ready.touch()
 while not go.exists():

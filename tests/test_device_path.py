@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import trainer.device as device_module
+import trainer.step as step_module
 import trainer.train as train_module
 from trainer.config import CHECKPOINT, TrainConfig
 from trainer.optimizers import build_optimizers
@@ -112,10 +113,10 @@ def test_between_read_backs_the_loop_never_reads_a_device_value(monkeypatch, dat
     # forward_backward: once per step (its own reads would count: it is the loop's); the batch
     # drawing reads CPU generator values and the optimizers are not the loop (their maths is timed
     # on a GPU by benchmarks/gpu_check.py), so both are left out.
-    real_fb = train_module.forward_backward
-    monkeypatch.setattr(train_module, "forward_backward",
+    real_fb = step_module.forward_backward
+    monkeypatch.setattr(step_module, "forward_backward",
                         lambda *a, **kw: (at.__setitem__("step", at["step"] + 1), real_fb(*a, **kw))[1])
-    monkeypatch.setattr(train_module, "step_optimizers", around(train_module.step_optimizers))
+    monkeypatch.setattr(step_module, "step_optimizers", around(step_module.step_optimizers))
     monkeypatch.setattr(device_module, "get_batch", around(device_module.get_batch), raising=False)
     # The accelerator's path, with its CUDA calls replaced: pinning and events.
     monkeypatch.setattr(train_module, "is_async", lambda device: True, raising=False)

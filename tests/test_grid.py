@@ -130,3 +130,14 @@ def test_each_paper_table_is_an_experiment_with_its_grid(table, param, layernorm
     # D.3.1: batch 240 x 1024 tokens, 1221 steps, warmup 120, on OpenWebText
     assert (cfg.batch_size, cfg.seq_len, cfg.steps, cfg.warmup_steps, cfg.dataset) == (
         240, 1024, 1221, 120, "openwebtext")
+
+
+@pytest.mark.parametrize("text", ["/plain/store", "it's", "C:\\stores\\a", "ends\\", "a\\'b", "sp ace,comma"])
+def test_a_quoted_value_reads_back_through_hydra_as_it_was(text):
+    # one quoting rule (the driver's store=, next's commands); Hydra's own parser reads it back
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from sweeper.argv import hydra_quote
+
+    (parsed,) = OverridesParser.create().parse_overrides([f"store={hydra_quote(text)}"])
+    assert parsed.value() == text

@@ -8,7 +8,7 @@ import trainer.spectral
 from trainer.config import TrainConfig
 from trainer.muon import Muon
 from trainer.optimizers import build_optimizers
-from trainer.parameterization import build_model, check_names, param_groups
+from trainer.parameterization import build_model, param_groups
 from trainer.spectral import NS_COEFFICIENTS, newton_schulz
 
 torch.set_num_threads(1)
@@ -48,10 +48,11 @@ def test_muon_in_bf16_steps_exactly_as_torchs_muon(adjust):
 
 
 @pytest.mark.parametrize("optimizer", ["muon_kimi", "sso"])
-@pytest.mark.parametrize("fast_bf16, dtype", [(False, torch.float32), (True, torch.bfloat16)])
-def test_newton_schulz_runs_in_fp32_exactly_where_bf16_is_slow(monkeypatch, optimizer, fast_bf16, dtype):
-    # The CPU's bf16 speed is the one stand-in; the spy calls the real iteration and records its dtype.
-    monkeypatch.setattr("trainer.optimizers.cpu_has_fast_bf16", lambda: fast_bf16)
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("auto", torch.float32),
+                                              ("bf16", torch.bfloat16)])
+def test_newton_schulz_runs_in_the_runs_precision(monkeypatch, optimizer, precision, dtype):
+    # on any CPU, AMX or not (it used to be bf16 at every precision on an AMX CPU); the spy calls the
+    # real iteration and records its dtype
     seen = []
 
     def spy(grad, dtype, *args, **kwargs):
@@ -61,7 +62,8 @@ def test_newton_schulz_runs_in_fp32_exactly_where_bf16_is_slow(monkeypatch, opti
 
     monkeypatch.setattr("trainer.muon.newton_schulz", spy)
     monkeypatch.setattr("trainer.sso.newton_schulz", spy)
-    cfg = TrainConfig(optimizer=optimizer, width=64, depth=1, base_width=64, base_depth=1, seq_len=8)
+    cfg = TrainConfig(optimizer=optimizer, width=64, depth=1, base_width=64, base_depth=1, seq_len=8,
+                      precision=precision)
     model = build_model(cfg, 32, torch.Generator().manual_seed(0))
     optimizers = build_optimizers(param_groups(model, cfg), cfg)
     x = torch.randint(0, 32, (2, 8), generator=torch.Generator().manual_seed(1))
@@ -89,7 +91,7 @@ def test_a_setting_given_to_another_optimizer_names_its_optimizers(setting, opti
     name, value = setting.split("=")
     cfg = TrainConfig(optimizer=optimizer, **{name: eval(value)})
     with pytest.raises(ValueError, match=f"{name}=.* of {takers} only, not of optimizer={optimizer}"):
-        check_names(cfg)
+        cfg.validate()
 
 
 @pytest.mark.parametrize("transposed, radius", [(False, 2.0), (True, 0.5)])  # R = sqrt(n_out / n_in)
@@ -121,13 +123,12 @@ def test_shampoo_refuses_a_gpt2_vocabulary_under_matrix_io_and_takes_a_byte_one(
 
 
 @pytest.mark.parametrize("optimizer", ["muon_kimi", "muon"])
-def test_muon_steps_a_model_as_torchs_documented_muon_per_matrix(monkeypatch, optimizer):
+def test_muon_steps_a_model_as_torchs_documented_muon_per_matrix(optimizer):
     # The oracle: torch.optim.Muon through its public API, one matrix at a time, with its documented
     # lr rules; the paper's bare U V^T step (matrix_io, C.2.2) as "original" with lr / sqrt(max(1, r/c)).
     # Ours stacks same-shape matrices across groups (W_in^T with W_out): equal up to bf16 rounding.
-    monkeypatch.setattr("trainer.optimizers.cpu_has_fast_bf16", lambda: True)  # torch's Muon is bf16 only
     cfg = TrainConfig(optimizer=optimizer, matrix_io=True, weight_decay=0.1, width=64, depth=2, base_width=64,
-                      base_depth=2, seq_len=8)
+                      base_depth=2, seq_len=8, precision="bf16")  # torch's Muon iterates in bf16 only
     model = build_model(cfg, 48, torch.Generator().manual_seed(0))
     (muon,) = [o for o in build_optimizers(param_groups(model, cfg), cfg) if isinstance(o, Muon)]
     assert {g["adjust_lr_fn"] for g in muon.param_groups} == (

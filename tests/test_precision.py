@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainer.config import resolve_precision
-from trainer.device import matmul_precision
+from trainer.precision import Precision
 
 
 def test_auto_precision_depends_on_the_device_type_only():
@@ -27,7 +27,7 @@ def test_tf32_is_set_for_the_run_only(precision, inside):
         for start in (True, False):
             for f in flags:
                 f.allow_tf32 = start
-            with matmul_precision(precision, torch.device("cuda")):
+            with Precision.of(precision, torch.device("cuda")).matmuls():
                 assert [f.allow_tf32 for f in flags] == [inside, inside]
             assert [f.allow_tf32 for f in flags] == [start, start]
     finally:

@@ -204,3 +204,30 @@ def test_a_checkpoint_resumes_only_at_the_precision_it_was_written_at(tmp_path, 
     assert run(cfg).steps_done == 2  # resumed at its last step: nothing left but the evaluation
     with pytest.raises(ValueError, match="precision='fp32' there, 'bf16' here"):
         run(replace(cfg, precision="bf16"))
+
+
+def test_checkpoint_writers_with_one_pid_never_collide(tmp_path):
+    # two nodes of a shared filesystem can run a trainer under the same pid: threads of one process
+    # stand in for them; a pid-only temp name let one writer rename the other's half-written file
+    import threading
+
+    from trainer.train import save_checkpoint
+
+    path, errors = tmp_path / "checkpoint.pt", []
+
+    def write(i: int) -> None:
+        try:
+            for _ in range(20):
+                save_checkpoint(path, {"writer": i, "weights": torch.full((20_000,), float(i))})
+        except Exception as err:  # noqa: BLE001 -- any failure of a writer fails the test
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    saved = torch.load(path, weights_only=True)
+    assert torch.equal(saved["weights"], torch.full((20_000,), float(saved["writer"])))
+    assert list(tmp_path.iterdir()) == [path]  # no temp file left behind

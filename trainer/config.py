@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .rules import check_names
 from .tracking import LOGGERS, check_installed
 
 
@@ -50,7 +51,7 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     momentum: float = 0.95  # Muon's Nesterov momentum (5.1); SSO's too
-    # Optimizer-specific settings (trainer.parameterization.OPTIMIZER_SETTINGS says whose); their
+    # Optimizer-specific settings (trainer.rules.OPTIMIZER_SETTINGS says whose); their
     # defaults mean "not given": another optimizer refuses them.
     matrix_io: bool = False  # the matrix optimizer also updates the input and output weights (Tables 1-3, 6)
     precondition_frequency: Optional[int] = None  # shampoo, soap: steps between preconditioner updates
@@ -137,6 +138,7 @@ class TrainConfig:
         problems = setting_problems(self.to_dict())
         if problems:
             raise ValueError(problems[0])
+        check_names(self.to_dict())
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps={self.warmup_steps} exceeds steps={self.steps}: "
                              f"the warmup must end within the run")

@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -27,9 +26,13 @@ import torch.nn.functional as F
 
 from .config import TrainConfig
 from .coord_verdict import verdicts, verdict_text
-from .data import DataUnavailable, get_batch, load_tokens
-from .optimizers import StepInputs, build_optimizers, step_optimizers
+from .data.batches import get_batch
+from .data.cache import DataUnavailable
+from .data.tokens import load_tokens
+from .optimizers import build_optimizers
 from .parameterization import build_model, param_groups
+from .precision import Precision
+from .step import TrainingStep
 
 D2 = {"lr": -7.0, "batch_size": 8, "grad_clip": 1.0, "steps": 10, "warmup_steps": 0}  # D.2: constant lr
 
@@ -43,7 +46,9 @@ def check_one(cfg: TrainConfig, tokens) -> list[dict]:
     (step t = updates done so far) the RMS of the logits, of each block's output and of each MLP's
     hidden-layer update (``measure``) on a fixed probe batch, and of their change since step 0."""
     model = build_model(cfg, tokens.vocab_size, torch.Generator().manual_seed(cfg.seed))
-    optimizers = build_optimizers(param_groups(model, cfg), cfg)
+    # the whole batch in one pass, on the CPU, at the config's precision
+    train_step = TrainingStep(model, build_optimizers(param_groups(model, cfg), cfg), Precision.of(cfg.precision, "cpu"),
+                              cfg.batch_size, cfg.grad_clip, loss_fn=model.loss)
     batches = torch.Generator().manual_seed(cfg.seed + 1)
     probe, _ = get_batch(tokens.train, cfg.batch_size, cfg.seq_len, torch.Generator().manual_seed(cfg.seed + 2))
     cell = {"param": cfg.param, "optimizer": cfg.optimizer, "width": cfg.width, "depth": cfg.depth,
@@ -59,13 +64,7 @@ def check_one(cfg: TrainConfig, tokens) -> list[dict]:
                   "delta_rms": rms(value - start)} for (site, block, value), start in zip(sites, initial)]
         if step == cfg.steps:
             break
-        x, y = get_batch(tokens.train, cfg.batch_size, cfg.seq_len, batches)
-        loss = model.loss(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        step_optimizers(optimizers, StepInputs(model, x, nullcontext))
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
+        train_step(*get_batch(tokens.train, cfg.batch_size, cfg.seq_len, batches))
     return rows
 
 

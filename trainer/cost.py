@@ -1,4 +1,6 @@
 """What a cell costs before it runs: parameters, FLOPs, peak memory and hours, from its config alone.
+The one cost model of the project: ``python -m sweeper plan`` prints ``cell_cost``; the transfer
+search's budget and a sweep's time left weigh cells by ``relative_compute``.
 
 Counts follow trainer.model exactly (tests compare them with a built model). FLOPs per token are
 6 N for the matrices (forward 2 N, backward 4 N; N without the embedding lookups, with the output
@@ -15,7 +17,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from .config import TrainConfig, divisors
+from .config import TrainConfig, divisors, resolve_precision
 
 GIB = 2 ** 30
 # Rows of logits one cross-entropy chunk holds: above this many logits the loss runs in chunks, each
@@ -200,3 +202,49 @@ def fit_advice(cfg: TrainConfig, vocab: int, precision: str, capacity_bytes: flo
     bigger = [name for name, gpu in GPUS.items() if gpu.memory_gb * GIB >= need]
     return (f"a GPU with >= {math.ceil(need / GIB)} GB and activation_checkpointing=true"
             + (f" ({', '.join(bigger)})" if bigger else ""))
+
+
+def relative_compute(width: float, depth: float, tokens: float = 1.0) -> float:
+    """Training compute of a cell up to a constant, to weigh the cells of one sweep against each other
+    (the transfer search's budget, a sweep's time left): tokens x the block matrices' parameters,
+    12 n^2 L (attention 4 n^2, MLP 8 n^2), the part of 6 N that grows with the sizes swept."""
+    return tokens * 12 * float(width) ** 2 * float(depth)
+
+
+def cell_relative_compute(cfg: TrainConfig) -> float:
+    """relative_compute of the tokens a cell trains on."""
+    return relative_compute(cfg.width, cfg.depth, cfg.steps * cfg.batch_size * cfg.seq_len)
+
+
+@dataclass(frozen=True)
+class CellCost:
+    config: TrainConfig
+    params: int
+    params_non_embedding: int
+    flops_per_token: float
+    flops: float
+    micro_batch_size: Optional[int]  # None: does not fit even at 1
+    peak_memory_gb: float
+    hours: float
+    advice: Optional[str]  # what would make an unfitting cell fit
+
+    def to_json(self) -> dict:
+        c = self.config
+        return {"width": c.width, "depth": c.depth, "lr": c.lr, "params": self.params, "flops": self.flops,
+                "micro_batch_size": self.micro_batch_size, "peak_memory_gb": round(self.peak_memory_gb, 3),
+                "hours": self.hours}
+
+
+def cell_cost(cfg: TrainConfig, vocab: int, gpu: Gpu, mfu: float) -> CellCost:
+    """A cell's parameters, FLOPs, micro batch, peak memory and hours on ``gpu`` (at cfg's precision
+    as a GPU resolves it)."""
+    precision = resolve_precision(cfg.precision, "cuda")
+    capacity = gpu.memory_gb * GIB
+    micro = cfg.micro_batch_size or pick_micro_batch(cfg, vocab, precision, capacity)
+    p = params(cfg, vocab)
+    return CellCost(
+        config=cfg, params=p.total, params_non_embedding=p.non_embedding,
+        flops_per_token=flops_per_token(cfg, vocab), flops=run_flops(cfg, vocab), micro_batch_size=micro,
+        peak_memory_gb=peak_memory(cfg, vocab, micro or 1, precision).total / GIB,
+        hours=hours(cfg, vocab, micro or 1, gpu.tflops, mfu),
+        advice=None if micro else fit_advice(cfg, vocab, precision, capacity))

@@ -1,6 +1,6 @@
 """What the training loop does differently on an accelerator, where every host read of a device value
-waits for the GPU's whole queue: batches copied one step ahead without waiting, step time from the
-device's own events, and matmul precision set for the run alone.
+waits for the GPU's whole queue: batches copied one step ahead without waiting, and step time from
+the device's own events (its matmul precision: trainer.precision).
 
 The loop asks ``is_async(device)`` rather than testing for CUDA itself, so that a test can run the
 accelerator's path on a CPU with just the CUDA calls (pin_memory, events) replaced.
@@ -8,13 +8,12 @@ accelerator's path on a CPU with just the CUDA calls (pin_memory, events) replac
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
-from .data import get_batch
+from .data.batches import get_batch
 
 
 def is_async(device: torch.device) -> bool:
@@ -84,22 +83,3 @@ class StepTimer:
         event = torch.cuda.Event(enable_timing=True)
         event.record()
         return event
-
-
-@contextmanager
-def matmul_precision(precision: str, device: torch.device) -> Iterator[None]:
-    """fp32 matmuls in full fp32, or in TF32 under precision=tf32, for the run only: the previous
-    flags come back afterwards, so nothing else in the process (another cell, an optimizer's matrix
-    roots outside a tf32 run) inherits TF32."""
-    if device.type != "cuda":
-        yield
-        return
-    flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
-    before = [f.allow_tf32 for f in flags]
-    for f in flags:
-        f.allow_tf32 = precision == "tf32"
-    try:
-        yield
-    finally:
-        for f, value in zip(flags, before):
-            f.allow_tf32 = value

@@ -16,17 +16,17 @@ import torch
 
 from .cli import load_config
 from .config import TrainConfig
-from .data import vocab_size_of
+from .data.tokenizer import vocab_size_of
 from .model import GPT
-from .parameterization import (OPTIMIZER_SETTINGS, ParamGroup, check_names, model_shape, multipliers,
-                               optimizer_setting, param_groups, ratios)
+from .parameterization import ParamGroup, model_shape, multipliers, optimizer_setting, param_groups, ratios
+from .rules import OPTIMIZER_SETTINGS
 
 USAGE = "usage: python -m trainer.explain [key=value ...] [--json]"
 
 
 def explain(cfg: TrainConfig, vocab_size: int) -> list[ParamGroup]:
     """The parameter groups of cfg's model, built on the meta device (shapes only, no memory)."""
-    check_names(cfg)
+    cfg.validate()
     with torch.device("meta"):
         model = GPT(model_shape(cfg, vocab_size), multipliers(cfg))
     return param_groups(model, cfg)

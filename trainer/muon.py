@@ -21,7 +21,7 @@ import math
 import torch
 
 from .spectral import NS_COEFFICIENTS, NS_EPS, NS_STEPS, newton_schulz, same_shape_stacks
-from .stepping import closure_loss, with_grads
+from .optimizer_protocol import closure_loss, with_grads
 
 LR_ADJUST = ("original", "match_rms_adamw", "bare")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -29,8 +28,10 @@ from lion_pytorch import Lion
 from pytorch_optimizer import SOAP, SophiaH
 
 from .config import TrainConfig
-from .parameterization import OPTIMIZERS, ParamGroup, check_names, optimizer_setting
 from .muon import Muon
+from .parameterization import ParamGroup, optimizer_setting
+from .precision import Precision
+from .rules import OPTIMIZERS
 from .shampoo import Shampoo
 from .sso import SSO
 
@@ -41,29 +42,6 @@ LION_BETAS = (0.9, 0.99)
 SOPHIA_BETAS = (0.965, 0.99)
 
 
-@functools.lru_cache(maxsize=1)
-def _proc_cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no flags to read, so no fast bf16 assumed
-        return ""
-
-
-def cpu_has_fast_bf16(cpuinfo: Optional[str] = None) -> bool:
-    """AMX tiles make bf16 matmul pay on a CPU (the reference GPT trains ~1.6-1.9x faster in bf16
-    there); on AVX2 here a bf16 matmul ran ~70x slower than fp32. Read from the CPU's flags
-    (``amx_bf16`` in /proc/cpuinfo, or the ``cpuinfo`` text given): torch's get_cpu_capability()
-    says "AVX512" on AMX Xeons."""
-    text = _proc_cpuinfo() if cpuinfo is None else cpuinfo
-    return any("amx_bf16" in line.split(":", 1)[1].split() for line in text.splitlines()
-               if line.split(":", 1)[0].strip() == "flags" and ":" in line)
-
-
-def newton_schulz_dtype(torch_groups: list[dict]) -> torch.dtype:
-    """bf16, as torch's Muon, except on a CPU without fast bf16 matmul, where it made a Muon step
-    dominate training: there fp32."""
-    on_cpu = all(p.device.type == "cpu" for g in torch_groups for p in g["params"])
-    return torch.float32 if on_cpu and not cpu_has_fast_bf16() else torch.bfloat16
 
 
 @dataclass
@@ -129,7 +107,6 @@ class Sophia(SophiaH):
 
 
 def build_optimizers(groups: list[ParamGroup], cfg: TrainConfig) -> list[torch.optim.Optimizer]:
-    check_names(cfg)
     by_update: dict[str, list[dict]] = {}
     for group in groups:
         torch_group = {"params": group.params, "lr": group.lr, "weight_decay": group.weight_decay,
@@ -144,10 +121,15 @@ def build_optimizers(groups: list[ParamGroup], cfg: TrainConfig) -> list[torch.o
     return [_optimizer(update, torch_groups, cfg) for update, torch_groups in by_update.items()]
 
 
+def newton_schulz_dtype(torch_groups: list[dict], cfg: TrainConfig) -> torch.dtype:
+    """The dtype of Muon's and SSO's iteration: the run's precision's (trainer.precision)."""
+    return Precision.of(cfg.precision, torch_groups[0]["params"][0].device).newton_schulz_dtype
+
+
 def _optimizer(update: str, torch_groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
     if update == "muon":
         # torch's Muon defaults to weight_decay=0.1; the paper trains without, so pass lambda_base.
-        return Muon(torch_groups, ns_dtype=newton_schulz_dtype(torch_groups), weight_decay=cfg.weight_decay,
+        return Muon(torch_groups, ns_dtype=newton_schulz_dtype(torch_groups, cfg), weight_decay=cfg.weight_decay,
                     momentum=cfg.momentum, nesterov=True, adjust_lr_fn=MUON_LR_ADJUST[cfg.optimizer])
     if update == "adamw":
         # fused: one pass over each tensor (CPU and CUDA), where torch's default loop makes ~8
@@ -170,5 +152,5 @@ def _optimizer(update: str, torch_groups: list[dict], cfg: TrainConfig) -> torch
                       update_period=optimizer_setting(cfg, "hessian_interval"))
     if update == "sso":
         return SSO(torch_groups, lr=cfg.eta_base, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                   ns_dtype=newton_schulz_dtype(torch_groups))
+                   ns_dtype=newton_schulz_dtype(torch_groups, cfg))
     raise ValueError(f"no optimizer for update kind {update!r}")

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import gc
 import sys
+from dataclasses import replace
 
 import torch
 
 from .config import TrainConfig
 from .cost import divisors
+from .optimizers import build_optimizers
+from .parameterization import build_model, param_groups
+from .precision import Precision
+from .step import TrainingStep
 
 _CACHE: dict[tuple, int] = {}
 # What a failed allocation raises: the caching allocator's OutOfMemoryError, or a RuntimeError from a
@@ -38,22 +43,13 @@ def _shape_key(cfg: TrainConfig, vocab: int, device: torch.device, precision: st
 def steps(cfg: TrainConfig, vocab: int, device: torch.device, precision: str, micro: int, n: int = 2) -> None:
     """``n`` training steps of a fresh model on random tokens: forward/backward in micro-batches,
     clipping, the optimizers (Sophia's Hessian estimate on the first), as trainer.train runs them."""
-    from .microbatch import forward_backward
-    from .optimizers import StepInputs, build_optimizers, step_optimizers
-    from .parameterization import build_model, param_groups
-
     model = build_model(cfg, vocab).to(device)
-    optimizers = build_optimizers(param_groups(model, cfg), cfg)
-    loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
+    step = TrainingStep(model, build_optimizers(param_groups(model, cfg), replace(cfg, precision=precision)),
+                        Precision.of(precision, device), micro, cfg.grad_clip,
+                        loss_fn=torch.compile(model.loss) if cfg.compile else model.loss)
     x = torch.randint(0, vocab, (cfg.batch_size, cfg.seq_len), device=device)
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")  # noqa: E731
     for _ in range(n):
-        forward_backward(loss_fn, x, x, micro, autocast)
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        step_optimizers(optimizers, StepInputs(model, x, autocast, micro))
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
+        step(x, x)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

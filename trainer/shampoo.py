@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .spectral import same_shape_stacks, without_tf32
-from .stepping import closure_loss, with_grads
+from .optimizer_protocol import closure_loss, with_grads
 
 RELATIVE_FLOOR = 1e-6
 # A side longer than this needs a statistic of over 256 MiB and an eigh of hours on a CPU at every

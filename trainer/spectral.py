@@ -48,8 +48,7 @@ def newton_schulz(grad: torch.Tensor, dtype: torch.dtype, coefficients=NS_COEFFI
                   steps: int = NS_STEPS, eps: float = NS_EPS) -> torch.Tensor:
     """U S' V^T with S' ~ 1 for G = U S V^T: the quintic Newton-Schulz iteration of Muon
     (https://github.com/KellerJordan/Muon, the same operations as torch.optim.Muon's), run in
-    ``dtype``: bf16 where matmuls are fast in it (GPUs, CPUs with AMX), fp32 elsewhere, where a
-    bf16 matmul ran ~70x slower (trainer.optimizers.newton_schulz_dtype). Returns ``dtype``.
+    ``dtype``: the run's precision (trainer.precision.Precision.newton_schulz_dtype). Returns ``dtype``.
     ``grad`` is one matrix, or a stack (k, rows, cols) orthogonalised each on its own."""
     a, b, c = coefficients
     x = grad.to(dtype)

@@ -24,7 +24,7 @@ import math
 import torch
 
 from .spectral import newton_schulz, same_shape_stacks, top_singular
-from .stepping import closure_loss, with_grads
+from .optimizer_protocol import closure_loss, with_grads
 
 POWER_STEPS = 10  # per step, warm-started from the last step's v
 # f at 0, then per matrix: doubling +-1, +-2, ... until f changes sign, then false position (Illinois).

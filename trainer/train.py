@@ -18,20 +18,24 @@ import signal
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
+from .atomic import atomic_write
 from .callbacks import Callback, Callbacks
-from .config import CHECKPOINT, RESULT, TrainConfig, recorded_default, resolve_precision, result_fields
-from .data import DataUnavailable, fixed_batches, load_tokens
-from .device import DeviceBatches, StepTimer, is_async, matmul_precision
-from .microbatch import forward_backward, resolve_micro_batch
-from .optimizers import StepInputs, build_optimizers, step_optimizers
+from .config import CHECKPOINT, RESULT, TrainConfig, recorded_default, result_fields
+from .data.batches import fixed_batches
+from .data.cache import DataUnavailable
+from .data.tokens import load_tokens
+from .device import DeviceBatches, StepTimer, is_async
+from .microbatch import resolve_micro_batch
+from .optimizers import build_optimizers
 from .parameterization import build_model, param_groups
+from .precision import Precision
+from .step import TrainingStep
 from .tracking import trackers
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
@@ -113,12 +117,7 @@ class StopRequest:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def run_settings(cfg: TrainConfig) -> dict:
@@ -236,30 +235,28 @@ def _train(cfg: TrainConfig, hooks: Callback) -> Result:
         raise FileExistsError(f"run_dir={cfg.run_dir} is a file: give a directory (new or a run's) for "
                               f"the run's checkpoints")
     device = resolve_device(cfg.device)
+    precision = Precision.of(cfg.precision, device)
     # The resolved precision is part of what the run is: its config, record key and checkpoint say it.
-    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device.type))
-    with matmul_precision(cfg.precision, device):
-        return _train_on(cfg, device, hooks)
+    cfg = replace(cfg, precision=precision.name)
+    with precision.matmuls():
+        return _train_on(cfg, device, precision, hooks)
 
 
-def _train_on(cfg: TrainConfig, device: torch.device, hooks: Callback) -> Result:
-    precision = cfg.precision
+def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hooks: Callback) -> Result:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_tokens(cfg.dataset, cfg.tokenizer, cfg.data_dir)
     vocab_size = cfg.model_vocab(data.vocab_size)
 
-    micro_batch_size = resolve_micro_batch(cfg, vocab_size, device, precision)
+    micro_batch_size = resolve_micro_batch(cfg, vocab_size, device, precision.name)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, vocab_size, torch.Generator().manual_seed(cfg.seed)).to(device)
     optimizers = build_optimizers(param_groups(model, cfg), cfg)
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in optimizers]
-    params = list(model.parameters())
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     val_batches = fixed_batches(data.val, cfg.eval_batches, cfg.batch_size, cfg.seq_len, seed=0)
-    loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
-    autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16))
-                if precision == "bf16" else nullcontext)
+    step_once = TrainingStep(model, optimizers, precision, micro_batch_size, cfg.grad_clip,
+                             loss_fn=torch.compile(model.loss) if cfg.compile else model.loss)
 
     state = {"step": 0, "first_loss": None, "train_time_s": 0.0, "wall_time_s": 0.0,
              "curves": {"train": [], "val": []}}
@@ -294,12 +291,7 @@ def _train_on(cfg: TrainConfig, device: torch.device, hooks: Callback) -> Result
         for step in range(state["step"], cfg.steps):
             timer.step_started()
             x, y = batches.next(prefetch=step + 1 < cfg.steps)
-            loss = forward_backward(loss_fn, x, y, micro_batch_size, autocast)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            step_optimizers(optimizers, StepInputs(model, x, autocast, micro_batch_size))
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
+            loss = step_once(x, y)
             for sched in schedules:
                 sched.step()
             state["step"] = step + 1
@@ -327,7 +319,7 @@ def _train_on(cfg: TrainConfig, device: torch.device, hooks: Callback) -> Result
                 status = "diverged"
                 break
             if evaluated:
-                val = evaluate(model, val_batches, device, autocast, micro_batch_size)
+                val = evaluate(model, val_batches, device, precision.autocast, micro_batch_size)
                 state["curves"]["val"].append([step + 1, val])
                 hooks.on_eval(step + 1, {"val/loss": val})
             state["wall_time_s"] = time.perf_counter() - started
@@ -339,7 +331,7 @@ def _train_on(cfg: TrainConfig, device: torch.device, hooks: Callback) -> Result
 
     val_loss = val_loss_se = None
     if status == "ok":
-        losses = batch_losses(model, val_batches, device, autocast, micro_batch_size)
+        losses = batch_losses(model, val_batches, device, precision.autocast, micro_batch_size)
         val_loss, val_loss_se = sum(losses) / len(losses), standard_error(losses)
         state["curves"]["val"].append([state["step"], val_loss])
         hooks.on_eval(state["step"], {"val/loss": val_loss})
@@ -352,7 +344,7 @@ def _train_on(cfg: TrainConfig, device: torch.device, hooks: Callback) -> Result
         config=cfg.to_dict(), status=status, val_loss=val_loss, train_loss=train_loss,
         steps_done=state["step"], tokens=state["step"] * tokens_per_step, wall_time_s=wall,
         tokens_per_s=state["step"] * tokens_per_step / max(state["train_time_s"], 1e-9),
-        device=str(device), precision=precision, versions=library_versions(), curves=state["curves"],
+        device=str(device), precision=precision.name, versions=library_versions(), curves=state["curves"],
         val_loss_se=val_loss_se,
     )
     if run_dir is not None:
