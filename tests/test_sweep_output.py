@@ -26,9 +26,14 @@ def test_one_line_per_cell_and_hydras_lines_only_when_asked(tmp_path):
     assert [line for line in output.splitlines() if "cells finished" in line] == [
         line for line in output.splitlines() if line.startswith("[sweep] ") and "/2 cells finished" in line]
     assert output.count("cells finished") == 2
+    assert [line for line in output.splitlines() if line.startswith("cell ")] == [
+        line for line in output.splitlines() if line.startswith("cell ") and ": ok val_loss=" in line]
+    assert len([line for line in output.splitlines() if line.startswith("cell ")]) == 2
+    assert "step 1/2" not in output  # the trainer's step lines
     loud = sweep([*cells, "store=loud", "verbose=true"], tmp_path)
     assert loud.returncode == 0, loud.stderr[-2000:]
     assert (loud.stdout + loud.stderr).count("Launching 1 jobs locally") == 2
+    assert (loud.stdout + loud.stderr).count("step 2/2") == 2
 
 
 def test_help_is_the_projects_first(tmp_path):

@@ -92,6 +92,7 @@ class TrainConfig:
     run_dir: Optional[str] = _runtime(None)  # checkpoints and result.json; None: no checkpoints
     checkpoint_interval: int = _runtime(100)
     log_interval: int = _runtime(10)
+    print_steps: bool = _runtime(True)  # a line on stderr every log_interval steps (a sweep's: verbose=true)
     # Live view of a run (trainer.tracking); the record stays the source of truth. A sweep names
     # each cell's run by its key, the group by its experiment, the project by WANDB_PROJECT or
     # the store's folder name, and puts TensorBoard files under STORE/tb unless tb_dir is set.

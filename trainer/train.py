@@ -311,8 +311,9 @@ def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hook
             if logged:
                 state["curves"]["train"].append([step + 1, train_loss])
                 rate = tokens_per_step * state["step"] / max(state["train_time_s"], 1e-9)
-                print(f"step {step + 1}/{cfg.steps} loss {train_loss:.4f} "
-                      f"lr {cfg.eta_base * lr_factor(step, cfg):.3g} {rate:,.0f} tok/s", file=sys.stderr)
+                if cfg.print_steps:
+                    print(f"step {step + 1}/{cfg.steps} loss {train_loss:.4f} "
+                          f"lr {cfg.eta_base * lr_factor(step, cfg):.3g} {rate:,.0f} tok/s", file=sys.stderr)
                 hooks.on_log(step + 1, {"train/loss": train_loss, "train/tokens_per_s": rate,
                                         "train/lr_factor": lr_factor(step, cfg)})
             if is_diverged(train_loss, state["first_loss"], cfg):
