@@ -164,7 +164,7 @@ def test_a_preset_edited_mid_sweep_trains_no_unplanned_cell(tmp_path):
     preset.write_text((ROOT / "conf" / "experiment" / "smoke.yaml").read_text().replace("steps: 20", "steps: 300"))
     store = tmp_path / "store"
     proc = subprocess.Popen([sys.executable, str(app / "sweep.py"), "-m", "experiment=edited", "width=32",
-                             "lr=-10:-7", "jobs=2", f"store={store}"], cwd=tmp_path, env=ENV, text=True,
+                             "lr=-10:-7", "jobs=2", "verbose=true", f"store={store}"], cwd=tmp_path, env=ENV, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output, started = [], 0
     for line in proc.stdout:  # edit the preset while the first 2 of the 4 cells train
