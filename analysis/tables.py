@@ -73,8 +73,9 @@ def param_name(param) -> str:
 
 
 def caption(table: Table) -> str:
-    """The table's name for a reader: 'μP, optimizer=muon_kimi, layernorm=True, depth=2'."""
-    return ", ".join(param_name(v) if k == "param" else f"{k}={value_text(v)}" for k, v in table.title.items())
+    """The table's name for a reader, its parameterization first: 'μP, optimizer=muon_kimi, depth=2'."""
+    rest = [f"{k}={value_text(v)}" for k, v in table.title.items() if k != "param"]
+    return ", ".join([param_name(table.title["param"])] * ("param" in table.title) + rest)
 
 
 def value_text(value) -> str:
@@ -326,7 +327,7 @@ def to_markdown(table: Table, optima: list[RowOptimum], verdict: Verdict, noise:
     lines.insert(1, "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
     body = "\n".join(lines)
     text = notes(table, optima, verdict, noise, command=lambda c: f"`{c}`", facts=facts)
-    return f"### {table.name}\n\n{body}\n\n" + "".join(f"- {n}\n" for n in text)
+    return f"### {caption(table)}\n\n{body}\n\n" + "".join(f"- {n}\n" for n in text)
 
 
 LATEX = {"\\": "\\textbackslash{}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}", "<": "$<$", ">": "$>$",

@@ -82,7 +82,7 @@ def test_flat_reads_transfers_drifting_does_not_and_noise_undecided(verdicts):
 def test_undecided_suggests_a_sweep_line_that_runs_more_seeds(verdicts):
     root, text, summary = verdicts
     command = summary.loc["noisy", "decide"].iloc[0]
-    section = text.split("experiment=noisy")[1].split("###")[0]
+    section = text.split("## Tables")[1].split("experiment=noisy")[1].split("###")[0]  # the table, not the answer
     assert "- verdict: undecided: " in section and "; to decide: run " in section
     assert f"- to decide, run: `{command}`" in section
     cells = sweep_cells(command)  # the sweeper's own grid parser reads it back

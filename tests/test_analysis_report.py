@@ -102,7 +102,7 @@ def test_depth_sweeps_without_layernorm_edges_and_partial_transfer(paper):
     # The paper says "muP transfers ... across different depths larger than 32", but its Table 13 has
     # those rows' best cell on the grid's top edge: open optima decide nothing, and the report says
     # which cells would close them.
-    section = text.split("paper_tables_12_13, param=mup")[1].split("###")[0]
+    section = text.split("### μP, experiment=paper_tables_12_13")[1].split("###")[0]
     assert "- verdict: undecided: " in section and "transfers for depth" not in section
     assert (mup["lr_star_high"] == math.inf).sum() == 4 and (mup["lr_star_low"][mup["edge"] != ""] == -7.5).all()
     command = mup["decide"].iloc[0]
