@@ -143,8 +143,8 @@ def _transfer_panel(ax, table: Table, optima: list[RowOptimum], colors, top: flo
     return drawn
 
 
-MARKS = {"optimum": ("*", "★ optimum (row's best)"), "diverged": ("x", "× diverged"),
-         "off the top": ("^", "▲ loss above the axis"), "band": (None, "band: ± sd over seeds")}
+MARKS = {"optimum": ("*", "optimum (row's best)"), "diverged": ("x", "diverged (drawn on the top edge)"),
+         "off the top": ("^", "loss above the axis"), "band": (None, "band: ± sd over seeds")}
 
 
 def _mark_handles(drawn: dict[str, bool]) -> list:

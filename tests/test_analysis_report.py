@@ -190,7 +190,7 @@ def test_figures_show_the_data(own, paper, tmp_path):
     assert [line.get_label() for line in ax.get_lines()] == ["width 64", "width 128", "width 256"]
     assert ax.get_lines()[2].get_ydata().tolist() == [3.0, 2.6, 2.4]  # the NaN and blank cells are left out
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "× diverged" in legend and not any("above the axis" in t for t in legend)  # only what is drawn
+    assert "diverged (drawn on the top edge)" in legend and "loss above the axis" not in legend  # only what is drawn
 
     fig = figures.coord_check(pd.DataFrame(coord), "coord")
     # An older file (block rows, rms only) has h alone: one panel over width, SP's growth in its legend.
@@ -290,3 +290,18 @@ def test_no_regret_interval_reaches_below_zero(paper, own, tmp_path):
         summary = pd.read_csv(out / "summary.csv")
         low = summary["regret_low"].dropna()
         assert len(low) and (low >= 0).all() and (summary["regret_high"].dropna() >= low[low.index.isin(summary["regret_high"].dropna().index)]).all()
+
+
+def test_the_coordinate_check_figure_shows_each_scale_over_width_and_depth_with_its_verdict():
+    rows = pd.DataFrame(json.loads((REPO / "results" / "coord_check" / "coord_check.json").read_text()))
+    fig = figures.coord_check(rows, "committed")
+    titles = [a.get_title() for a in fig.axes]
+    assert titles == [f"{scale} over {axis}" for scale in ("h (last block)", "Δh (last block)", "Δlogits")
+                      for axis in ("width", "depth")]
+    labels = {a.get_title(): [line.get_label() for line in a.get_lines()] for a in fig.axes}
+    # SP's failures are in view, each marked: Δlogits over width, h over depth; μP flat in both.
+    assert labels["Δlogits over width"][0].startswith("SP +0.39 ✗")
+    assert labels["h (last block) over depth"][0].startswith("SP +0.89 ✗")
+    assert all(label.endswith("✓") for a in labels.values() for label in a[1:])
+    verdicts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert verdicts == ["SP: not flat", "μP: flat", "μP (k=1): flat"]
