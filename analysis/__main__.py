@@ -1,4 +1,4 @@
-"""python -m analysis {report,ingest,curves,next}: the analysis stage's command line."""
+"""python -m analysis {answer,report,ingest,curves,next}: the analysis stage's command line."""
 from __future__ import annotations
 
 import argparse
@@ -45,7 +45,24 @@ def _usable_cpus() -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analysis", description=DESCRIPTION)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{report,ingest,curves,next}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{answer,report,ingest,curves,next}")
+
+    answer = commands.add_parser(
+        "answer", help="the answer only: per table, its verdict and the base learning rate to use",
+        description="Prints the opening lines of the store's report: per table the verdict (transfers / "
+        "does not transfer / undecided), the eta_base to use with its 90%% interval (as log2 and as eta), "
+        "for a table that does not transfer the eta* of each size and the trend per doubling, for an "
+        "undecided one the sweep line that would decide it. It only reads the store; `report` writes the "
+        "tables that back it.")
+    answer.add_argument("--store", type=Path, required=True, metavar="DIR", help="the result store directory")
+    answer.add_argument("--max-trend", type=float, default=MAX_TREND, metavar="LOG2",
+                        help="largest trend of eta* (log2 per doubling of size) that still transfers "
+                             "(default %(default)s)")
+    answer.add_argument("--strict", action="store_true",
+                        help="an unreadable record is an error (default: named on stderr and left out)")
+    answer.add_argument("--conf", type=Path, default=CONF_DIR, metavar="DIR",
+                        help="the sweep's config dir, for the sweep line that decides an undecided verdict "
+                             "(default: %(default)s)")
 
     report = commands.add_parser(
         "report", help="tables, optima, verdicts and figures of a store", description="Writes the report of "
@@ -125,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             return STORE_ERROR
     # Imported after parsing, per command: --help and ingest need no matplotlib.
     try:
-        if args.command == "report":
+        if args.command == "answer":
+            from .report import answer
+
+            print(answer(args.store, args.max_trend, args.strict, args.conf), end="")
+        elif args.command == "report":
             from .report import ReportOptions, report
 
             print(report(ReportOptions(args.store, args.out, args.coord_check, args.curves, args.figures,

@@ -97,6 +97,18 @@ class TableNoise:
         sds = [self.sd / math.sqrt(max(self.seeds[r], 1)) for r in rows]
         return trend(self.x[rows], estimates, sd=sds, df=self.df, runs=min(self.seeds[r] for r in rows))
 
+    def mean(self, rows: list[int]) -> Interval:
+        """The mean of the ``rows``' eta* (closed ones), the one eta_base of a table that transfers,
+        with its interval: from the rows' noise (seeds), else from their scatter about the mean."""
+        estimates = [self.optima[r].estimate for r in rows]
+        center = float(np.mean(estimates))
+        if self.sd is None:
+            if len(rows) < 2:
+                return Interval(RESIDUALS, 1, center)
+            return t_interval(RESIDUALS, center, estimates)
+        sd = math.sqrt(sum(self.sd**2 / max(self.seeds[r], 1) for r in rows)) / len(rows)
+        return Interval(SEEDS, min(self.seeds[r] for r in rows), center, sd, self.df)
+
     def regret(self, r: int, reference_lr: float):
         """The interval of row r's fitted regret at ``reference_lr`` (analysis.optima.fitted_regret)."""
         t, opt = self.table, self.optima[r]

@@ -65,6 +65,19 @@ class Table:
         return slug
 
 
+PARAM_NAMES = {"sp": "SP", "mup": "μP", "mup_k1": "μP (k=1)"}  # as the paper writes them
+
+
+def param_name(param) -> str:
+    return PARAM_NAMES.get(str(param), str(param))
+
+
+def caption(table: Table) -> str:
+    """The table's name for a reader, its parameterization first: 'μP, optimizer=muon_kimi, depth=2'."""
+    rest = [f"{k}={value_text(v)}" for k, v in table.title.items() if k != "param"]
+    return ", ".join([param_name(table.title["param"])] * ("param" in table.title) + rest)
+
+
 def value_text(value) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -314,7 +327,7 @@ def to_markdown(table: Table, optima: list[RowOptimum], verdict: Verdict, noise:
     lines.insert(1, "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
     body = "\n".join(lines)
     text = notes(table, optima, verdict, noise, command=lambda c: f"`{c}`", facts=facts)
-    return f"### {table.name}\n\n{body}\n\n" + "".join(f"- {n}\n" for n in text)
+    return f"### {caption(table)}\n\n{body}\n\n" + "".join(f"- {n}\n" for n in text)
 
 
 LATEX = {"\\": "\\textbackslash{}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}", "<": "$<$", ">": "$>$",
@@ -322,7 +335,7 @@ LATEX = {"\\": "\\textbackslash{}", "~": "\\textasciitilde{}", "^": "\\textascii
 
 
 def _latex_escape(text: str) -> str:
-    text = "".join(LATEX.get(c, c) for c in text)
+    text = "".join(LATEX.get(c, c) for c in text).replace("μ", "$\\mu$")
     return text.replace("$<$=", "$\\le$").replace("$>$=", "$\\ge$").replace("eta*", "$\\eta^*$")
 
 
@@ -332,12 +345,15 @@ def to_latex(table: Table, optima: list[RowOptimum], verdict: Verdict, noise: Ta
     header = [f"${symbol}$ / $\\log_2\\eta_{{\\mathrm{{base}}}}$", *[f"${lr:g}$" for lr in table.lrs],
               *_header(noise, "$\\log_2\\eta^*$ grid", "fit", f"{100 * LEVEL:.0f}\\% interval")]
     rows = _rows(table, optima, verdict, noise, lambda s: f"\\textbf{{{s}}}", _latex_escape)
-    caption = _latex_escape(table.name + ". " + "; ".join(notes(table, optima, verdict, noise, command=None, facts=facts)) + ".")
+    # A short caption; the verdict and notes go below the table, where a wide tabular has room.
+    title = _latex_escape(caption(table))
+    below = [_latex_escape(n) for n in notes(table, optima, verdict, noise, command=None, facts=facts)]
     lines = [
-        "\\begin{table}[ht]", "\\centering", f"\\caption{{{caption}}}", f"\\label{{tab:{table.slug}}}",
+        "\\begin{table}[ht]", "\\centering", f"\\caption{{{title}}}", f"\\label{{tab:{table.slug}}}",
         f"\\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}", "\\toprule", " & ".join(header) + " \\\\",
         "\\midrule", *[" & ".join(row) + " \\\\" for row in rows], "\\bottomrule", "\\end{tabular}",
-        "\\end{table}",
+        "\\par\\smallskip", "\\begin{minipage}{\\linewidth}\\footnotesize",
+        *[f"{text}\\par" for text in below], "\\end{minipage}", "\\end{table}",
     ]
     return "\n".join(lines) + "\n"
 

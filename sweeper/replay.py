@@ -114,15 +114,20 @@ def _f(value: Optional[float], spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+HEADER = ("size", "eta* (search)", "eta* (full grid)", "cells", "compute", "settled")
+
+
 def to_text(figures: dict) -> str:
+    """Per table a plain-text table, each column as wide as its widest entry (numbers right-aligned)."""
     lines = []
     for table in figures["tables"]:
+        rows = [[str(row["size"]), _f(row["eta_star"], ".2f"), _f(row["eta_star_grid"], ".2f"), str(row["cells"]),
+                 f"{100 * row['compute_fraction']:.0f}%", row["settled"]] for row in table["rows"]]
+        widths = [max(len(r[i]) for r in [list(HEADER), *rows]) for i in range(len(HEADER))]
         lines += [f"## {table['name']}",
-                  f"{'size':>8} {'eta*':>7} {'grid eta*':>9} {'cells':>5} {'compute':>7}  settled"]
-        for row in table["rows"]:
-            lines.append(f"{row['size']:>8} {_f(row['eta_star'], '.2f'):>7} {_f(row['eta_star_grid'], '.2f'):>9} "
-                         f"{row['cells']:>5} {100 * row['compute_fraction']:>6.0f}%  {row['settled']}")
-        lines += [f"compute {100 * table['compute_fraction']:.1f}% of the grid; largest eta* error "
+                  *("  ".join(cell.ljust(w) if i == len(HEADER) - 1 else cell.rjust(w)
+                              for i, (cell, w) in enumerate(zip(r, widths))).rstrip() for r in [list(HEADER), *rows]),
+                  f"compute {100 * table['compute_fraction']:.1f}% of the grid; largest eta* error "
                   f"{_f(table['max_error'], '.2f')} log2 (rows whose grid optimum is interior)"]
         if table.get("left_out_lrs"):
             lines.append("left out (off the grid's lr lattice, run at some sizes only): log2 eta "

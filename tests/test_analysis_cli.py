@@ -34,7 +34,7 @@ def test_ingest_and_report_the_paper_without_importing_torch(tmp_path):
     assert reported.returncode == 0, reported.stderr
     assert "| **4.364** |" in reported.stdout  # Table 8, width 128: the best cell, bold
     assert "- verdict: transfers: eta* trend -0.19 log2 per doubling of width" in reported.stdout  # Table 9
-    assert (out / "report.md").read_text().startswith("# Report of")
+    assert (out / "report.md").read_text().startswith("# Learning-rate transfer: SP vs μP over width")
     curves = analysis("curves", "--store", store, "--key", key, "--out", out)  # an ingested cell: no curves
     assert curves.returncode == 0 and (out / "figures" / f"curves_{key}.png").is_file(), curves.stderr
     for run in (ingested, reported):

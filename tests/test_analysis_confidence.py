@@ -82,7 +82,7 @@ def test_flat_reads_transfers_drifting_does_not_and_noise_undecided(verdicts):
 def test_undecided_suggests_a_sweep_line_that_runs_more_seeds(verdicts):
     root, text, summary = verdicts
     command = summary.loc["noisy", "decide"].iloc[0]
-    section = text.split("experiment=noisy")[1].split("###")[0]
+    section = text.split("## Tables")[1].split("experiment=noisy")[1].split("###")[0]  # the table, not the answer
     assert "- verdict: undecided: " in section and "; to decide: run " in section
     assert f"- to decide, run: `{command}`" in section
     cells = sweep_cells(command)  # the sweeper's own grid parser reads it back
@@ -106,7 +106,7 @@ def test_figures_draw_the_intervals_and_the_seeds_spread(verdicts, tmp_path):
     ax = figures.eta_star("width", [noisy.table], [noisy.optima], [bounds]).axes[0]
     [bars] = [c for c in ax.collections if isinstance(c, LineCollection)]
     assert np.allclose(sorted((a[1], b[1]) for a, b in bars.get_segments()), sorted(bounds))
-    ax = figures.transfer_curves(noisy.table, noisy.optima).axes[0]
+    ax = figures.transfer([noisy.table], [noisy.optima], ["μP"], "t").axes[0]
     bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
     assert len(bands) == 4  # one band of +- sd over the seeds per width
     top = max(path.vertices[:, 1].max() for path in bands[0].get_paths())

@@ -103,7 +103,7 @@ def test_depth_sweeps_without_layernorm_edges_and_partial_transfer(paper):
     # The paper says "muP transfers ... across different depths larger than 32", but its Table 13 has
     # those rows' best cell on the grid's top edge: open optima decide nothing, and the report says
     # which cells would close them.
-    section = text.split("paper_tables_12_13, param=mup")[1].split("###")[0]
+    section = text.split("### μP, experiment=paper_tables_12_13")[1].split("###")[0]
     assert "- verdict: undecided: " in section and "transfers for depth" not in section
     assert (mup["lr_star_high"] == math.inf).sum() == 4 and (mup["lr_star_low"][mup["edge"] != ""] == -7.5).all()
     command = mup["decide"].iloc[0]
@@ -178,8 +178,7 @@ def test_figures_show_the_data(own, paper, tmp_path):
     report(ReportOptions(own, tmp_path, curves=[key], workers=2))
     drawn = sorted(p.name for p in (tmp_path / "figures").iterdir())
     assert drawn == sorted(f"{stem}.{ext}" for ext in ("png", "pdf") for stem in (
-        next(p.stem for p in (tmp_path / "figures").glob("transfer_*.png")), "eta_star_width",
-        "coord_check_test_adamw_depth=2", f"curves_{key}"))
+        "transfer_width", "eta_star_vs_width", "coord_check_test", f"curves_{key}"))
     for png in (tmp_path / "figures").glob("*.png"):
         pixels = matplotlib.image.imread(png)[..., :3]
         assert pixels.std() > 0.05, png.name  # not blank
@@ -188,16 +187,20 @@ def test_figures_show_the_data(own, paper, tmp_path):
         assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 5000
 
     [analysed] = analyse(load_store(own))
-    ax = figures.transfer_curves(analysed.table, analysed.optima).axes[0]
+    fig = figures.transfer([analysed.table], [analysed.optima], ["SP: undecided"], "t")
+    ax = fig.axes[0]
     assert [line.get_label() for line in ax.get_lines()] == ["width 64", "width 128", "width 256"]
     assert ax.get_lines()[2].get_ydata().tolist() == [3.0, 2.6, 2.4]  # the NaN and blank cells are left out
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "diverged (drawn on the top edge)" in legend and "loss above the axis" not in legend  # only what is drawn
 
     fig = figures.coord_check(pd.DataFrame(coord), "coord")
-    assert [a.get_title() for a in fig.axes] == ["sp", "mup"]  # SP beside muP
-    assert [len(a.get_lines()) for a in fig.axes] == [4, 4]  # one line per step
-    sp_last_step = fig.axes[0].get_lines()[-1]
-    assert sp_last_step.get_xdata().tolist() == [64, 128, 256]
-    assert sp_last_step.get_ydata()[-1] == pytest.approx(2.0 * 1.3 * 2)  # last block (1), step 3
+    # An older file (block rows, rms only) has h alone: one panel over width, SP's growth in its legend.
+    assert [a.get_title() for a in fig.axes] == ["h (last block) over width"]
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert set(lines) == {"SP +0.50 ✗", "μP +0.00 ✓"}
+    assert lines["SP +0.50 ✗"].get_xdata().tolist() == [64, 128, 256]
+    assert lines["SP +0.50 ✗"].get_ydata().tolist() == pytest.approx([1, 2**0.5, 2])  # relative to width 64
 
 
 def test_y_range_keeps_exploding_losses_from_flattening_the_curves(paper):
@@ -205,7 +208,7 @@ def test_y_range_keeps_exploding_losses_from_flattening_the_curves(paper):
     store = out.parent / "store"
     [table13] = [a for a in analyse(load_store(store)) if "paper_tables_12_13" in a.table.name
                  and a.table.title["param"] == "mup"]
-    ax = figures.transfer_curves(table13.table, table13.optima).axes[0]
+    ax = figures.transfer([table13.table], [table13.optima], ["μP"], "t").axes[0]
     low, high = ax.get_ylim()
     assert 5.2 < high < 20  # 345.85, 246.45, 131.43 ... are off the top; every row's best is in
     assert low < 3.724
@@ -221,12 +224,13 @@ def test_report_plots_the_trainers_coordinate_check(tmp_path):
                    cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, capture_output=True)
     ingest(FIXTURES / "paper_tables_8_9.csv", tmp_path / "store")
     report(ReportOptions(tmp_path / "store", tmp_path / "out", coord_checks=[coord]))
-    png = tmp_path / "out" / "figures" / "coord_check_coord_muon_kimi_depth=2.png"
+    png = tmp_path / "out" / "figures" / "coord_check_coord.png"
     assert matplotlib.image.imread(png).std() > 0.05
     fig = figures.coord_check(pd.DataFrame(json.loads(coord.read_text())), "real")
-    assert [a.get_title() for a in fig.axes] == ["sp", "mup"]
-    assert [len(a.get_lines()) for a in fig.axes] == [3, 3]  # steps 0, 1, 2
+    assert [a.get_title() for a in fig.axes] == [f"{scale} over width" for scale in
+                                                ("h (last block)", "Δh (last block)", "Δlogits", "ΔW1·x (MLP, every block)")]
     assert all(line.get_xdata().tolist() == [32, 64] for a in fig.axes for line in a.get_lines())
+    assert [line.get_label().split()[0] for line in fig.axes[0].get_lines()] == ["SP", "μP"]  # SP first
 
 
 def test_settings_that_vary_split_tables_and_name_their_files(tmp_path):
@@ -241,3 +245,65 @@ def test_settings_that_vary_split_tables_and_name_their_files(tmp_path):
     assert len(list((tmp_path / "out" / "tables").glob("*.csv"))) == 2
     paths = figures.save(figures.training_curves(make_record({"lr": -8}, "ok")), tmp_path / "f" / "a.b=0.5")
     assert sorted(p.name for p in paths) == ["a.b=0.5.pdf", "a.b=0.5.png"]
+
+
+def test_the_report_opens_with_the_answer_and_it_agrees_with_summary_csv(paper):
+    out, _ = paper
+    text = (out / "report.md").read_text()
+    lines = text.splitlines()
+    assert lines[0] == f"# Learning-rate transfer: SP vs μP over width and depth ({out.parent / 'store'})"
+    answers = [line[2:] for line in lines[2:] if line.startswith("- ")][:4]
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(answers) == summary["table"].nunique() == 4
+    for table, rows in summary.groupby("table", sort=False):
+        verdict = rows["verdict"].iloc[0]
+        name = "μP" if "param=mup" in table else "SP"
+        [line] = [a for a in answers if a.startswith(f"{name} (experiment={rows['experiment'].iloc[0]},")]
+        assert f" {verdict} over {rows['axis'].iloc[0]} " in line
+        closed = rows[rows["lr_star_open"].isna()]
+        if verdict == "transfers":  # one rate for every size: the mean of the rows' eta*
+            assert f"use η_base = 2^{closed['lr_star_fit'].mean():.2f} ≈ {2 ** closed['lr_star_fit'].mean():.3g}" in line
+        else:  # each size's own eta* (and the trend)
+            for size, fit in zip(closed["size"], closed["lr_star_fit"]):
+                assert f"{rows['axis'].iloc[0]} {size}: 2^{fit:.2f}" in line
+            if verdict == "undecided":
+                assert "To decide, run: python sweep.py -m" in line
+    assert "## How to read this" in text and text.index("## How to read this") < text.index("## Tables")
+    # `analysis answer` prints just the opening.
+    answer = subprocess.run([sys.executable, "-m", "analysis", "answer", "--store", out.parent / "store"],
+                            cwd=REPO, capture_output=True, text=True, check=True)
+    assert answer.stdout == text[:text.index("## How to read this")].rstrip("\n") + "\n"
+    missing = subprocess.run([sys.executable, "-m", "analysis", "answer", "--store", out.parent / "nope"],
+                             cwd=REPO, capture_output=True, text=True)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_latex_captions_are_short_and_the_verdict_stands_below_the_table(paper):
+    out, _ = paper
+    tex = (out / "tables.tex").read_text()
+    captions = [line for line in tex.splitlines() if line.startswith("\\caption")]
+    assert len(captions) == 4 and all("verdict" not in c and len(c) < 120 for c in captions)
+    assert tex.count("verdict: ") == 4 and tex.index("verdict: ") > tex.index("\\end{tabular}")
+
+
+def test_no_regret_interval_reaches_below_zero(paper, own, tmp_path):
+    report(ReportOptions(own, tmp_path, figures=False))
+    for out in (paper[0], tmp_path):
+        summary = pd.read_csv(out / "summary.csv")
+        low = summary["regret_low"].dropna()
+        assert len(low) and (low >= 0).all() and (summary["regret_high"].dropna() >= low[low.index.isin(summary["regret_high"].dropna().index)]).all()
+
+
+def test_the_coordinate_check_figure_shows_each_scale_over_width_and_depth_with_its_verdict():
+    rows = pd.DataFrame(json.loads((REPO / "results" / "coord_check" / "coord_check.json").read_text()))
+    fig = figures.coord_check(rows, "committed")
+    titles = [a.get_title() for a in fig.axes]
+    assert titles == [f"{scale} over {axis}" for scale in ("h (last block)", "Δh (last block)", "Δlogits")
+                      for axis in ("width", "depth")]
+    labels = {a.get_title(): [line.get_label() for line in a.get_lines()] for a in fig.axes}
+    # SP's failures are in view, each marked: Δlogits over width, h over depth; μP flat in both.
+    assert labels["Δlogits over width"][0].startswith("SP +0.39 ✗")
+    assert labels["h (last block) over depth"][0].startswith("SP +0.89 ✗")
+    assert all(label.endswith("✓") for a in labels.values() for label in a[1:])
+    verdicts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert verdicts == ["SP: not flat", "μP: flat", "μP (k=1): flat"]

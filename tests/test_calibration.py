@@ -101,7 +101,7 @@ def test_stability_bounded_optima_get_open_intervals_and_the_cells_that_close_th
         row = sp.loc[depth]
         assert row["lr_star_open"] == "above" and row["lr_star_interval"] == "open"
         assert float(row["lr_star_low"]) == low and math.isinf(float(row["lr_star_high"]))
-    section = text.split("param=sp, optimizer=muon_kimi, layernorm=False")[1].split("###")[0]
+    section = text.split("### SP, optimizer=muon_kimi, layernorm=False")[1].split("###")[0]
     assert "transfers for depth" not in section
     assert "depth 16: stability-bounded: the above neighbour of -5 diverged" in section
     [line] = [n for n in section.splitlines() if n.startswith("- to close the open optima, run: ")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -195,3 +196,19 @@ def test_replay_on_the_projects_committed_stores_meets_the_same_targets(tmp_path
     assert params == {"param=sp", "param=mup"}
     for table in tables:
         assert table["compute_fraction"] <= 0.4 + 1e-12 and table["max_error"] <= 0.5, table
+
+
+def test_replay_text_columns_line_up_under_their_headers():
+    from sweeper.replay import to_text
+
+    figures = {"tables": [{"name": "t", "compute_fraction": 0.5, "max_error": 0.25, "rows": [
+        {"size": 16, "eta_star": -3.5, "eta_star_grid": -3.54, "cells": 3, "compute_fraction": 0.5, "settled": "bracketed"},
+        {"size": 1024, "eta_star": None, "eta_star_grid": -10.25, "cells": 12, "compute_fraction": 1.0, "settled": "edge"}]}]}
+    header, *rows = to_text(figures).splitlines()[1:4]
+    # A header cell is words joined by single spaces; columns are set apart by two or more.
+    names = list(re.finditer(r"\S+(?: \S+)*", header))
+    assert len(names) == 6, header
+    for row in rows:
+        cells = list(re.finditer(r"\S+", row))
+        assert [c.end() for c in cells[:-1]] == [n.end() for n in names[:-1]], (header, row)  # numbers right-aligned
+        assert cells[-1].start() == names[-1].start(), (header, row)  # the text column left-aligned

@@ -53,23 +53,34 @@ def _slope(points: dict[int, list[float]]) -> float:
     return float(np.polyfit(np.log2(sizes), np.log2(means), 1)[0])
 
 
-def verdicts(rows: list[dict]) -> list[Verdict]:
-    """One verdict per (param, optimizer) in rows (written by trainer.coord_check)."""
+def final_points(rows: list[dict]) -> dict[tuple[str, str], dict[tuple[str, str], dict[int, list[float]]]]:
+    """Per (param, optimizer): per (axis, scale name), each size's values after the last step (one per
+    seed), widths at the cross's depth and depths at its width. A scale the rows do not hold (an
+    older file: block rows without delta_rms) is left out."""
     final = _final(rows)
-    out = []
+    out = {}
     for param, optimizer in dict.fromkeys((r["param"], r["optimizer"]) for r in final):
         own = [r for r in final if r["param"] == param and r["optimizer"] == optimizer]
         width0, depth0 = min(r["width"] for r in own), min(r["depth"] for r in own)
-        slopes = {}
+        found = {}
         for axis, other, fixed in (("width", "depth", depth0), ("depth", "width", width0)):
             for name, site, block, column in SCALES:
                 points: dict[int, list[float]] = {}
                 for r in own:
-                    if r[other] == fixed and r.get("site", "block") == site and \
+                    if r[other] == fixed and r.get("site", "block") == site and column in r and \
                             (block in (None, ALL) or r["block"] == r["depth"] + block):
                         points.setdefault(r[axis], []).append(r[column])
                 if len(points) > 1:
-                    slopes[(axis, name)] = _slope(points)
+                    found[(axis, name)] = points
+        out[(param, optimizer)] = found
+    return out
+
+
+def verdicts(rows: list[dict]) -> list[Verdict]:
+    """One verdict per (param, optimizer) in rows (written by trainer.coord_check)."""
+    out = []
+    for (param, optimizer), found in final_points(rows).items():
+        slopes = {scale: _slope(points) for scale, points in found.items()}
         worst = max((abs(s) for s in slopes.values()), default=None)
         verdict = ("unclear" if worst is None else "flat" if worst <= FLAT
                    else "not flat" if worst >= STEEP else "unclear")
