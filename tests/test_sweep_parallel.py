@@ -20,7 +20,9 @@ from sweeper.result_store import ATTEMPTS, load_store, read_record, records_dir
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # Three cells of the smoke preset long enough (steps) to be caught training, checkpointed every 5.
-LONG = ["-m", "experiment=smoke", "width=32", "lr=-10:-8", "steps=300", "checkpoint_interval=5", "jobs=2"]
+# Long enough (~10 s a cell on a quiet core) that a test acts on cells while they train.
+LONG_STEPS = 3000
+LONG = ["-m", "experiment=smoke", "width=32", "lr=-10:-8", f"steps={LONG_STEPS}", "checkpoint_interval=50", "jobs=2"]
 
 
 def sweep(args, cwd, timeout=300):
@@ -190,10 +192,10 @@ def test_ctrl_c_stops_both_workers_their_cells_checkpoint_and_a_rerun_resumes_th
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert rerun.stderr.count("resuming from") == 2
     frame = load_store(store)
-    assert len(frame) == 3 and set(frame["status"]) == {"ok"} and (frame["steps_done"] == 300).all()
+    assert len(frame) == 3 and set(frame["status"]) == {"ok"} and (frame["steps_done"] == LONG_STEPS).all()
     for key in workers:  # the interrupted cells' curves run on from the checkpoint, without a gap
         steps = [s for s, _ in read_record(store, key)["curves"]["train"]]
-        assert steps == sorted(set(steps)) and steps[-1] == 300
+        assert steps == sorted(set(steps)) and steps[-1] == LONG_STEPS
 
 
 def test_two_sweeps_of_two_workers_on_one_store_train_each_cell_once(tmp_path):

@@ -24,9 +24,10 @@ from sweeper.result_store import load_store, read_record, run_dir, write_record
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 GRID = ["-m", "experiment=smoke", "width=32,64", "lr=-9,-8", "cluster=local"]
-# About 10 s of training a cell on a shared core (30 steps of 32 x 256 tokens), so a test can act
-# on cells while they train; every step is logged, so the log shows how far a cell got.
-SLOW = ["-m", "experiment=smoke", "width=32", "steps=30", "batch_size=32", "seq_len=256",
+# About 10 s of training a cell on a quiet core (200 steps of 32 x 256 tokens; more when shared), so
+# a test can act on cells while they train; every step is logged, so the log shows how far a cell got.
+SLOW_STEPS = 200
+SLOW = ["-m", "experiment=smoke", "width=32", f"steps={SLOW_STEPS}", "batch_size=32", "seq_len=256",
         "log_interval=1", "cluster=local"]
 
 
@@ -170,11 +171,12 @@ def test_a_cell_that_raises_ends_its_job_failed_with_the_jobs_own_record(slurm_c
                                                                          wait_until):
     started = time.time()
     store = tmp_path / "store"
-    missing = tmp_path / "no_such_corpus"  # the trainer raises in the job, not the sweep in its plan
-    first = sweep(["-m", "experiment=smoke", "width=32", "lr=-9", "steps=4", f"dataset={missing}",
+    # The trainer raises in the job, not the sweep before it launches: a CUDA device asked of a node
+    # without one (the launch host cannot know what a node has, so pre-flight leaves it to the job).
+    first = sweep(["-m", "experiment=smoke", "width=32", "lr=-9", "steps=4", "device=cuda", "precision=fp32",
                    "cluster=local", f"store={store}"], tmp_path)
     assert first.returncode != 0
-    assert "1 of 1 cells failed" in first.stderr and "DataUnavailable" in first.stderr, first.stderr[-3000:]
+    assert "1 of 1 cells failed" in first.stderr and "CUDA is not available" in first.stderr, first.stderr[-3000:]
     [(key, entry)] = read_entries(store).items()
     job_id = entry["job_id"]
     wait_until(lambda: jobs_from(tmp_path, started).get(job_id) == "FAILED", 30,
@@ -182,8 +184,8 @@ def test_a_cell_that_raises_ends_its_job_failed_with_the_jobs_own_record(slurm_c
     record = read_record(store, key)  # written by the job itself, with the cell's traceback
     assert record["status"] == "failed" and record["runtime"]["slurm"]["job_id"] == job_id
     error = record["error"]
-    assert (error["type"], error["slurm_state"], error["job_id"]) == ("DataUnavailable", "FAILED", job_id)
-    assert "Traceback" in error["log_tail"] and str(missing) in error["log_tail"]
+    assert (error["type"], error["slurm_state"], error["job_id"]) == ("ValueError", "FAILED", job_id)
+    assert "Traceback" in error["log_tail"] and "CUDA is not available" in error["log_tail"]
 
 
 @pytest.mark.timeout(300)
@@ -217,8 +219,8 @@ def test_preempted_cells_resume_from_their_checkpoints(slurm_cluster, tmp_path, 
                    f"sacct showing job {job_id} requeued once, then completed")
         assert trained_keys(job_log(store, job_id, "out")) == {key}  # recorded once, at the end
         record = read_record(store, key)
-        assert record["status"] == "ok" and record["metrics"]["steps_done"] == 30
-        assert [step for step, _ in record["curves"]["train"]] == list(range(1, 31))  # no step lost or redone
+        assert record["status"] == "ok" and record["metrics"]["steps_done"] == SLOW_STEPS
+        assert [step for step, _ in record["curves"]["train"]] == list(range(1, SLOW_STEPS + 1))  # no step lost or redone
 
 
 @pytest.mark.timeout(300)
