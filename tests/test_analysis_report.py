@@ -298,12 +298,16 @@ def test_the_coordinate_check_figure_shows_each_scale_over_width_and_depth_with_
     rows = pd.DataFrame(json.loads((REPO / "results" / "coord_check" / "coord_check.json").read_text()))
     fig = figures.coord_check(rows, "committed")
     titles = [a.get_title() for a in fig.axes]
-    assert titles == [f"{scale} over {axis}" for scale in ("h (last block)", "Δh (last block)", "Δlogits")
+    assert titles == [f"{scale} over {axis}" for scale in ("h (last block)", "Δh (last block)", "Δlogits",
+                                                            "ΔW1·x (MLP, every block)")
                       for axis in ("width", "depth")]
     labels = {a.get_title(): [line.get_label() for line in a.get_lines()] for a in fig.axes}
-    # SP's failures are in view, each marked: Δlogits over width, h over depth; μP flat in both.
-    assert labels["Δlogits over width"][0].startswith("SP +0.39 ✗")
-    assert labels["h (last block) over depth"][0].startswith("SP +0.89 ✗")
-    assert all(label.endswith("✓") for a in labels.values() for label in a[1:])
+    # Each failure is in view and marked: SP's Δlogits and ΔW1·x over width and h over depth, k = 1's
+    # inner update over depth; μP flat everywhere.
+    for title, param in [("Δlogits over width", "SP"), ("ΔW1·x (MLP, every block) over width", "SP"),
+                         ("h (last block) over depth", "SP"), ("ΔW1·x (MLP, every block) over depth", "μP (k=1)")]:
+        [label] = [lab for lab in labels[title] if lab.startswith(param + " ")]
+        assert label.endswith("✗"), (title, label)
+    assert all(lab.endswith("✓") for a in labels.values() for lab in a if lab.startswith("μP +") or lab.startswith("μP -"))
     verdicts = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert verdicts == ["SP: not flat", "μP: flat", "μP (k=1): flat"]
+    assert verdicts == ["SP: not flat", "μP: flat", "μP (k=1): not flat"]
