@@ -43,6 +43,18 @@ def _usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _verdict_options(command: argparse.ArgumentParser) -> None:
+    """The options of the commands that decide verdicts (answer, report)."""
+    command.add_argument("--max-trend", type=float, default=MAX_TREND, metavar="LOG2",
+                         help="largest trend of eta* (log2 per doubling of size) that still transfers "
+                              "(default %(default)s)")
+    command.add_argument("--strict", action="store_true",
+                         help="an unreadable record is an error (default: named on stderr and left out)")
+    command.add_argument("--conf", type=Path, default=CONF_DIR, metavar="DIR",
+                         help="the sweep's config dir, for the sweep line that decides an undecided verdict "
+                              "(default: %(default)s)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analysis", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{answer,report,ingest,curves,next}")
@@ -55,14 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         "undecided one the sweep line that would decide it. It only reads the store; `report` writes the "
         "tables that back it.")
     answer.add_argument("--store", type=Path, required=True, metavar="DIR", help="the result store directory")
-    answer.add_argument("--max-trend", type=float, default=MAX_TREND, metavar="LOG2",
-                        help="largest trend of eta* (log2 per doubling of size) that still transfers "
-                             "(default %(default)s)")
-    answer.add_argument("--strict", action="store_true",
-                        help="an unreadable record is an error (default: named on stderr and left out)")
-    answer.add_argument("--conf", type=Path, default=CONF_DIR, metavar="DIR",
-                        help="the sweep's config dir, for the sweep line that decides an undecided verdict "
-                             "(default: %(default)s)")
+    _verdict_options(answer)
 
     report = commands.add_parser(
         "report", help="tables, optima, verdicts and figures of a store", description="Writes the report of "
@@ -80,14 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--no-figures", dest="figures", action="store_false", help="tables only (no figures at all, so --curves and --coord-check are ignored)")
     report.add_argument("--jobs", type=int, default=_usable_cpus(), metavar="N",
                         help="processes drawing figures (default: the CPUs this process may use, %(default)s)")
-    report.add_argument("--max-trend", type=float, default=MAX_TREND, metavar="LOG2",
-                        help="largest trend of eta* (log2 per doubling of size) that still transfers "
-                             "(default %(default)s)")
-    report.add_argument("--strict", action="store_true",
-                        help="an unreadable record is an error (default: named on stderr and left out)")
-    report.add_argument("--conf", type=Path, default=CONF_DIR, metavar="DIR",
-                        help="the sweep's config dir, for the sweep line that decides an undecided verdict "
-                             "(default: %(default)s)")
+    _verdict_options(report)
 
     ingest = commands.add_parser(
         "ingest", help="bring external results (a CSV) into a store",
