@@ -67,6 +67,12 @@ def jobs_from(workdir: Path, since: float) -> dict[str, str]:
     return {job_id: state for job_id, where, state in rows if Path(where) == workdir}
 
 
+def jobs_once_known(workdir: Path, since: float, job_ids: set[str], wait_until) -> dict[str, str]:
+    """``jobs_from`` once sacct knows every one of ``job_ids``: slurmdbd records a job a moment after it ends."""
+    wait_until(lambda: job_ids <= set(jobs_from(workdir, since)), 30, f"sacct knowing the jobs {sorted(job_ids)}")
+    return jobs_from(workdir, since)
+
+
 def history(job_id: str) -> list[str]:
     """Every state the job went through, first to last (sacct -D keeps requeued runs)."""
     out = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job_id],
@@ -98,12 +104,12 @@ def test_a_grid_runs_as_slurm_jobs_and_a_rerun_submits_nothing(slurm_cluster, tm
     frame = load_store(store)
     assert len(frame) == 4 and set(frame["status"]) == {"ok"} and (frame["steps_done"] == 4).all()
 
-    jobs = jobs_from(tmp_path, started)
+    entries = read_entries(store)
+    jobs = jobs_once_known(tmp_path, started, {e["job_id"] for e in entries.values()}, wait_until)
     assert len(jobs) == 4, jobs  # one array task per cell
     # (a job whose cell is recorded may still be exiting when the sweep ends)
     wait_until(lambda: set(jobs_from(tmp_path, started).values()) == {"COMPLETED"}, 30,
                "sacct showing the 4 jobs COMPLETED")
-    entries = read_entries(store)
     assert {e["job_id"] for e in entries.values()} == set(jobs) and set(entries) == set(frame["key"])
     for key in frame["key"]:  # each job wrote its own record, saying where it ran
         assert read_record(store, key)["runtime"]["slurm"]["job_id"] == entries[key]["job_id"]
@@ -271,8 +277,8 @@ def test_a_transfer_search_runs_rounds_as_job_arrays_waits_for_a_killed_searchs_
     [analysed] = analyse(frame)  # the report's optima: inside each row's cells
     assert [(o.size, o.edge) for o in analysed.optima] == [(32, None), (64, None)]
 
-    jobs = jobs_from(tmp_path, started)
     entries = read_entries(store)
+    jobs = jobs_once_known(tmp_path, started, {e["job_id"] for e in entries.values()}, wait_until)
     assert len(jobs) == len(frame) and {e["job_id"] for e in entries.values()} == set(jobs)  # a job per cell
     for key in frame["key"]:  # each recorded by its own job, the held round's by the killed search's jobs
         assert read_record(store, key)["runtime"]["slurm"]["job_id"] == entries[key]["job_id"]
