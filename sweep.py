@@ -13,8 +13,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from sweeper.argv import prepare
-from sweeper.schema import SweepAppConfig
+from sweeper.grid.argv import prepare
+from sweeper.grid.app_config import SweepAppConfig
 
 ROOT = Path(__file__).resolve().parent
 CONF_DIR = ROOT / "conf"
@@ -47,7 +47,7 @@ Hydra's help and the full config follow.
 
 @hydra.main(config_path="conf", config_name="sweep", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    from sweeper.job import hydra_job
+    from sweeper.jobs.job import hydra_job
 
     return hydra_job(cfg)
 

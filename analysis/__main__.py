@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from . import AnalysisError
-from sweeper.experiments import CONF_DIR
-from sweeper.result_store import STORE_ERROR
-from sweeper.transfer import BUDGET
+from sweeper.grid.experiments import CONF_DIR
+from sweeper.store.records import STORE_ERROR
+from sweeper.search.transfer import BUDGET
 
 from .optima import MAX_TREND
 
@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
 
     nxt = commands.add_parser(
         "next", help="which cells to run next: the transfer search's next round, as sweep commands",
-        description="The transfer search of `sweep.py ... search=transfer` (sweeper.transfer) on every "
+        description="The transfer search of `sweep.py ... search=transfer` (sweeper.search.transfer) on every "
         "table of the report: how each row settled (bracketed by worse or diverged cells, on the line's "
         "edge, or by transfer), and for the first row that is not settled the learning rates the search "
         "would run next, as a `python sweep.py -m ...` line (the output runs as a shell script).")
@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command != "ingest":  # ingest makes its store; every other command reads one
-        from sweeper.result_store import StoreError, check_readable_store
+        from sweeper.store.records import StoreError, check_readable_store
 
         try:
             check_readable_store(args.store)
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ingested {len(records)} records ({diverged} diverged) as experiment "
                   f"'{records[0]['experiment']}' into {args.store}")
         elif args.command == "next":
-            from .next_cells import NextOptions, plan_next, to_json, to_text
+            from sweeper.search.next_cells import NextOptions, plan_next, to_json, to_text
 
             options = NextOptions(args.store, args.experiment, args.conf, args.budget, args.strict)
             plans = plan_next(options)
@@ -175,6 +175,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from sweeper.console import run_piped
+    from sweeper.jobs.console import run_piped
 
     sys.exit(run_piped(main, sys.argv[1:]))

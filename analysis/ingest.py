@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from sweeper.experiments import CONF_DIR, has_experiment, sweep_settings
-from sweeper.record import check_name, make_record, result_config, setting_kinds
-from sweeper.result_store import StoreError, check_writable_store, write_record
+from sweeper.grid.experiments import CONF_DIR, has_experiment, sweep_settings
+from sweeper.store.schema import check_name, make_record, result_config, setting_kinds
+from sweeper.store.records import StoreError, check_writable_store, write_record
 from trainer.config import setting_problems
 
 from . import AnalysisError
-from .next_cells import compose
+from sweeper.search.next_cells import compose
 
 REQUIRED = ("width", "depth", "lr", "param", "optimizer", "layernorm", "val_loss")
 OPTIONAL = ("val_loss_se",)  # besides the settings: a column that is no setting, yet no extra

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweeper.result_store import check_readable_store, load_store, read_record
+from sweeper.store.records import check_readable_store, load_store, read_record
 
 from . import AnalysisError, figures
 from .answer import answer_lines, label, title
 from .confidence import TableNoise
-from .next_cells import CONF_DIR, command, row_records, sweep_lookup
+from sweeper.search.next_cells import CONF_DIR, command, row_records, sweep_lookup
 from .optima import LEVEL, MAX_TREND, RowOptimum, Suggestion, Verdict, verdict
 from .tables import (Table, build_tables, interval_bounds, param_name, row_optima, table_facts, to_frame,
                      to_latex, to_markdown, value_text)

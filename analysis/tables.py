@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from sweeper.result_store import BASE_COLUMNS
+from sweeper.store.records import BASE_COLUMNS
 
 from .confidence import TableNoise, method_note
 from .optima import LEVEL, RowOptimum, Verdict, row_optimum

@@ -121,7 +121,7 @@ def check_throughput(steps: int) -> bool:
 def check_memory(quick: bool) -> bool:
     import torch
 
-    from sweeper.experiments import compose_sweep, sweep_settings
+    from sweeper.grid.experiments import compose_sweep, sweep_settings
     from trainer.config import TrainConfig
     from trainer.cost import DEVICE_OVERHEAD, GIB, peak_memory, pick_micro_batch
     from trainer.probe import measured_peak_bytes

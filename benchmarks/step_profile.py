@@ -23,7 +23,7 @@ from trainer.config import TrainConfig
 from trainer.cost import flops_per_token
 from trainer.data.batches import get_batch
 from trainer.data.tokens import load_tokens
-from trainer.optimizers import build_optimizers
+from trainer.optim.build import build_optimizers
 from trainer.parameterization import build_model, param_groups
 from trainer_throughput import SHAPE, TOKENS_PER_STEP, RefGPT, matmul_peak_flops
 

@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sweeper.record import make_record  # noqa: E402
-from sweeper.result_store import load_store, write_record  # noqa: E402
+from sweeper.store.schema import make_record  # noqa: E402
+from sweeper.store.records import load_store, write_record  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 
 

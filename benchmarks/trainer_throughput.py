@@ -46,7 +46,7 @@ from trainer.config import TrainConfig
 from trainer.cost import GPUS, flops_per_token, gpu_named
 from trainer.data.batches import get_batch
 from trainer.data.tokens import load_tokens
-from trainer.optimizers import OPTIMIZERS, build_optimizers
+from trainer.optim.build import OPTIMIZERS, build_optimizers
 from trainer.parameterization import build_model, param_groups
 from trainer.precision import Precision, cpu_has_fast_bf16
 from trainer.step import TrainingStep
@@ -151,8 +151,8 @@ def optimizer_step_flops(cfg: TrainConfig, model: torch.nn.Module) -> tuple[floa
     """Matmul FLOPs of one step of the matrix optimizers written here ((0, 0) for the others): those
     in the Newton-Schulz dtype (Muon's and SSO's iteration) and those in fp32 (SSO's power iteration,
     all of Shampoo), what the step would cost at the matmul peaks."""
-    from trainer.spectral import NS_STEPS
-    from trainer.sso import POWER_STEPS, ROOT_EVALUATIONS
+    from trainer.optim.spectral import NS_STEPS
+    from trainer.optim.sso import POWER_STEPS, ROOT_EVALUATIONS
 
     def newton_schulz(m: int, n: int) -> float:  # m <= n: X X^T, its square, the product with X
         return NS_STEPS * (4 * m * m * n + 2 * m ** 3)

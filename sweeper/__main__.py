@@ -5,12 +5,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .experiments import CONF_DIR
+from sweeper.grid.experiments import CONF_DIR
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["plan"]:  # its overrides are Hydra's, not argparse options of this parser
-        from .cost_plan import main as plan
+        from sweeper.grid.plan import main as plan
 
         return plan(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m sweeper")
@@ -41,12 +41,12 @@ def main(argv: list[str]) -> int:
     if args.command == "clean":
         return _clean(args)
 
-    from .queue import QueueError, queued_cells, squeue_available
-    from .claims import live_claims
-    from .leftovers import unrecorded
-    from .record import SchemaError
-    from .result_store import STORE_ERROR, StoreError, check_readable_store
-    from .status import report
+    from sweeper.store.queue import QueueError, queued_cells, squeue_available
+    from sweeper.store.claims import live_claims
+    from sweeper.store.leftovers import unrecorded
+    from sweeper.store.schema import SchemaError
+    from sweeper.store.records import STORE_ERROR, StoreError, check_readable_store
+    from sweeper.jobs.status import report
 
     try:
         check_readable_store(args.store)
@@ -75,8 +75,8 @@ def main(argv: list[str]) -> int:
 
 
 def _clean(args) -> int:
-    from .leftovers import clean, unwritten_line
-    from .result_store import STORE_ERROR, StoreError, check_readable_store
+    from sweeper.store.leftovers import clean, unwritten_line
+    from sweeper.store.records import STORE_ERROR, StoreError, check_readable_store
 
     try:
         check_readable_store(args.store, allow_empty=True)
@@ -93,11 +93,11 @@ def _clean(args) -> int:
 
 
 def _replay(args) -> int:
-    from .record import SchemaError
-    from .replay import main as replay
-    from .result_store import STORE_ERROR, StoreError, check_readable_store
-    from .search import SearchError
-    from .transfer import BUDGET
+    from sweeper.store.schema import SchemaError
+    from sweeper.search.replay import main as replay
+    from sweeper.store.records import STORE_ERROR, StoreError, check_readable_store
+    from sweeper.search.rounds import SearchError
+    from sweeper.search.transfer import BUDGET
 
     try:
         check_readable_store(args.oracle)
@@ -113,6 +113,6 @@ def _replay(args) -> int:
 
 
 if __name__ == "__main__":
-    from .console import run_piped
+    from sweeper.jobs.console import run_piped
 
     sys.exit(run_piped(main, sys.argv[1:]))

@@ -46,8 +46,8 @@ def wait_until() -> Callable[[Callable[[], object], float, str], None]:
 def _sweep_cell_key(overrides: list[str]) -> str:
     from hydra import compose, initialize_config_dir
 
-    from sweeper.record import cell_key
-    from sweeper.schema import trainer_values
+    from sweeper.store.schema import cell_key
+    from sweeper.grid.app_config import trainer_values
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("sweep", overrides=overrides)

@@ -21,7 +21,7 @@ from analysis import figures
 from analysis.ingest import ingest
 from analysis.report import ReportOptions, analyse, report
 from analysis.tables import interval_bounds
-from sweeper.result_store import load_store
+from sweeper.store.records import load_store
 from test_analysis_next import composed, sweep_cells
 
 REPO = Path(__file__).resolve().parent.parent

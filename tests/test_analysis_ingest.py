@@ -8,8 +8,8 @@ import pytest
 
 from analysis import ingest as ingest_module
 from analysis.ingest import IngestError, ingest
-from sweeper.record import make_record
-from sweeper.result_store import load_store, read_record, write_record
+from sweeper.store.schema import make_record
+from sweeper.store.records import load_store, read_record, write_record
 
 HEADER = "width,depth,lr,param,optimizer,layernorm,val_loss,note\n"
 

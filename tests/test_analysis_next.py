@@ -11,12 +11,12 @@ from hydra import compose, initialize_config_dir
 
 from analysis.__main__ import main
 from analysis.ingest import ingest
-from analysis.next_cells import CONF_DIR, NextOptions, plan_next
+from sweeper.search.next_cells import CONF_DIR, NextOptions, plan_next
 from analysis.report import analyse
-from sweeper.grid import expand
-from sweeper.record import make_record, result_config
-from sweeper.result_store import load_store, write_record
-from sweeper.schema import trainer_values
+from sweeper.grid.expand import expand
+from sweeper.store.schema import make_record, result_config
+from sweeper.store.records import load_store, write_record
+from sweeper.grid.app_config import trainer_values
 from test_analysis_cli import FIXTURES, analysis, imported_modules
 
 SWEEP = ["python", "sweep.py", "-m"]
@@ -56,7 +56,7 @@ def test_a_complete_grid_is_settled_and_edges_say_which_way_to_extend_without_im
     edges = [p for p in plans if p["settled"] == "edge"]
     assert len(edges) == 4 and all("extend the line" in p["note"] for p in edges)  # muP depths 32..256, Table 13
     modules = imported_modules(run.stderr)
-    assert "sweeper.transfer" in modules  # the check sees imports at all
+    assert "sweeper.search.transfer" in modules  # the check sees imports at all
     assert not {m for m in modules if m == "torch" or m.startswith("torch.")}
 
 

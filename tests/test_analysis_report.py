@@ -19,8 +19,8 @@ from analysis import figures
 from analysis.ingest import ingest
 from analysis.report import ReportOptions, analyse, report
 from analysis.tables import interval_bounds
-from sweeper.record import make_record
-from sweeper.result_store import load_store, write_record
+from sweeper.store.schema import make_record
+from sweeper.store.records import load_store, write_record
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"

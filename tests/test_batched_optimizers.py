@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-import trainer.muon  # noqa: F401  (its newton_schulz is patched by name)
-import trainer.shampoo
-import trainer.spectral
+import trainer.optim.muon  # noqa: F401  (its newton_schulz is patched by name)
+import trainer.optim.shampoo
+import trainer.optim.spectral
 from trainer.config import TrainConfig
-from trainer.optimizers import build_optimizers
+from trainer.optim.build import build_optimizers
 from trainer.parameterization import build_model, param_groups
-from trainer.spectral import newton_schulz, top_singular, without_tf32
-from trainer.sso import ROOT_EVALUATIONS, SSO, TOLERANCE
+from trainer.optim.spectral import newton_schulz, top_singular, without_tf32
+from trainer.optim.sso import ROOT_EVALUATIONS, SSO, TOLERANCE
 
 torch.set_num_threads(1)
 TINY = dict(width=32, depth=3, base_width=32, base_depth=3, seq_len=16)
@@ -108,7 +108,7 @@ def test_matrix_roots_run_without_tf32_and_leave_the_setting_as_it_was(optimizer
 
 def test_without_tf32_works_where_the_process_used_torchs_newer_tf32_setting():
     # torch refuses to read allow_tf32 once fp32_precision was set: a fresh process, not this one.
-    code = ("import torch; from trainer.spectral import without_tf32\n"
+    code = ("import torch; from trainer.optim.spectral import without_tf32\n"
             "torch.backends.cuda.matmul.fp32_precision = 'tf32'\n"
             "with without_tf32(): inside = torch.backends.cuda.matmul.fp32_precision\n"
             "print(inside, torch.backends.cuda.matmul.fp32_precision)")
@@ -118,9 +118,9 @@ def test_without_tf32_works_where_the_process_used_torchs_newer_tf32_setting():
 
 @pytest.mark.parametrize("optimizer, module, function, calls", [
     # depth 3: 12 square attention matrices, 3 W_in (4n x n) and 3 W_out (n x 4n)
-    ("muon_kimi", "trainer.muon", "newton_schulz", 2),  # W_in^T stacked with W_out
-    ("shampoo", "trainer.shampoo", "inverse_fourth_root", 3 * 2),  # a stack per shape, L and R
-    ("sso", "trainer.sso", "newton_schulz", 3 * ROOT_EVALUATIONS),  # every evaluation of the root search
+    ("muon_kimi", "trainer.optim.muon", "newton_schulz", 2),  # W_in^T stacked with W_out
+    ("shampoo", "trainer.optim.shampoo", "inverse_fourth_root", 3 * 2),  # a stack per shape, L and R
+    ("sso", "trainer.optim.sso", "newton_schulz", 3 * ROOT_EVALUATIONS),  # every evaluation of the root search
 ])
 def test_same_shape_matrices_take_one_batched_call(monkeypatch, optimizer, module, function, calls):
     real = getattr(sys.modules[module], function)

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sweeper.experiments import compose_sweep, sweep_settings
-from sweeper.grid import grid_values
-from sweeper.record import cell_key, migrate
+from sweeper.grid.experiments import compose_sweep, sweep_settings
+from sweeper.grid.expand import grid_values
+from sweeper.store.schema import cell_key, migrate
 from trainer.config import TrainConfig
 from trainer.parameterization import build_model, multipliers
 

@@ -15,7 +15,7 @@ import trainer.device as device_module
 import trainer.step as step_module
 import trainer.train as train_module
 from trainer.config import CHECKPOINT, TrainConfig
-from trainer.optimizers import build_optimizers
+from trainer.optim.build import build_optimizers
 from trainer.parameterization import build_model, param_groups
 from trainer.train import load_optimizer_state, restore_checkpoint, run
 

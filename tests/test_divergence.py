@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sweeper.experiments import compose_sweep, sweep_settings
+from sweeper.grid.experiments import compose_sweep, sweep_settings
 from trainer.config import TrainConfig
 from trainer.train import is_diverged
 

@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from sweeper.argv import prepare
-from sweeper.grid import GridError, expand, rewrite_override
-from sweeper.plan import plan
-from sweeper.schema import SweepAppConfig
+from sweeper.grid.argv import prepare
+from sweeper.grid.expand import GridError, expand, rewrite_override
+from sweeper.grid.cells import plan
+from sweeper.grid.app_config import SweepAppConfig
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -137,7 +137,7 @@ def test_a_quoted_value_reads_back_through_hydra_as_it_was(text):
     # one quoting rule (the driver's store=, next's commands); Hydra's own parser reads it back
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from sweeper.argv import hydra_quote
+    from sweeper.grid.argv import hydra_quote
 
     (parsed,) = OverridesParser.create().parse_overrides([f"store={hydra_quote(text)}"])
     assert parsed.value() == text

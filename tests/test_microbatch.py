@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trainer.config import TrainConfig
-from trainer.optimizers import StepInputs, build_optimizers
+from trainer.optim.build import StepInputs, build_optimizers
 from trainer.parameterization import build_model, param_groups
 from trainer.train import run
 

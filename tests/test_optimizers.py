@@ -1,15 +1,15 @@
-"""The project's Newton-Schulz iteration (trainer.spectral) under Muon and SSO: bf16 as torch's Muon,
+"""The project's Newton-Schulz iteration (trainer.optim.spectral) under Muon and SSO: bf16 as torch's Muon,
 fp32 on CPUs without fast bf16 matmul; and the optimizer-specific settings."""
 import pytest
 import torch
 import torch.optim._muon as torch_muon
 
-import trainer.spectral
+import trainer.optim.spectral
 from trainer.config import TrainConfig
-from trainer.muon import Muon
-from trainer.optimizers import build_optimizers
+from trainer.optim.muon import Muon
+from trainer.optim.build import build_optimizers
 from trainer.parameterization import build_model, param_groups
-from trainer.spectral import NS_COEFFICIENTS, newton_schulz
+from trainer.optim.spectral import NS_COEFFICIENTS, newton_schulz
 
 torch.set_num_threads(1)
 
@@ -60,8 +60,8 @@ def test_newton_schulz_runs_in_the_runs_precision(monkeypatch, optimizer, precis
         seen.append((dtype, out.dtype))
         return out
 
-    monkeypatch.setattr("trainer.muon.newton_schulz", spy)
-    monkeypatch.setattr("trainer.sso.newton_schulz", spy)
+    monkeypatch.setattr("trainer.optim.muon.newton_schulz", spy)
+    monkeypatch.setattr("trainer.optim.sso.newton_schulz", spy)
     cfg = TrainConfig(optimizer=optimizer, width=64, depth=1, base_width=64, base_depth=1, seq_len=8,
                       precision=precision)
     model = build_model(cfg, 32, torch.Generator().manual_seed(0))
@@ -76,9 +76,9 @@ def test_newton_schulz_runs_in_the_runs_precision(monkeypatch, optimizer, precis
 
 def test_spectral_is_the_one_newton_schulz():
     # Muon and SSO call the same function object: no copy to drift.
-    import trainer.muon
-    import trainer.sso
-    assert trainer.muon.newton_schulz is trainer.sso.newton_schulz is trainer.spectral.newton_schulz
+    import trainer.optim.muon
+    import trainer.optim.sso
+    assert trainer.optim.muon.newton_schulz is trainer.optim.sso.newton_schulz is trainer.optim.spectral.newton_schulz
 
 
 @pytest.mark.parametrize("setting, optimizer, takers", [
@@ -96,7 +96,7 @@ def test_a_setting_given_to_another_optimizer_names_its_optimizers(setting, opti
 
 @pytest.mark.parametrize("transposed, radius", [(False, 2.0), (True, 0.5)])  # R = sqrt(n_out / n_in)
 def test_sso_keeps_each_matrix_on_its_spectral_sphere(transposed, radius):
-    from trainer.sso import SSO
+    from trainer.optim.sso import SSO
 
     gen = torch.Generator().manual_seed(0)
     p = torch.nn.Parameter(torch.randn(128, 32, generator=gen) * 0.02)  # stored as W (or W^T: n_out = 32)

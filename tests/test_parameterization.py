@@ -10,8 +10,8 @@ import torch
 
 from trainer.config import TrainConfig
 from trainer.model import GPT, Multipliers
-from trainer.muon import Muon
-from trainer.optimizers import OPTIMIZERS, StepInputs, build_optimizers, step_optimizers
+from trainer.optim.muon import Muon
+from trainer.optim.build import OPTIMIZERS, StepInputs, build_optimizers, step_optimizers
 from trainer.parameterization import build_model, model_shape, multipliers, param_groups
 from trainer.rules import MATRIX_OPTIMIZERS, PARAMS
 

@@ -36,9 +36,9 @@ def test_tf32_is_set_for_the_run_only(precision, inside):
 
 
 def test_a_sweep_plans_auto_for_its_cells_device_and_tells_each_job():
-    from sweeper.grid import Cell
-    from sweeper.plan import PlannedCell, job_overrides, resolved_config
-    from sweeper.record import cell_key
+    from sweeper.grid.expand import Cell
+    from sweeper.grid.cells import PlannedCell, job_overrides, resolved_config
+    from sweeper.store.schema import cell_key
     from trainer.config import TrainConfig
 
     on_gpus = resolved_config(TrainConfig(), "cuda")  # a launcher that gives each cell a GPU

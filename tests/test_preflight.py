@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.grid import expand
+from sweeper.grid.expand import expand
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,7 @@ def test_a_mistake_is_one_line_before_anything_trains(tmp_path, args, env, says)
 
 
 def test_lr_is_refused_only_where_it_reads_as_eta():
-    from sweeper.preflight import lr_problems
+    from sweeper.grid.preflight import lr_problems
 
     assert lr_problems(expand(["lr=0.5"])) == ["lr=0.5: lr is log2 η_base: did you mean lr=-1.00?"]
     assert lr_problems(expand(["lr=-1:1:0.5"])) == []  # a log2 grid that crosses zero

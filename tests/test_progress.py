@@ -2,7 +2,7 @@
 parameters) and each cell's fixed start, both fitted to the progress so far."""
 import io
 
-from sweeper.progress import Progress
+from sweeper.jobs.progress import Progress
 from trainer.cost import cell_relative_compute
 from trainer.config import TrainConfig
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from sweeper.record import SCHEMA_VERSION, SchemaError, cell_key, make_record, migrate
-from sweeper.result_store import (
+from sweeper.store.schema import SCHEMA_VERSION, SchemaError, cell_key, make_record, migrate
+from sweeper.store.records import (
     StoreError, load_store, read_record, record_path, records_dir, write_record,
 )
 from trainer.config import TrainConfig, result_fields
@@ -99,7 +99,7 @@ def test_the_cached_index_gives_the_frame_that_parsing_every_record_gives(tmp_pa
 
     import pandas as pd
 
-    import sweeper.result_store as result_store
+    import sweeper.store.records as result_store
 
     monkeypatch.setattr(result_store, "_PARALLEL_MIN", 2)  # the forked parse, on a small store
     recs = [record(width=32, extra={"note": "text", "mixed": 1}),
@@ -141,7 +141,7 @@ def test_a_newer_schema_fails_clearly(tmp_path):
         write_record(tmp_path, future)
 
 
-V0_RECORD = {  # the flat layout before schema versions (sweeper.record's docstring)
+V0_RECORD = {  # the flat layout before schema versions (sweeper.store.schema's docstring)
     "config": {"width": 64, "depth": 2, "lr": -9, "param": "sp"},
     "status": "failed", "val_loss": None, "train_loss": 4.2, "steps_done": 7, "tokens": 7168,
     "wall_time_s": 1.5, "tokens_per_s": 4778.0, "device": "cpu", "precision": "fp32", "host": "n1",
@@ -204,7 +204,7 @@ def test_status_shows_a_size_by_lr_grid_with_missing_cells_and_the_last_errors(t
     import shutil
     from pathlib import Path
 
-    from sweeper.status import report
+    from sweeper.jobs.status import report
 
     # An experiment of our own, so the expected grid does not follow edits to the shipped presets.
     conf = tmp_path / "conf"

@@ -19,9 +19,9 @@ import pytest
 from analysis.optima import row_optimum
 from analysis.report import analyse
 from analysis.tables import notes
-from sweeper.result_store import load_store, records_dir
-from sweeper.search import Ask, SearchTable, run_search
-from sweeper.transfer import DIVERGED, Line
+from sweeper.store.records import load_store, records_dir
+from sweeper.search.rounds import Ask, SearchTable, run_search
+from sweeper.search.transfer import DIVERGED, Line
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = ROOT / "tests" / "fixtures" / "paper_tables_8_9.csv"  # Tables 10-13: paper_tables_10_11.csv, _12_13
@@ -199,7 +199,7 @@ def test_replay_on_the_projects_committed_stores_meets_the_same_targets(tmp_path
 
 
 def test_replay_text_columns_line_up_under_their_headers():
-    from sweeper.replay import to_text
+    from sweeper.search.replay import to_text
 
     figures = {"tables": [{"name": "t", "compute_fraction": 0.5, "max_error": 0.25, "rows": [
         {"size": 16, "eta_star": -3.5, "eta_star_grid": -3.54, "cells": 3, "compute_fraction": 0.5, "settled": "bracketed"},

@@ -163,7 +163,7 @@ def test_local_profile_runs_a_hydra_multirun_on_the_cluster(slurm_cluster, tmp_p
 
 
 def sweep_config(overrides: list[str]):
-    import sweeper.schema  # noqa: F401  registers the sweep app's schema
+    import sweeper.grid.app_config  # noqa: F401  registers the sweep app's schema
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose("sweep", overrides=overrides, return_hydra_config=True)
@@ -177,10 +177,10 @@ def test_local_profile_gives_each_cell_one_torch_thread_per_cpu():
 
 def test_gpu_profile_job_script_asks_for_its_gpus_time_and_requeue(slurm_cluster, tmp_path):
     """The sbatch script submitit would submit for a cell of the example GPU profile, built the way
-    the sweep builds it (sweeper.submitit_jobs.make_executor), without submitting it."""
+    the sweep builds it (sweeper.jobs.submitit_jobs.make_executor), without submitting it."""
     from hydra.utils import get_class
 
-    from sweeper.submitit_jobs import make_executor
+    from sweeper.jobs.submitit_jobs import make_executor
 
     cfg = sweep_config(["cluster=example_gpu", f"hydra.sweep.dir={tmp_path}"])
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)

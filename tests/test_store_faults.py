@@ -17,11 +17,11 @@ from types import SimpleNamespace
 import pytest
 
 from analysis.ingest import IngestError, ingest
-import sweeper.claims as claims_module
-from sweeper.claims import STALE_S, claim_path, live_claims, try_claim
-from sweeper.leftovers import clean
-from sweeper.record import make_record
-from sweeper.result_store import load_store, record_path, record_status, records_dir, write_record
+import sweeper.store.claims as claims_module
+from sweeper.store.claims import STALE_S, claim_path, live_claims, try_claim
+from sweeper.store.leftovers import clean
+from sweeper.store.schema import make_record
+from sweeper.store.records import load_store, record_path, record_status, records_dir, write_record
 from trainer.config import CHECKPOINT, TrainConfig
 from trainer.train import run as train
 

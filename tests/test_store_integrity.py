@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-import sweeper.record as record_module
+import sweeper.store.schema as record_module
 import trainer.config as config_module
 from analysis.ingest import IngestError, ingest
-from sweeper.claims import claim_path, read_claim, try_claim
-from sweeper.leftovers import KEEP
-from sweeper.record import SCHEMA_VERSION, cell_key, make_record, migrate, origin_of
-from sweeper.result_store import (StoreError, attempts, load_store, read_record, record_path,
+from sweeper.store.claims import claim_path, read_claim, try_claim
+from sweeper.store.leftovers import KEEP
+from sweeper.store.schema import SCHEMA_VERSION, cell_key, make_record, migrate, origin_of
+from sweeper.store.records import (StoreError, attempts, load_store, read_record, record_path,
                                   records_dir, run_dir, write_record)
 from trainer.config import CHECKPOINT, TrainConfig
 
@@ -109,7 +109,7 @@ def test_a_setting_added_later_changes_no_key_and_old_records_read_it_as_its_def
 def test_every_committed_store_is_keyed_as_a_cpu_sweep_plans_its_cells_now():
     # precision became a result setting: a CPU sweep plans auto as fp32, which stays out of keys, so
     # results/ and the v1 fixture (all fp32) keep every key: nothing retrains
-    from sweeper.plan import resolved_config
+    from sweeper.grid.cells import resolved_config
 
     paths = sorted((ROOT / "results").glob("*/records/*.json")) + sorted((FIXTURE / "records").glob("*.json"))
     trained = [(p, json.loads(p.read_text())) for p in paths]

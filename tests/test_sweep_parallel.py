@@ -13,9 +13,9 @@ import pytest
 
 import socket
 
-from sweeper.claims import CLAIMS, Claim, is_live
-from sweeper.local_pool import resolve_jobs
-from sweeper.result_store import ATTEMPTS, load_store, read_record, records_dir
+from sweeper.store.claims import CLAIMS, Claim, is_live
+from sweeper.jobs.local_pool import resolve_jobs
+from sweeper.store.records import ATTEMPTS, load_store, read_record, records_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -17,9 +17,9 @@ import pytest
 
 from analysis.optima import row_optimum
 from analysis.report import analyse
-from sweeper.queue import ENTRY, read_entries, write_entry
-from sweeper.record import make_record
-from sweeper.result_store import load_store, read_record, run_dir, write_record
+from sweeper.store.queue import ENTRY, read_entries, write_entry
+from sweeper.store.schema import make_record
+from sweeper.store.records import load_store, read_record, run_dir, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

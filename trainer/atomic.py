@@ -16,7 +16,7 @@ from typing import BinaryIO, Callable
 
 def temp_path(path: Path) -> Path:
     """A hidden name beside ``path``, unique across hosts and processes; ends in .tmp, so a sweep's
-    cleanup (sweeper.leftovers) recognises what a killed writer left."""
+    cleanup (sweeper.store.leftovers) recognises what a killed writer left."""
     return path.parent / f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
 
 

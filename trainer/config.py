@@ -78,7 +78,7 @@ class TrainConfig:
     divergence_factor: float = 2.0
 
     # Matmul precision: fp32 | tf32 (CUDA) | bf16 (autocast) | auto: bf16 on CUDA, fp32 on a CPU. Part
-    # of a result: a run records the precision it resolved to, and its cell's key says it (sweeper.record).
+    # of a result: a run records the precision it resolved to, and its cell's key says it (sweeper.store.schema).
     precision: str = "auto"
 
     # Runtime: none of these change the result.

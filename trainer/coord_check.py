@@ -29,7 +29,7 @@ from .coord_verdict import verdicts, verdict_text
 from .data.batches import get_batch
 from .data.cache import DataUnavailable
 from .data.tokens import load_tokens
-from .optimizers import build_optimizers
+from .optim.build import build_optimizers
 from .parameterization import build_model, param_groups
 from .precision import Precision
 from .step import TrainingStep

@@ -121,7 +121,7 @@ def loss_rows(cfg: TrainConfig, micro_batch_size: int, vocab: int) -> int:
 
 def logit_rows(cfg: TrainConfig, micro_batch_size: int, vocab: int) -> int:
     """Rows of logits alive at a step's peak: the loss's, or under Sophia a whole micro-batch's in the
-    Hessian estimate (trainer.optimizers.Sophia, unchunked)."""
+    Hessian estimate (trainer.optim.build.Sophia, unchunked)."""
     rows = loss_rows(cfg, micro_batch_size, vocab)
     return max(rows, micro_batch_size * cfg.seq_len) if cfg.optimizer == "sophia" else rows
 

@@ -3,7 +3,7 @@ means on its device. The training step, the probe, the coordinate check and the 
 all take their autocast, TF32 switch and Newton-Schulz dtype from here.
 
 fp32: every matmul in full fp32, the Newton-Schulz iteration of Muon and SSO too. tf32 (CUDA): fp32
-matmuls in TF32 for the run, the iteration in fp32 (trainer.spectral turns TF32 off inside it).
+matmuls in TF32 for the run, the iteration in fp32 (trainer.optim.spectral turns TF32 off inside it).
 bf16: autocast to bf16, and the iteration in bf16, as torch's Muon runs it. The iteration's dtype
 follows the precision alone, on every device: before, it was bf16 wherever bf16 matmul is fast (CUDA,
 an AMX CPU) at any precision, so the same fp32 cell computed differently on two CPUs. The committed

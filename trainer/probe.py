@@ -17,7 +17,7 @@ import torch
 
 from .config import TrainConfig
 from .cost import divisors
-from .optimizers import build_optimizers
+from .optim.build import build_optimizers
 from .parameterization import build_model, param_groups
 from .precision import Precision
 from .step import TrainingStep

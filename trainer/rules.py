@@ -151,7 +151,7 @@ RULES[SOPHIA] = RULES[ADAM]
 @dataclass(frozen=True)
 class Route:
     """Which torch optimizer kind updates a set of parameters, and so which table rules them."""
-    update: str  # the torch optimizer kind: a key of trainer.optimizers' builders
+    update: str  # the torch optimizer kind: a key of trainer.optim.build' builders
     table: str
 
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .optimizers import StepInputs, step_optimizers
+from .optim.build import StepInputs, step_optimizers
 from .precision import Precision
 
 

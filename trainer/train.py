@@ -32,7 +32,7 @@ from .data.cache import DataUnavailable
 from .data.tokens import load_tokens
 from .device import DeviceBatches, StepTimer, is_async
 from .microbatch import resolve_micro_batch
-from .optimizers import build_optimizers
+from .optim.build import build_optimizers
 from .parameterization import build_model, param_groups
 from .precision import Precision
 from .step import TrainingStep

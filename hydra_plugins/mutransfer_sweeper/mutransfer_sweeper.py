@@ -1,7 +1,7 @@
 """Hydra sweeper ``hydra/sweeper=mutransfer``: the grid syntax, store-aware resume and progress,
-and ``search=transfer`` (sweeper.search_sweep).
+and ``search=transfer`` (sweeper.search.sweep).
 
-Thin on purpose: it adapts Hydra's config loader and launcher to sweeper.driver.run_sweep.
+Thin on purpose: it adapts Hydra's config loader and launcher to sweeper.jobs.driver.run_sweep.
 """
 # (no "from __future__ import annotations": Hydra execs plugin modules outside sys.modules,
 #  where dataclasses cannot resolve string annotations)
@@ -50,7 +50,7 @@ class MutransferSweeper(Sweeper):
         self.hydra_context: Optional[HydraContext] = None
         self.launcher: Any = None
         self.task_function: Optional[TaskFunction] = None
-        self.pool: Any = None  # sweeper.local_pool.LocalPool when the basic launcher runs jobs > 1
+        self.pool: Any = None  # sweeper.jobs.local_pool.LocalPool when the basic launcher runs jobs > 1
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -89,7 +89,7 @@ class MutransferSweeper(Sweeper):
         return "cuda" if gpus else None
 
     def _compose(self, overrides: List[str]) -> DictConfig:
-        from sweeper.schema import SweepAppConfig
+        from sweeper.grid.app_config import SweepAppConfig
         from trainer.cli import explain_hydra_error
 
         try:
@@ -108,15 +108,15 @@ class MutransferSweeper(Sweeper):
         if self.pool is not None:
             return self.pool.launch(batch, first)
         if isinstance(self.launcher, BaseSubmititLauncher):  # settles each job, even a killed one
-            from sweeper.submitit_jobs import launch
+            from sweeper.jobs.submitit_jobs import launch
 
             return launch(self.launcher, batch, first, submitted)
         returns: Sequence[JobReturn] = self.launcher.launch(batch, initial_job_idx=first)
         return [r._return_value if r.status == JobStatus.FAILED else None for r in returns]
 
     def sweep(self, arguments: List[str]) -> Any:
-        from sweeper.driver import SweepError, SweepSettings, run_sweep
-        from sweeper.result_store import StoreError, check_writable_store
+        from sweeper.jobs.driver import SweepError, SweepSettings, run_sweep
+        from sweeper.store.records import StoreError, check_writable_store
 
         cfg = self.config
         self._preflight(cfg, self._overrides(arguments))
@@ -125,7 +125,7 @@ class MutransferSweeper(Sweeper):
             check_writable_store(store)  # before the sweep's log dir, which lives in the store
         except StoreError as err:
             raise SweepError(str(err)) from None
-        from sweeper.asked import write_asked
+        from sweeper.store.asked import write_asked
 
         write_asked(store, cfg.hydra.runtime.choices.get("experiment"), self._overrides(arguments))
         sweep_dir = Path(str(cfg.hydra.sweep.dir))
@@ -146,9 +146,9 @@ class MutransferSweeper(Sweeper):
 
     def _preflight(self, cfg: DictConfig, overrides: List[str]) -> None:
         """Raises SweepError, one line per mistake, before anything is written or launched."""
-        from sweeper.driver import SweepError
-        from sweeper.grid import GridError, expand
-        from sweeper.preflight import preflight
+        from sweeper.jobs.driver import SweepError
+        from sweeper.grid.expand import GridError, expand
+        from sweeper.grid.preflight import preflight
 
         try:
             cells = expand(overrides)
@@ -161,8 +161,8 @@ class MutransferSweeper(Sweeper):
 
     def _start_pool(self, cfg: DictConfig) -> None:
         """Worker processes for the basic launcher when ``jobs`` asks for more than one cell at once."""
-        from sweeper.driver import SweepError
-        from sweeper.local_pool import LocalPool, resolve_jobs, usable_cores
+        from sweeper.jobs.driver import SweepError
+        from sweeper.jobs.local_pool import LocalPool, resolve_jobs, usable_cores
 
         try:
             jobs = resolve_jobs(cfg.jobs, int(cfg.threads))
@@ -175,7 +175,7 @@ class MutransferSweeper(Sweeper):
             self.pool = LocalPool(jobs, self.hydra_context, self.config, self.task_function)
 
     def _sweep(self, cfg: DictConfig, store: Path, arguments: List[str]) -> Any:
-        from sweeper.driver import SweepSettings, run_sweep
+        from sweeper.jobs.driver import SweepSettings, run_sweep
 
         settings = SweepSettings(
             store=store,
@@ -187,7 +187,7 @@ class MutransferSweeper(Sweeper):
         self._launched = 0
         overrides = self._overrides(arguments)
         if cfg.search.name == "transfer":  # rounds of cells through the same launcher
-            from sweeper.search_sweep import run_transfer_sweep
+            from sweeper.search.sweep import run_transfer_sweep
 
             return run_transfer_sweep(overrides, settings, self._compose, self._launch,
                                       budget=float(cfg.search_budget), refine=bool(cfg.search_refine))

@@ -4,7 +4,7 @@ Launchers block until a whole batch is done (a Slurm array can be the whole grid
 where finished cells show first, so watching it gives a live progress line for any launcher. What
 is watched is the cell's attempts, not its result: a rerun that fails lands as failed even where the
 cell keeps its earlier result. An attempt lands only once the cell's record reads back with it: a
-record that could not be written leaves the cell to the batch's settling (sweeper.driver).
+record that could not be written leaves the cell to the batch's settling (sweeper.jobs.driver).
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from .plan import PlannedCell
-from .result_store import attempt_names, recorded_attempt
+from sweeper.grid.cells import PlannedCell
+from sweeper.store.records import attempt_names, recorded_attempt
 
 
 class StoreWatcher:

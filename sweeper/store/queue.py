@@ -15,8 +15,8 @@ from typing import Optional
 
 from trainer.atomic import atomic_write_bytes
 
-from .record import now_iso, result_config
-from .result_store import RUNS, run_dir
+from .schema import now_iso, result_config
+from .records import RUNS, run_dir
 
 ENTRY = "slurm.json"
 # squeue states of a job whose cell is computing; every other state in the queue is waiting

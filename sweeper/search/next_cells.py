@@ -1,6 +1,6 @@
 """Which cells to run next: the transfer search's next round on the store's tables, as sweep commands.
 
-The same strategy as ``python sweep.py -m ... search=transfer`` (sweeper.transfer), seeing each of
+The same strategy as ``python sweep.py -m ... search=transfer`` (sweeper.search.transfer), seeing each of
 the report's tables (same groups, rows and optima as analysis.report.analyse) as the search
 would on resuming from this store: rows settle size by size -- bracketed by worse or diverged
 cells, on the line's edge, or by transfer where the budget says so -- and the first row that is not
@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import pandas as pd
 
-from sweeper.argv import hydra_quote
-from sweeper.experiments import CONF_DIR, compose_sweep, has_experiment, sweep_settings
-from sweeper.record import result_config
-from sweeper.search import table_state
-from sweeper.transfer import BUDGET, RowResult, step
+from sweeper.grid.argv import hydra_quote
+from sweeper.grid.experiments import CONF_DIR, compose_sweep, has_experiment, sweep_settings
+from sweeper.store.schema import result_config
+from sweeper.search.rounds import table_state
+from sweeper.search.transfer import BUDGET, RowResult, step
 
-from . import AnalysisError
-from .optima import RowOptimum
-from .tables import LR, SEED, SIZE_AXES, Table, build_tables, group_columns, row_optima, value_text
+from analysis import AnalysisError
+from analysis.optima import RowOptimum
+from analysis.tables import LR, SEED, SIZE_AXES, Table, build_tables, group_columns, row_optima, value_text
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -50,7 +50,7 @@ class RowPlan:
     best_loss: float | None
     edge: str | None
     finished: list[float]  # lrs of the row's finished (ok or diverged) cells
-    settled: str | None  # how the search settled the row (sweeper.transfer.RowResult.how); None: not yet
+    settled: str | None  # how the search settled the row (sweeper.search.transfer.RowResult.how); None: not yet
     suggested: list[float]
     argv: list[str] | None  # the sweep command, None when the row has nothing to run now
     note: str | None
@@ -89,7 +89,7 @@ def override_value(value) -> str:
 
 
 def compose(experiment: str | None, conf_dir: Path) -> DictConfig:
-    """The sweep config (with ``experiment=``, when given) as sweeper.experiments.compose_sweep
+    """The sweep config (with ``experiment=``, when given) as sweeper.grid.experiments.compose_sweep
     composes it; Hydra's errors become an AnalysisError that says to pass --conf."""
     from hydra.errors import HydraException
 
@@ -197,7 +197,7 @@ def plan_row(table: Table, r: int, opt: RowOptimum, records: pd.DataFrame, settl
 def plan_next(options: NextOptions) -> list[RowPlan]:
     if not 0 < options.budget <= 1:
         raise AnalysisError(f"--budget {options.budget:g}: give a fraction of the grid's compute in (0, 1]")
-    from .report import load  # here: report loads matplotlib, which `--help` and ingest need not
+    from analysis.report import load  # here: report loads matplotlib, which `--help` and ingest need not
 
     if not (options.conf_dir / "sweep.yaml").is_file():
         raise AnalysisError(f"{options.conf_dir} holds no sweep.yaml: pass the sweep's config dir with --conf")

@@ -1,8 +1,8 @@
 """``python -m sweeper status --store PATH``: counts by status and, per experiment, a size x lr grid.
 
 A status table is built from sources of cell states merged in order: the cells being trained now
-(their claims, sweeper.claims) and those in the scheduler's queue (pending / running, from
-sweeper.queue; a queued retry outranks the failed record it will replace), then the store, then the
+(their claims, sweeper.store.claims) and those in the scheduler's queue (pending / running, from
+sweeper.store.queue; a queued retry outranks the failed record it will replace), then the store, then the
 cells an experiment's default grid expects, shown as missing. Cells tried more than once are listed
 with their attempts, and records that cannot be read are named.
 """
@@ -14,12 +14,12 @@ from typing import Iterable, Optional, TextIO
 import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from .asked import read_asked
-from .claims import live_claims
-from .experiments import compose_sweep, has_experiment
-from .grid import expand
-from .record import result_config
-from .result_store import attempt_counts, attempts, load_store
+from sweeper.store.asked import read_asked
+from sweeper.store.claims import live_claims
+from sweeper.grid.experiments import compose_sweep, has_experiment
+from sweeper.grid.expand import expand
+from sweeper.store.schema import result_config
+from sweeper.store.records import attempt_counts, attempts, load_store
 
 # What a grid shows for a cell, by state; earlier states win when records share a position.
 SYMBOLS = {"failed": "FAIL", "diverged": "div", "ok": "done", "running": "run", "pending": "wait",
@@ -40,7 +40,7 @@ def store_cells(frame: pd.DataFrame) -> pd.DataFrame:
 
 def expected_cells(experiment: Optional[str], conf_dir: Path,
                    overrides: Optional[list[str]] = None) -> pd.DataFrame:
-    """The cells a sweep asked for (``overrides``, sweeper.asked), else those of the experiment's
+    """The cells a sweep asked for (``overrides``, sweeper.store.asked), else those of the experiment's
     default grid (conf/experiment/NAME.yaml), all 'missing'."""
     cfg = compose_sweep(experiment, conf_dir)
     base = {k: cfg[k] for k in cfg if k != "hydra"}
@@ -59,7 +59,7 @@ def expected_cells(experiment: Optional[str], conf_dir: Path,
 
 
 def asked_cells(store: Path, frame: pd.DataFrame, conf_dir: Path) -> list[pd.DataFrame]:
-    """The cells expected in the store: what its sweeps asked for (sweeper.asked); for an
+    """The cells expected in the store: what its sweeps asked for (sweeper.store.asked); for an
     experiment no recorded sweep asked for (a store older than those records), its default grid."""
     asks = read_asked(store)
     sources = []
@@ -76,7 +76,7 @@ def asked_cells(store: Path, frame: pd.DataFrame, conf_dir: Path) -> list[pd.Dat
 
 
 def queue_cells(queued: list[dict]) -> pd.DataFrame:
-    """Cell states from sweeper.queue.queued_cells: position columns, state."""
+    """Cell states from sweeper.store.queue.queued_cells: position columns, state."""
     rows = [{**{k: v for k, v in cell["config"].items() if k in POSITION},
              "experiment": cell["experiment"], "state": cell["state"], "error": None}
             for cell in queued]
@@ -141,7 +141,7 @@ def render_grid(group: pd.DataFrame, out: TextIO) -> None:
 
 def report(store: Path, out: TextIO, conf_dir: Optional[Path] = None,
            queued: Optional[list[dict]] = None, strict: bool = False) -> None:
-    """``queued``: the store's cells in the Slurm queue (sweeper.queue.queued_cells); None when
+    """``queued``: the store's cells in the Slurm queue (sweeper.store.queue.queued_cells); None when
     there is no queue to ask, which leaves the queue line out. ``strict``: an unreadable record is
     an error (StoreError), not a warning."""
     frame = load_store(store, strict=strict)

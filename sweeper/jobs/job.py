@@ -17,12 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from trainer.callbacks import Callback
 from trainer.config import CHECKPOINT, TrainConfig
 
-from .claims import try_claim
-from .leftovers import KEEP
-from .queue import write_entry
-from .record import DONE, cell_key, make_record, result_config
-from .result_store import RecordWriteError, StoreError, read_record, run_dir, write_record
-from .schema import trainer_values
+from sweeper.store.claims import try_claim
+from sweeper.store.leftovers import KEEP
+from sweeper.store.queue import write_entry
+from sweeper.store.schema import DONE, cell_key, make_record, result_config
+from sweeper.store.records import RecordWriteError, StoreError, read_record, run_dir, write_record
+from sweeper.grid.app_config import trainer_values
 
 LOG_TAIL_LINES = 25
 
@@ -130,14 +130,14 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
              slurm: Optional[dict] = None, keep_checkpoint: bool = False,
              force: bool = False, callbacks: Sequence[Callback] = ()) -> Optional[dict]:
     """Trains one cell and writes its record (``failed`` when training raises); returns the record,
-    or None when another run is training the cell (its claim, sweeper.claims, is live).
+    or None when another run is training the cell (its claim, sweeper.store.claims, is live).
     ``callbacks`` watch its training (trainer.callbacks), beside the tracker its config names.
 
     The run dir is ``STORE/runs/<key>``, so a rerun or a requeued job resumes from its checkpoint.
     A cell whose record turned ok or diverged since the sweep planned it (another sweep trained it)
     is not trained again unless ``force``. A stop signal (SystemExit from the trainer after it
     checkpoints) is not a failure: it passes. On Slurm the cell's queue entry is rewritten first,
-    so status finds the job (sweeper.queue), and a failed cell raises CellFailed once recorded, so
+    so status finds the job (sweeper.store.queue), and a failed cell raises CellFailed once recorded, so
     that the job ends FAILED. A record the store cannot write raises RecordWriteError: the cell is
     not finished (its attempt, where written, becomes the record later: result_store.promote). A
     finished cell's checkpoint goes once its record is written, unless ``keep_checkpoint``."""

@@ -3,7 +3,7 @@
     L <- L + G G^T,   R <- R + G^T G,   W <- W - eta (L^-1/4 G R^-1/4 + lambda W),
 
 the inverse fourth roots recomputed every ``precondition_frequency`` steps (the first step
-included; trainer.optimizers defaults to every step). The matrices that share a shape (and a root
+included; trainer.optim.build defaults to every step). The matrices that share a shape (and a root
 schedule), whatever their group, are stepped as one stack: batched eigh for their roots, batched matmuls for their steps; in full fp32
 (no TF32 on CUDA), as the floor below needs.
 Roots come from eigh with eigenvalues floored at 1e-6 of the largest: a floor relative to the
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .spectral import same_shape_stacks, without_tf32
-from .optimizer_protocol import closure_loss, with_grads
+from .protocol import closure_loss, with_grads
 
 RELATIVE_FLOOR = 1e-6
 # A side longer than this needs a statistic of over 256 MiB and an eigh of hours on a CPU at every

@@ -19,10 +19,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trainer.config import TrainConfig, device_type, resolve_precision
 
-from .grid import Cell, GridError
-from .record import DONE, cell_key
-from .result_store import record_status
-from .schema import trainer_values
+from .expand import Cell, GridError
+from sweeper.store.schema import DONE, cell_key
+from sweeper.store.records import record_status
+from .app_config import trainer_values
 
 _MAX_LISTED = 4
 

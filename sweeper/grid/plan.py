@@ -34,10 +34,10 @@ def grid_configs(overrides: list[str], conf_dir: Path = CONF_DIR) -> list[TrainC
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    import sweeper.schema  # noqa: F401  registers the sweep app's schema
+    import sweeper.grid.app_config  # noqa: F401  registers the sweep app's schema
 
-    from .grid import expand
-    from .plan import _cell_config
+    from .expand import expand
+    from .cells import _cell_config
 
     groups = {p.name for p in conf_dir.iterdir() if p.is_dir()}
     selected = [o for o in overrides if o.split("=", 1)[0] in groups]
@@ -109,8 +109,8 @@ def main(argv: list[str]) -> int:
     from hydra.errors import HydraException
 
     from .argv import prepare
-    from .grid import GridError
-    from .schema import SweepAppConfig
+    from .expand import GridError
+    from .app_config import SweepAppConfig
 
     known = set(SweepAppConfig.__dataclass_fields__) | {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
     try:

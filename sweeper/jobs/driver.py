@@ -4,7 +4,7 @@ launch the rest in batches with a progress line as each cell finishes, and list 
 Hydra-free apart from the error type: the plugin passes ``compose`` (overrides -> the app config)
 and ``launch`` (a batch of override lists and a ``submitted`` callback -> per job None or the
 exception it ended with). A launcher that queues jobs (Slurm) calls ``submitted(job_ids)`` as soon
-as they are queued; each cell's job id then goes into the store (sweeper.queue) for status.
+as they are queued; each cell's job id then goes into the store (sweeper.store.queue) for status.
 """
 from __future__ import annotations
 
@@ -20,16 +20,16 @@ from omegaconf import DictConfig
 
 from trainer.cost import cell_relative_compute
 
-from .argv import hydra_quote
-from .claims import is_live, live_claims, read_claim, store_now
-from .grid import Cell, GridError, expand
+from sweeper.grid.argv import hydra_quote
+from sweeper.store.claims import is_live, live_claims, read_claim, store_now
+from sweeper.grid.expand import Cell, GridError, expand
 from .job import JobLostError, NotLaunched, describe, failed_record
-from .leftovers import clean, unwritten_line
-from .plan import DONE, PlannedCell, job_overrides, plan
+from sweeper.store.leftovers import clean, unwritten_line
+from sweeper.grid.cells import DONE, PlannedCell, job_overrides, plan
 from .progress import Progress, clock
-from .queue import QueueError, queued_cells, squeue_available, write_entry
-from .record import SchemaError
-from .result_store import (RecordWriteError, StoreError, newest_attempt, promote, read_record, run_dir,
+from sweeper.store.queue import QueueError, queued_cells, squeue_available, write_entry
+from sweeper.store.schema import SchemaError
+from sweeper.store.records import (RecordWriteError, StoreError, newest_attempt, promote, read_record, run_dir,
                            write_record)
 from .watch import StoreWatcher
 
@@ -131,7 +131,7 @@ def sweep_cells(overrides: list[str], settings: SweepSettings) -> list[Cell]:
 
 
 def report_cleanup(store: Path, out: TextIO) -> None:
-    """Removes what dead jobs left in the store (sweeper.leftovers), a line for each kind; raises
+    """Removes what dead jobs left in the store (sweeper.store.leftovers), a line for each kind; raises
     SweepError, before anything trains, where a finished attempt's record cannot be written."""
     done = clean(store)
     for line in done.lines:
@@ -147,7 +147,7 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
     cells it ran. Raises SweepError before launching anything for a bad grid, and after the last
     batch if any cell failed."""
     store, search_round = settings.store, cells is not None
-    if not search_round:  # a search cleans once, when it starts (sweeper.search_sweep)
+    if not search_round:  # a search cleans once, when it starts (sweeper.search.sweep)
         report_cleanup(store, out)  # before the plan: it promotes finished attempts to records
     try:
         cells = sweep_cells(overrides, settings) if cells is None else cells

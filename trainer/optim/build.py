@@ -14,8 +14,8 @@ precondition_frequency steps (10, Vyas et al.'s default), with decoupled weight 
 SophiaH fed this module's Gauss-Newton-Bartlett Hessian estimate (Liu et al.'s SophiaG estimator)
 every hessian_interval = k steps (10), scaled by gamma = sophia_rho (0.04) and clipped at 1, so that
 its step is C.9's clip(m / max(gamma h, eps), 1) with per-group eps, betas (0.965, 0.99) as Liu et al.
-Muon (trainer.muon), Shampoo (trainer.shampoo) and SSO (trainer.sso) are written here; Muon's and
-SSO's Newton-Schulz iteration is trainer.spectral's.
+Muon (trainer.optim.muon), Shampoo (trainer.optim.shampoo) and SSO (trainer.optim.sso) are written here; Muon's and
+SSO's Newton-Schulz iteration is trainer.optim.spectral's.
 """
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ import torch
 from lion_pytorch import Lion
 from pytorch_optimizer import SOAP, SophiaH
 
-from .config import TrainConfig
+from ..config import TrainConfig
 from .muon import Muon
-from .parameterization import ParamGroup, optimizer_setting
-from .precision import Precision
-from .rules import OPTIMIZERS
+from ..parameterization import ParamGroup, optimizer_setting
+from ..precision import Precision
+from ..rules import OPTIMIZERS
 from .shampoo import Shampoo
 from .sso import SSO
 

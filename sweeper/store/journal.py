@@ -1,4 +1,4 @@
-"""The search's optuna journal (sweeper.search), repaired where a killed write tore it.
+"""The search's optuna journal (sweeper.search.rounds), repaired where a killed write tore it.
 
 Optuna appends one JSON line per operation; a process killed mid-append (or a full disk) leaves a
 line without its end, the next append is glued onto it, and optuna then fails on every read. The

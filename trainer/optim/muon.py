@@ -10,7 +10,7 @@ s the group's ``adjust_lr_fn``: "original" sqrt(max(1, rows/cols)) (Keller Jorda
 step for the input and output layers, C.2.2). Written here, not as torch.optim.Muon, because torch's
 runs its own bf16-only iteration one matrix at a time and offers no hook for another; this one
 orthogonalises the matrices that share a shape (up to transposition: an MLP's W_in^T and W_out),
-whatever their group, as one stack, in ``ns_dtype`` (trainer.spectral.newton_schulz). Its groups and
+whatever their group, as one stack, in ``ns_dtype`` (trainer.optim.spectral.newton_schulz). Its groups and
 state keep torch's names (``momentum_buffer``), so checkpoints written under torch's class still load.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import math
 import torch
 
 from .spectral import NS_COEFFICIENTS, NS_EPS, NS_STEPS, newton_schulz, same_shape_stacks
-from .optimizer_protocol import closure_loss, with_grads
+from .protocol import closure_loss, with_grads
 
 LR_ADJUST = ("original", "match_rms_adamw", "bare")
 

@@ -2,10 +2,10 @@
 
 Layout of a store directory::
 
-    records/<key>.json        the cell's result: its best attempt (sweeper.record), replaced atomically
+    records/<key>.json        the cell's result: its best attempt (sweeper.store.schema), replaced atomically
     attempts/<key>/<t>-<r>.json  every attempt of the cell, written once and never replaced
     runs/<key>/               the cell's trainer run dir (checkpoints), so a rerun resumes
-    claims/<key>.json         the run training the cell now (sweeper.claims)
+    claims/<key>.json         the run training the cell now (sweeper.store.claims)
     .cache/index-v2.parquet   flat rows of all records, keyed by file name + mtime/size/inode
 
 A cell's result is its latest ok or diverged attempt; a failed attempt becomes the result only
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 from trainer.atomic import atomic_write_bytes
 from trainer.config import result_fields, setting_problems
 
-from .record import (DONE, KEY_PATTERN, SCHEMA_VERSION, STATUSES, NewerSchemaError, SchemaError,
+from .schema import (DONE, KEY_PATTERN, SCHEMA_VERSION, STATUSES, NewerSchemaError, SchemaError,
                      cell_key, check_key, migrate, origin_of)
 
 PathLike = Union[str, os.PathLike]
@@ -134,7 +134,7 @@ def _check_writable(record: dict) -> None:
     if record.get("schema_version") != SCHEMA_VERSION:
         raise SchemaError(
             f"refusing to write a v{record.get('schema_version')} record: build it with "
-            f"sweeper.record.make_record (schema v{SCHEMA_VERSION})"
+            f"sweeper.store.schema.make_record (schema v{SCHEMA_VERSION})"
         )
     if record.get("key") != cell_key(record["config"], origin_of(record.get("source", "trainer"), record.get("experiment"))):
         raise SchemaError(f"record key {record.get('key')!r} does not match its config's cell_key")

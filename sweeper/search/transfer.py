@@ -2,7 +2,7 @@
 
 Pure and deterministic: it sees a table's line (sizes, the line's lrs, the parameterization, a
 cost per cell) and the outcomes so far, and answers the next cells of one row. The sweep and the
-replay (sweeper.search) call it round after round with different oracles.
+replay (sweeper.search.rounds) call it round after round with different oracles.
 
 What it does, size by size from the cheapest:
 - The smallest size starts at the middle of the line with both neighbours (one batch).
@@ -41,7 +41,7 @@ import numpy as np
 
 from analysis.optima import RowOptimum, row_optimum
 
-from .budget import BUDGET  # also imported from here (sweeper.search, analysis)
+from sweeper.grid.budget import BUDGET  # also imported from here (sweeper.search.rounds, analysis)
 
 TREND_PARAMS = ("sp",)  # eta* follows a trend in log2 size; under every other (muP) it holds
 

@@ -1,6 +1,6 @@
 """A transfer search over tables, in rounds, against an oracle; its studies persisted in optuna.
 
-The strategy (sweeper.transfer) decides the cells; this module runs it: each round asks every
+The strategy (sweeper.search.transfer) decides the cells; this module runs it: each round asks every
 unfinished table for its next cells, answers them all at once through the oracle (the sweep
 trains them as one batch of jobs, the replay looks them up in a complete store), and records each
 answer as a trial of the row's optuna study. Rows' studies live in an optuna JournalStorage with a
@@ -112,7 +112,7 @@ class _Studies:
 def run_search(tables: list[SearchTable], oracle: Oracle, *, storage=None, budget: float = BUDGET,
                refine: bool = False, out: Optional[TextIO] = None) -> list[TableResult]:
     """Runs the strategy on every table to the end; ``storage`` is an optuna storage (None: in
-    memory); ``refine`` as in sweeper.transfer.step. Progress lines go to ``out`` (None: silent)."""
+    memory); ``refine`` as in sweeper.search.transfer.step. Progress lines go to ``out`` (None: silent)."""
     if not 0 < budget <= 1:
         raise SearchError(f"search_budget={budget}: give a fraction of the grid's compute in (0, 1]")
     studies = _Studies(storage)

@@ -18,7 +18,7 @@ def compose_sweep(experiment: Optional[str], conf_dir: Path = CONF_DIR) -> DictC
     errors as they are."""
     from hydra import compose, initialize_config_dir
 
-    import sweeper.schema  # noqa: F401  registers the sweep app's schema
+    import sweeper.grid.app_config  # noqa: F401  registers the sweep app's schema
 
     overrides = [f"experiment={experiment}"] if experiment else []
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
@@ -27,6 +27,6 @@ def compose_sweep(experiment: Optional[str], conf_dir: Path = CONF_DIR) -> DictC
 
 def sweep_settings(cfg: DictConfig) -> dict:
     """A composed sweep config's trainer settings (without the hydra node)."""
-    from .schema import trainer_values
+    from .app_config import trainer_values
 
     return trainer_values({k: cfg[k] for k in cfg if k != "hydra"})

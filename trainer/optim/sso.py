@@ -9,7 +9,7 @@ pair (sigma, u, v) of W by power iteration; W retracted onto the sphere, W <- (R
 Theta = u v^T, the tangent condition <Theta, Phi> = 0 makes Phi = msign(M + mu Theta) for the root
 mu of f(mu) = <Theta, msign(M + mu Theta)>, found by bracketing and false position (f rises from -1
 to 1).
-msign is the project's Newton-Schulz iteration (trainer.spectral), in the dtype Muon uses. The
+msign is the project's Newton-Schulz iteration (trainer.optim.spectral), in the dtype Muon uses. The
 matrices that share a shape, whatever their group, take each step as one stack: batched power iteration and
 batched Newton-Schulz, the root search run for all of them at once on the device, a fixed number of
 evaluations with no read-back to the host (each matrix keeps its own bracket and its best Phi).
@@ -24,7 +24,7 @@ import math
 import torch
 
 from .spectral import newton_schulz, same_shape_stacks, top_singular
-from .optimizer_protocol import closure_loss, with_grads
+from .protocol import closure_loss, with_grads
 
 POWER_STEPS = 10  # per step, warm-started from the last step's v
 # f at 0, then per matrix: doubling +-1, +-2, ... until f changes sign, then false position (Illinois).

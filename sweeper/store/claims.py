@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from .record import KEY_PATTERN, check_key
+from .schema import KEY_PATTERN, check_key
 
 CLAIMS = "claims"
 HEARTBEAT_S = 30.0

@@ -1,7 +1,7 @@
 """``search=transfer``: the grid line's cells, run round by round as the transfer search asks.
 
 Every cell of the line is checked up front as a grid sweep checks it; then each round's cells go
-through sweeper.driver.run_sweep as one batch of jobs on the sweep's own launcher (basic,
+through sweeper.jobs.driver.run_sweep as one batch of jobs on the sweep's own launcher (basic,
 submitit_local, Slurm), so they land in the same store, with the same progress, resume and
 failure handling. A cell the store already holds is answered from it, never trained again; one
 that a Slurm job queued earlier or another run is training (a search killed and run again while
@@ -19,15 +19,15 @@ from omegaconf import DictConfig
 from analysis.tables import SIZE_AXES
 from trainer.cost import cell_relative_compute
 
-from .claims import live_claims
-from .driver import (Launch, SweepError, SweepSettings, queued_jobs, report_cleanup, run_sweep,
+from sweeper.store.claims import live_claims
+from sweeper.jobs.driver import (Launch, SweepError, SweepSettings, queued_jobs, report_cleanup, run_sweep,
                      sweep_cells)
-from .grid import Cell, GridError
-from .journal import repair_journal
-from .plan import PlannedCell, plan
-from .record import DONE, SchemaError, cell_key
-from .result_store import StoreError, read_record
-from .search import JOURNAL, LR, Ask, SearchError, SearchTable, journal_storage, run_search, summary
+from sweeper.grid.expand import Cell, GridError
+from sweeper.store.journal import repair_journal
+from sweeper.grid.cells import PlannedCell, plan
+from sweeper.store.schema import DONE, SchemaError, cell_key
+from sweeper.store.records import StoreError, read_record
+from .rounds import JOURNAL, LR, Ask, SearchError, SearchTable, journal_storage, run_search, summary
 from .transfer import DIVERGED, TREND_PARAMS, Line
 
 
@@ -87,7 +87,7 @@ class SweepOracle:
 
 def _done_record(store: Path, key: str) -> Optional[dict]:
     """Cell ``key``'s record when it is ok or diverged; None when it has none, or a failed, corrupt
-    or invalid one (as sweeper.result_store.record_status)."""
+    or invalid one (as sweeper.store.records.record_status)."""
     try:
         record = read_record(store, key)
     except StoreError:

@@ -15,7 +15,7 @@ from typing import Iterable, Optional
 
 from trainer.data.tokens import data_problem
 
-from .grid import Cell
+from .expand import Cell
 
 _SOURCED = re.compile(r"^\s*(?:\.|source)\s+(\S+)")  # a setup line that sources a file
 

@@ -10,7 +10,7 @@ import re
 
 from trainer.cli import unknown_key_message
 
-from .grid import rewrite_override
+from .expand import rewrite_override
 
 _PLAIN_KEY = re.compile(r"^([A-Za-z_]\w*)=")  # no group path, no dotted hydra key, no +/~ prefix
 

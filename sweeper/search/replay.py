@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from .search import Ask, SearchError, SearchTable, TableResult, run_search, table_line
+from .rounds import Ask, SearchError, SearchTable, TableResult, run_search, table_line
 from .transfer import BUDGET, DIVERGED
 
 _MAX_LISTED = 6
@@ -72,7 +72,7 @@ def replay(store: Path, budget: float = BUDGET) -> dict:
     from analysis.optima import row_optimum
     from analysis.tables import build_tables
 
-    from .result_store import load_store
+    from sweeper.store.records import load_store
 
     if not store.is_dir():
         raise SearchError(f"{store}: no such store directory")

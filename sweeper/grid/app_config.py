@@ -17,7 +17,7 @@ from .budget import BUDGET
 
 class Search(Enum):
     grid = "grid"  # every cell of the grid
-    transfer = "transfer"  # size by size, only the lrs where each size's optimum can be (sweeper.transfer)
+    transfer = "transfer"  # size by size, only the lrs where each size's optimum can be (sweeper.search.transfer)
 
 
 @dataclass
@@ -36,7 +36,7 @@ class SweepAppConfig(TrainConfig):
     search_refine: bool = False
     # Cells trained at once on this machine (the basic launcher): "auto" is the cores this process
     # may use ÷ threads per cell (threads=0, torch's default of every core: one at a time); N > 1
-    # runs N worker processes that each take cell after cell (sweeper.local_pool)
+    # runs N worker processes that each take cell after cell (sweeper.jobs.local_pool)
     jobs: str = "auto"
     # Set by the sweep for each job: the key of the cell it planned. Hydra composes a job's config
     # from the files again when the job starts, so a config edited mid-sweep would otherwise train

@@ -17,8 +17,8 @@ from trainer.config import CHECKPOINT
 
 from .claims import (CLAIMS, STALE_S, BrokenClaim, inspect_claim, is_live, read_claim, remove_dead,
                      store_now)
-from .record import DONE, KEY_PATTERN, SchemaError
-from .result_store import (ATTEMPTS, RECORDS, RUNS, RecordWriteError, StoreError, attempts, promote, read_record,
+from .schema import DONE, KEY_PATTERN, SchemaError
+from .records import (ATTEMPTS, RECORDS, RUNS, RecordWriteError, StoreError, attempts, promote, read_record,
                            record_path, record_status, result_of)
 
 KEEP = "keep_checkpoint"  # in a run dir: keep its checkpoint after the record (keep_checkpoints=true)
