@@ -7,11 +7,11 @@ import os
 import sys
 from pathlib import Path
 
-from . import AnalysisError
-from sweeper.grid.experiments import CONF_DIR
+from sweeper.grid.budget import BUDGET
 from sweeper.store.records import STORE_ERROR
-from sweeper.search.transfer import BUDGET
+from trainer.config import CONF_DIR
 
+from . import AnalysisError
 from .optima import MAX_TREND
 
 DESCRIPTION = """Turns a result store into the paper's tables, optimal learning rates, transfer verdicts
@@ -158,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ingested {len(records)} records ({diverged} diverged) as experiment "
                   f"'{records[0]['experiment']}' into {args.store}")
         elif args.command == "next":
-            from sweeper.search.next_cells import NextOptions, plan_next, to_json, to_text
+            from sweeper.search.next_cells import (
+                NextOptions,
+                plan_next,
+                to_json,
+                to_text,
+            )
 
             options = NextOptions(args.store, args.experiment, args.conf, args.budget, args.strict)
             plans = plan_next(options)

@@ -8,13 +8,10 @@ as log2 (the grid's unit, ``lr=`` on the sweep's command line) and as eta itself
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
+from .analysed import Analysed
 from .optima import LEVEL, NO_TRANSFER, TRANSFERS, UNDECIDED
 from .tables import param_name, value_text
-
-if TYPE_CHECKING:
-    from .report import Analysed
 
 SIZE_AXES = ("width", "depth")
 

@@ -27,16 +27,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .intervals import LEVEL, OPEN, RESIDUALS, SEEDS, STANDARD_ERRORS, Interval, open_interval, residual_sd, \
-    t_interval, trend
+from .intervals import (
+    LEVEL,
+    OPEN,
+    RESIDUALS,
+    SEEDS,
+    STANDARD_ERRORS,
+    Interval,
+    open_interval,
+    residual_sd,
+    t_interval,
+    trend,
+)
 from .optima import RowOptimum, fitted_regret, on_parabola, row_optimum
-
-if TYPE_CHECKING:
-    from .tables import Table  # which imports this module for its notes
+from .tables import Table
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from trainer.coord_verdict import FLAT, STEEP, final_points, verdicts
+
 from .optima import LEVEL, RowOptimum
 from .tables import Table, param_name, value_text
 
@@ -250,7 +252,6 @@ def coord_check(rows: pd.DataFrame, title: str) -> Figure:
     smallest depth) and against depth (at the smallest width), mean over seeds, a line per
     parameterization; its log2-log2 slope and trainer.coord_verdict's judgement in the legend
     (✓ flat, ✗ not flat, ? unclear), so the scale that fails shows."""
-    from trainer.coord_verdict import FLAT, STEEP, final_points, verdicts
 
     records = rows.to_dict("records")
     points = final_points(records)

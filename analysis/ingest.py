@@ -19,19 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from sweeper.grid.experiments import CONF_DIR, has_experiment, sweep_settings
-from sweeper.store.schema import check_name, make_record, result_config, setting_kinds
+from sweeper.grid.experiments import has_experiment, sweep_settings
 from sweeper.store.records import StoreError, check_writable_store, write_record
-from trainer.config import setting_problems
+from sweeper.store.schema import check_name, make_record, result_config, setting_kinds
+from trainer.config import CONF_DIR, setting_problems
+from trainer.rules import OPTIMIZERS, PARAMS
 
 from . import AnalysisError
-from sweeper.search.next_cells import compose
+from .sweep_line import compose
 
 REQUIRED = ("width", "depth", "lr", "param", "optimizer", "layernorm", "val_loss")
 OPTIONAL = ("val_loss_se",)  # besides the settings: a column that is no setting, yet no extra
-# The trainer's choices (trainer.config's contract); analysis may not import the trainer.
-PARAMS = ("sp", "mup", "mup_k1")
-OPTIMIZERS = ("muon_kimi", "muon", "adamw", "sgd", "lion", "shampoo", "soap", "sophia", "sso")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 

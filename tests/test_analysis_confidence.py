@@ -19,8 +19,9 @@ from matplotlib.collections import LineCollection, PolyCollection
 
 from analysis import figures
 from analysis.ingest import ingest
-from analysis.report import ReportOptions, analyse, report
-from analysis.tables import interval_bounds
+from analysis.analysed import analyse
+from analysis.report import ReportOptions, report
+from analysis.render import interval_bounds
 from sweeper.store.records import load_store
 from test_analysis_next import composed, sweep_cells
 

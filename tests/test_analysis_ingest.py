@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis import ingest as ingest_module
 from analysis.ingest import IngestError, ingest
-from sweeper.store.schema import make_record
 from sweeper.store.records import load_store, read_record, write_record
+from sweeper.store.schema import make_record
 
 HEADER = "width,depth,lr,param,optimizer,layernorm,val_loss,note\n"
 
@@ -82,11 +81,15 @@ def test_missing_column_names_the_column(tmp_path):
         ingest(tmp_path / "nope.csv", tmp_path / "store")
 
 
-def test_accepted_params_and_optimizers_are_the_trainers():
+def test_accepted_params_and_optimizers_are_the_trainers(tmp_path):
     from trainer.rules import OPTIMIZERS, PARAMS
 
-    assert set(ingest_module.PARAMS) == set(PARAMS)
-    assert set(ingest_module.OPTIMIZERS) == set(OPTIMIZERS)
+    rows = "".join(f"128,4,-8,{param},{optimizer},true,4.4,x\n" for param in PARAMS for optimizer in OPTIMIZERS)
+    records = ingest(write_csv(tmp_path / "all.csv", rows), tmp_path / "store")
+    assert {(r["config"]["param"], r["config"]["optimizer"]) for r in records} == \
+        {(p, o) for p in PARAMS for o in OPTIMIZERS}
+    with pytest.raises(IngestError, match="optimizer.*must be one of"):
+        ingest(write_csv(tmp_path / "bad.csv", "128,4,-8,mup,adam,true,4.4,x\n"), tmp_path / "other")
 
 
 def test_seed_and_standard_error_columns_make_one_record_per_seed(tmp_path):

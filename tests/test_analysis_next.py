@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from analysis.__main__ import main
 from analysis.ingest import ingest
 from sweeper.search.next_cells import CONF_DIR, NextOptions, plan_next
-from analysis.report import analyse
+from analysis.analysed import analyse
 from sweeper.grid.expand import expand
 from sweeper.store.schema import make_record, result_config
 from sweeper.store.records import load_store, write_record

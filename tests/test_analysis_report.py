@@ -17,8 +17,9 @@ import pytest
 
 from analysis import figures
 from analysis.ingest import ingest
-from analysis.report import ReportOptions, analyse, report
-from analysis.tables import interval_bounds
+from analysis.analysed import analyse
+from analysis.report import ReportOptions, report
+from analysis.render import interval_bounds
 from sweeper.store.schema import make_record
 from sweeper.store.records import load_store, write_record
 

@@ -15,7 +15,8 @@ from scipy import stats
 
 from analysis.ingest import ingest
 from analysis.intervals import LEVEL
-from analysis.report import ReportOptions, analyse, report
+from analysis.analysed import analyse
+from analysis.report import ReportOptions, report
 from sweeper.store.records import load_store
 from test_analysis_confidence import CURVATURE, synthetic_csv
 from test_analysis_next import sweep_cells

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from analysis.optima import row_optimum
-from analysis.report import analyse
-from analysis.tables import notes
+from analysis.analysed import analyse
+from analysis.render import notes
 from sweeper.store.records import load_store, records_dir
 from sweeper.search.rounds import Ask, SearchTable, run_search
 from sweeper.search.transfer import DIVERGED, Line

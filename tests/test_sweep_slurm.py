@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from analysis.optima import row_optimum
-from analysis.report import analyse
+from analysis.analysed import analyse
 from sweeper.store.queue import ENTRY, read_entries, write_entry
 from sweeper.store.schema import make_record
 from sweeper.store.records import load_store, read_record, run_dir, write_record

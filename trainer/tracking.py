@@ -14,12 +14,9 @@ import hashlib
 import importlib.util
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional, Protocol
 
 from .callbacks import Callback
-
-if TYPE_CHECKING:
-    from .config import TrainConfig
 
 LOGGERS = ("none", "tensorboard", "wandb")
 INSTALL = "pip install -e '.[tracking]'"
@@ -107,7 +104,18 @@ class WandB(Callback):
             self.run.finish(exit_code=0 if result is not None else 1)
 
 
-def trackers(cfg: "TrainConfig") -> list[Callback]:
+class TrackerSettings(Protocol):
+    """The settings of trainer.config.TrainConfig a tracker reads (config validates ``logger``
+    with this module's names, so this module does not import it)."""
+
+    logger: str
+    tb_dir: Optional[str]
+    run_name: Optional[str]
+    run_group: Optional[str]
+    project: Optional[str]
+
+
+def trackers(cfg: TrackerSettings) -> list[Callback]:
     """The tracker that ``cfg.logger`` names; none for ``none``."""
     if cfg.logger == "tensorboard":
         return [TensorBoard(Path(cfg.tb_dir or "runs") / (cfg.run_name or ""))]

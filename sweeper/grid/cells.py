@@ -51,7 +51,7 @@ def job_overrides(planned: "PlannedCell") -> list[str]:
     return [*kept, f"precision={planned.config.precision}", f"planned_cell={planned.key}"]
 
 
-def _cell_config(base: DictConfig, cell: Cell, parser: OverridesParser) -> TrainConfig:
+def cell_config(base: DictConfig, cell: Cell, parser: OverridesParser) -> TrainConfig:
     cfg = base.copy()
     for key, value in cell.axes:
         try:
@@ -89,7 +89,7 @@ def plan(cells: list[Cell], compose: Callable[[list[str]], DictConfig], store: P
     problems: dict[str, list[str]] = {}
     for cell in cells:
         try:
-            config = resolved_config(_cell_config(base, cell, parser), cells_on)
+            config = resolved_config(cell_config(base, cell, parser), cells_on)
         except ValueError as err:
             problems.setdefault(str(err), []).append(cell.label())
             continue

@@ -4,9 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from trainer.config import CONF_DIR
+
+from .app_config import (
+    trainer_values,  # importing it registers the sweep app's schema with Hydra
+)
 
 
 def has_experiment(name: Optional[str], conf_dir: Path = CONF_DIR) -> bool:
@@ -16,10 +21,6 @@ def has_experiment(name: Optional[str], conf_dir: Path = CONF_DIR) -> bool:
 def compose_sweep(experiment: Optional[str], conf_dir: Path = CONF_DIR) -> DictConfig:
     """conf/sweep.yaml with ``experiment=NAME`` (when given), with its hydra node; raises Hydra's
     errors as they are."""
-    from hydra import compose, initialize_config_dir
-
-    import sweeper.grid.app_config  # noqa: F401  registers the sweep app's schema
-
     overrides = [f"experiment={experiment}"] if experiment else []
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
         return compose("sweep", overrides=overrides, return_hydra_config=True)
@@ -27,6 +28,4 @@ def compose_sweep(experiment: Optional[str], conf_dir: Path = CONF_DIR) -> DictC
 
 def sweep_settings(cfg: DictConfig) -> dict:
     """A composed sweep config's trainer settings (without the hydra node)."""
-    from .app_config import trainer_values
-
     return trainer_values({k: cfg[k] for k in cfg if k != "hydra"})

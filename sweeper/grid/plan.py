@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.config import TrainConfig
-from trainer.cost import CellCost, Gpu
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+from trainer.config import CONF_DIR, TrainConfig
+from trainer.cost import GPUS, MFU, CellCost, Gpu
 from trainer.cost import cell_cost as trainer_cell_cost
 from trainer.data.tokenizer import vocab_size_of
 
-from .experiments import CONF_DIR
+from .app_config import SweepAppConfig
+from .argv import prepare
+from .cells import cell_config
+from .expand import GridError, expand
 
 
 @dataclass(frozen=True)
@@ -30,15 +39,6 @@ class Device:
 
 def grid_configs(overrides: list[str], conf_dir: Path = CONF_DIR) -> list[TrainConfig]:
     """The sweep's cells as trainer configs, as ``python sweep.py -m OVERRIDES`` would run them."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
-    import sweeper.grid.app_config  # noqa: F401  registers the sweep app's schema
-
-    from .expand import expand
-    from .cells import _cell_config
-
     groups = {p.name for p in conf_dir.iterdir() if p.is_dir()}
     selected = [o for o in overrides if o.split("=", 1)[0] in groups]
     with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
@@ -48,7 +48,7 @@ def grid_configs(overrides: list[str], conf_dir: Path = CONF_DIR) -> list[TrainC
         cells = expand(grid)
         base = compose("sweep", overrides=selected + list(cells[0].overrides))  # as the sweeper's first cell
     parser = OverridesParser.create()
-    return [_cell_config(base, cell, parser) for cell in cells]
+    return [cell_config(base, cell, parser) for cell in cells]
 
 
 def cell_cost(cfg: TrainConfig, device: Device, mfu: float) -> CellCost:
@@ -84,10 +84,6 @@ def render(costs: list[CellCost], device: Device, mfu: float) -> str:
 
 
 def main(argv: list[str]) -> int:
-    import sys
-
-    from trainer.cost import GPUS, MFU
-
     parser = argparse.ArgumentParser(prog="python -m sweeper plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="the sweep's overrides, as for sweep.py -m")
     parser.add_argument("--gpu", choices=sorted(GPUS), default=None, help="a GPU by name (default: H100)")
@@ -105,12 +101,6 @@ def main(argv: list[str]) -> int:
     else:
         gpu = GPUS[args.gpu or "H100"]
         device = Device(args.gpu or "H100", gpu.memory_gb, gpu.tflops)
-
-    from hydra.errors import HydraException
-
-    from .argv import prepare
-    from .expand import GridError
-    from .app_config import SweepAppConfig
 
     known = set(SweepAppConfig.__dataclass_fields__) | {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
     try:

@@ -1,43 +1,34 @@
 """Which cells to run next: the transfer search's next round on the store's tables, as sweep commands.
 
 The same strategy as ``python sweep.py -m ... search=transfer`` (sweeper.search.transfer), seeing each of
-the report's tables (same groups, rows and optima as analysis.report.analyse) as the search
+the report's tables (same groups, rows and optima as analysis.analysed.analyse) as the search
 would on resuming from this store: rows settle size by size -- bracketed by worse or diverged
 cells, on the line's edge, or by transfer where the budget says so -- and the first row that is not
 settled yet gets the cells the search would run next, on the table's own lrs. Rows after it wait
 for its optimum, which predicts where theirs lies. A row whose optimum sits on the line's edge is
 settled as far as the line goes; its note says which way to extend the line.
 
-The command of a row repeats every result setting of its cells that the sweep would not pick by
-itself: those differing from the composed sweep config (conf/sweep.yaml plus the records'
-experiment, when conf/experiment/ has it), plus the size axes, the group's settings, and the keys the
-experiment sweeps by default (command-line values replace them).
+A row's command is analysis.sweep_line's.
 """
 from __future__ import annotations
 
-import math
-import re
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
 
-from sweeper.grid.argv import hydra_quote
-from sweeper.grid.experiments import CONF_DIR, compose_sweep, has_experiment, sweep_settings
-from sweeper.store.schema import result_config
-from sweeper.search.rounds import table_state
-from sweeper.search.transfer import BUDGET, RowResult, step
-
 from analysis import AnalysisError
+from analysis.analysed import load
 from analysis.optima import RowOptimum
-from analysis.tables import LR, SEED, SIZE_AXES, Table, build_tables, group_columns, row_optima, value_text
+from analysis.sweep_line import command, row_records, sweep_lookup
+from analysis.tables import Table, build_tables, row_optima, value_text
+from sweeper.grid.budget import BUDGET
+from trainer.config import CONF_DIR
 
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
+from .rounds import table_state
+from .transfer import RowResult, step
 
 
 @dataclass
@@ -67,99 +58,6 @@ class NextOptions:
     conf_dir: Path = CONF_DIR
     budget: float = BUDGET
     strict: bool = False  # an unreadable record is an error, not a warning
-
-
-# ---- the command line ---------------------------------------------------------------------------
-
-_PLAIN = re.compile(r"[A-Za-z_./][\w./-]*")
-
-
-def override_value(value) -> str:
-    """A setting as Hydra reads it back: true/false, a number, or a string (quoted where needed)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return value_text(value) if value.is_integer() else repr(value)
-    if isinstance(value, int):
-        return str(value)
-    text = str(value)
-    if _PLAIN.fullmatch(text) and text.lower() not in ("true", "false", "null", "nan", "inf"):
-        return text
-    return hydra_quote(text)
-
-
-def compose(experiment: str | None, conf_dir: Path) -> DictConfig:
-    """The sweep config (with ``experiment=``, when given) as sweeper.grid.experiments.compose_sweep
-    composes it; Hydra's errors become an AnalysisError that says to pass --conf."""
-    from hydra.errors import HydraException
-
-    try:
-        return compose_sweep(experiment, conf_dir)
-    except HydraException as err:
-        raise AnalysisError(f"cannot compose the sweep config {f'experiment={experiment}' if experiment else ''} "
-                            f"from {conf_dir}: {str(err).splitlines()[0]} Pass the sweep's config dir with --conf.") from None
-
-
-def sweep_defaults(experiment: str | None, conf_dir: Path) -> tuple[dict, set[str]]:
-    """Result settings a sweep gets without overrides (with ``experiment=``, when given), and the keys
-    the experiment's default grid sweeps."""
-    cfg = compose(experiment, conf_dir)
-    swept = set(cfg.hydra.sweeper.params or {})
-    return result_config(sweep_settings(cfg)), swept
-
-
-def sweep_lookup(frame: pd.DataFrame, conf_dir: Path) -> tuple[list[str], Callable]:
-    """The group columns of ``frame`` as build_tables groups them, and sweep_defaults per experiment,
-    composed once each: what row_records and command need."""
-    groups = group_columns(frame[frame[LR].notna()])
-    cache: dict = {}
-
-    def defaults_of(experiment):
-        if experiment not in cache:
-            cache[experiment] = sweep_defaults(experiment, conf_dir)
-        return cache[experiment]
-
-    return groups, defaults_of
-
-
-def known_experiment(experiment, conf_dir: Path) -> str | None:
-    """The records' experiment when the sweep has a config of that name (ingested ones have none)."""
-    return experiment if has_experiment(experiment, conf_dir) else None
-
-
-def row_records(frame: pd.DataFrame, groups: list[str], table: Table, size: float) -> pd.DataFrame:
-    """The finished records behind one table row: its title's values, its size, and the group
-    columns its title leaves out being missing there too."""
-    mask = (frame[table.axis] == size) & frame["status"].isin(("ok", "diverged"))
-    for column, value in table.title.items():
-        mask &= frame[column] == value
-    for column in groups:
-        if column not in table.title:
-            mask &= frame[column].isna()
-    return frame[mask]
-
-
-def command(records: pd.DataFrame, table: Table, lrs: list[float], store: Path, conf_dir: Path,
-            defaults_of, seeds: list[int] | None = None) -> list[str]:
-    """``python sweep.py -m ...`` running ``lrs`` with the rows' settings (and ``seeds`` instead of
-    theirs, when given), into ``store``."""
-    experiment = known_experiment(records["experiment"].iloc[0], conf_dir)
-    defaults, swept = defaults_of(experiment)
-    configs = [result_config({k: v for k, v in row.items() if k in defaults and not _missing(v)})
-               for row in records.to_dict("records")]
-    always = {*SIZE_AXES, *table.title, *swept} - {LR}
-    settings = []
-    for key in defaults:
-        values = seeds if key == SEED and seeds else sorted({c[key] for c in configs})
-        if key != LR and (key in always or len(values) > 1 or values[0] != defaults[key]):
-            settings.append(f"{key}={','.join(override_value(v) for v in values)}")  # >1: sizes, seeds
-    head = ["python", "sweep.py", "-m", f"store={override_value(str(store))}"]
-    head += [f"experiment={experiment}"] if experiment else []
-    return head + settings + [f"{LR}=" + ",".join(value_text(v) for v in lrs)]
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 # ---- per row ------------------------------------------------------------------------------------
@@ -197,8 +95,6 @@ def plan_row(table: Table, r: int, opt: RowOptimum, records: pd.DataFrame, settl
 def plan_next(options: NextOptions) -> list[RowPlan]:
     if not 0 < options.budget <= 1:
         raise AnalysisError(f"--budget {options.budget:g}: give a fraction of the grid's compute in (0, 1]")
-    from analysis.report import load  # here: report loads matplotlib, which `--help` and ingest need not
-
     if not (options.conf_dir / "sweep.yaml").is_file():
         raise AnalysisError(f"{options.conf_dir} holds no sweep.yaml: pass the sweep's config dir with --conf")
     frame = load(options.store, options.strict)
@@ -210,7 +106,7 @@ def plan_next(options: NextOptions) -> list[RowPlan]:
                                 f"its experiments: {', '.join(named) or '(none named)'}")
     groups, defaults_of = sweep_lookup(frame, options.conf_dir)
     plans = []
-    for table in build_tables(frame):  # the report's tables and optima (analysis.report.analyse)
+    for table in build_tables(frame):  # the report's tables and optima (analysis.analysed.analyse)
         state = table_state(table)
         wanted = step(state, options.budget)  # settles rows up to the one that needs cells
         for r, opt in enumerate(row_optima(table)):

@@ -14,6 +14,10 @@ from typing import Optional
 
 import numpy as np
 
+from analysis.optima import row_optimum
+from analysis.tables import build_tables
+from sweeper.store.records import load_store
+
 from .rounds import Ask, SearchError, SearchTable, TableResult, run_search, table_line
 from .transfer import BUDGET, DIVERGED
 
@@ -69,11 +73,6 @@ def _search_table(grid) -> SearchTable:
 
 def replay(store: Path, budget: float = BUDGET) -> dict:
     """The replay's figures: the shape of ``--json``, each row also saying how it ``settled``."""
-    from analysis.optima import row_optimum
-    from analysis.tables import build_tables
-
-    from sweeper.store.records import load_store
-
     if not store.is_dir():
         raise SearchError(f"{store}: no such store directory")
     frame = load_store(store)
