@@ -198,7 +198,7 @@ def optimizer_step_time(width: int, vocab: int, optimizer: str, precision: str, 
         if i:  # the first step allocates optimizer state
             in_step, total = in_step + t2 - t1, total + t2 - t0
     # the dtype the optimizers chose (trainer.precision.Precision.newton_schulz_dtype); fp32 where none iterates
-    ns_dtype = next((o.ns_dtype for o in optimizers if hasattr(o, "ns_dtype")), torch.float32)
+    ns_dtype = next((o.ns_dtype for o in step.optimizers if hasattr(o, "ns_dtype")), torch.float32)
     return (in_step / total, in_step / steps, optimizer_step_flops(cfg, model),
             "bf16" if ns_dtype == torch.bfloat16 else "fp32")
 

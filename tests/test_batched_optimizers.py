@@ -10,11 +10,11 @@ from torch.overrides import TorchFunctionMode
 
 import trainer.optim.muon  # noqa: F401  (its newton_schulz is patched by name)
 import trainer.optim.shampoo
-import trainer.optim.spectral
+import trainer.optim.spectral  # noqa: F401  (read by name below)
 from trainer.config import TrainConfig
 from trainer.optim.build import build_optimizers
 from trainer.parameterization import build_model, param_groups
-from trainer.optim.spectral import newton_schulz, top_singular, without_tf32
+from trainer.optim.spectral import newton_schulz, top_singular
 from trainer.optim.sso import ROOT_EVALUATIONS, SSO, TOLERANCE
 
 torch.set_num_threads(1)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.optim._muon as torch_muon
 
-import trainer.optim.spectral
+import trainer.optim.spectral  # noqa: F401  (read by name below)
 from trainer.config import TrainConfig
 from trainer.optim.muon import Muon
 from trainer.optim.build import build_optimizers

@@ -4,7 +4,6 @@ alone; a preempted cell resumes from its checkpoint; status shows the queue; sea
 in rounds of job arrays and resumes from the store."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess

@@ -115,7 +115,7 @@ class MutransferSweeper(Sweeper):
         return [r._return_value if r.status == JobStatus.FAILED else None for r in returns]
 
     def sweep(self, arguments: List[str]) -> Any:
-        from sweeper.jobs.driver import SweepError, SweepSettings, run_sweep
+        from sweeper.jobs.driver import SweepError
         from sweeper.store.records import StoreError, check_writable_store
 
         cfg = self.config

@@ -19,7 +19,6 @@ SSO's Newton-Schulz iteration is trainer.optim.spectral's.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
