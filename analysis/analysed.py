@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweeper.store.records import check_readable_store, load_store
+from sweeper.store.index import load_store
+
+from sweeper.store.records import check_readable_store
 
 from . import AnalysisError
 from .confidence import TableNoise

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from sweeper.store.records import BASE_COLUMNS
+from sweeper.store.index import BASE_COLUMNS
 
 from .optima import RowOptimum, row_optimum
 

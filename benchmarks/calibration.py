@@ -40,7 +40,7 @@ from analysis.confidence import TableNoise  # noqa: E402
 from analysis.intervals import LEVEL  # noqa: E402
 from analysis.optima import MAX_TREND, NO_TRANSFER, TRANSFERS, UNDECIDED, verdict  # noqa: E402
 from analysis.tables import build_tables, line_table, row_optima  # noqa: E402
-from sweeper.store.records import load_store  # noqa: E402
+from sweeper.store.index import load_store  # noqa: E402
 
 STORES = (ROOT / "results" / "cpu_depth", ROOT / "results" / "cpu_width")
 TRENDS = (0.0, 0.25, 0.5, 1.0)  # log2 eta* per doubling

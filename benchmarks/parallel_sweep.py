@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sweeper.store.records import load_store  # noqa: E402
+from sweeper.store.index import load_store  # noqa: E402
 
 
 def run(jobs: int, overrides: list[str], store: Path) -> dict:

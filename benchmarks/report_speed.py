@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sweeper.store.schema import make_record  # noqa: E402
-from sweeper.store.records import load_store, write_record  # noqa: E402
+from sweeper.store.index import load_store  # noqa: E402
+from sweeper.store.records import write_record  # noqa: E402
 
 WIDTHS = [64, 128, 256, 512, 1024, 2048, 4096, 8192]
 DEPTHS = [2, 4, 8, 16, 32, 64, 128, 256]

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sweeper.store.schema import make_record  # noqa: E402
-from sweeper.store.records import load_store, write_record  # noqa: E402
+from sweeper.store.index import load_store  # noqa: E402
+from sweeper.store.records import write_record  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 
 

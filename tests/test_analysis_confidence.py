@@ -22,7 +22,7 @@ from analysis.ingest import ingest
 from analysis.analysed import analyse
 from analysis.report import ReportOptions, report
 from analysis.render import interval_bounds
-from sweeper.store.records import load_store
+from sweeper.store.index import load_store
 from test_analysis_next import composed, sweep_cells
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from analysis.ingest import IngestError, ingest
-from sweeper.store.records import load_store, read_record, write_record
+from sweeper.store.index import load_store
+from sweeper.store.records import read_record, write_record
 from sweeper.store.schema import make_record
 
 HEADER = "width,depth,lr,param,optimizer,layernorm,val_loss,note\n"

@@ -14,7 +14,8 @@ from sweeper.search.next_cells import CONF_DIR, NextOptions, plan_next
 from analysis.analysed import analyse
 from sweeper.grid.expand import expand
 from sweeper.store.schema import make_record, result_config
-from sweeper.store.records import load_store, write_record
+from sweeper.store.index import load_store
+from sweeper.store.records import write_record
 from sweeper.grid.app_config import trainer_values
 from test_analysis_cli import FIXTURES, analysis, imported_modules
 

@@ -21,7 +21,8 @@ from analysis.analysed import analyse
 from analysis.report import ReportOptions, report
 from analysis.render import interval_bounds
 from sweeper.store.schema import make_record
-from sweeper.store.records import load_store, write_record
+from sweeper.store.index import load_store
+from sweeper.store.records import write_record
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"

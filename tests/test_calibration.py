@@ -17,7 +17,7 @@ from analysis.ingest import ingest
 from analysis.intervals import LEVEL
 from analysis.analysed import analyse
 from analysis.report import ReportOptions, report
-from sweeper.store.records import load_store
+from sweeper.store.index import load_store
 from test_analysis_confidence import CURVATURE, synthetic_csv
 from test_analysis_next import sweep_cells
 

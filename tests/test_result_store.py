@@ -7,9 +7,8 @@ import os
 import pytest
 
 from sweeper.store.schema import SCHEMA_VERSION, SchemaError, cell_key, make_record, migrate
-from sweeper.store.records import (
-    StoreError, load_store, read_record, record_path, records_dir, write_record,
-)
+from sweeper.store.index import load_store
+from sweeper.store.records import StoreError, read_record, record_path, records_dir, write_record
 from trainer.config import TrainConfig, result_fields
 
 
@@ -99,9 +98,9 @@ def test_the_cached_index_gives_the_frame_that_parsing_every_record_gives(tmp_pa
 
     import pandas as pd
 
-    import sweeper.store.records as result_store
+    import sweeper.store.index as store_index
 
-    monkeypatch.setattr(result_store, "_PARALLEL_MIN", 2)  # the forked parse, on a small store
+    monkeypatch.setattr(store_index, "_PARALLEL_MIN", 2)  # the forked parse, on a small store
     recs = [record(width=32, extra={"note": "text", "mixed": 1}),
             record(width=64, extra={"mixed": "a string"}),  # no Arrow type fits both records
             record(width=128, status="diverged", metrics={"val_loss": float("nan")}),

@@ -19,7 +19,8 @@ import pytest
 from analysis.optima import row_optimum
 from analysis.analysed import analyse
 from analysis.render import notes
-from sweeper.store.records import load_store, records_dir
+from sweeper.store.index import load_store
+from sweeper.store.records import records_dir
 from sweeper.search.rounds import Ask, SearchTable, run_search
 from sweeper.search.transfer import DIVERGED, Line
 

@@ -21,7 +21,8 @@ import sweeper.store.claims as claims_module
 from sweeper.store.claims import STALE_S, claim_path, live_claims, try_claim
 from sweeper.store.leftovers import clean
 from sweeper.store.schema import make_record
-from sweeper.store.records import load_store, record_path, record_status, records_dir, write_record
+from sweeper.store.index import load_store
+from sweeper.store.records import record_path, record_status, records_dir, write_record
 from trainer.config import CHECKPOINT, TrainConfig
 from trainer.train import run as train
 

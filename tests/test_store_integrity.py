@@ -21,8 +21,8 @@ from analysis.ingest import IngestError, ingest
 from sweeper.store.claims import claim_path, read_claim, try_claim
 from sweeper.store.leftovers import KEEP
 from sweeper.store.schema import SCHEMA_VERSION, cell_key, make_record, migrate, origin_of
-from sweeper.store.records import (StoreError, attempts, load_store, read_record, record_path,
-                                  records_dir, run_dir, write_record)
+from sweeper.store.index import load_store
+from sweeper.store.records import StoreError, attempts, read_record, record_path, records_dir, run_dir, write_record
 from trainer.config import CHECKPOINT, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,9 @@ import sys
 import time
 from pathlib import Path
 
-from sweeper.store.records import load_store, read_record, records_dir, run_dir
+from sweeper.store.index import load_store
+
+from sweeper.store.records import read_record, records_dir, run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 # The design's line on a small grid; steps=4 keeps each cell around a second on 2 CPU cores; two

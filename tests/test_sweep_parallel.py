@@ -15,7 +15,8 @@ import socket
 
 from sweeper.store.claims import CLAIMS, Claim, is_live
 from sweeper.jobs.local_pool import resolve_jobs
-from sweeper.store.records import ATTEMPTS, load_store, read_record, records_dir
+from sweeper.store.index import load_store
+from sweeper.store.records import ATTEMPTS, read_record, records_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -18,7 +18,8 @@ from analysis.optima import row_optimum
 from analysis.analysed import analyse
 from sweeper.store.queue import ENTRY, read_entries, write_entry
 from sweeper.store.schema import make_record
-from sweeper.store.records import load_store, read_record, run_dir, write_record
+from sweeper.store.index import load_store
+from sweeper.store.records import read_record, run_dir, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

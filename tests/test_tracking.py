@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from sweeper.jobs.job import run_cell
-from sweeper.store.records import load_store, read_record
+from sweeper.store.index import load_store
+from sweeper.store.records import read_record
 from trainer.callbacks import Callback
 from trainer.config import TrainConfig
 from trainer.tracking import wandb_run_id

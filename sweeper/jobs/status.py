@@ -19,7 +19,8 @@ from sweeper.store.claims import live_claims
 from sweeper.grid.experiments import compose_sweep, has_experiment
 from sweeper.grid.expand import expand
 from sweeper.store.schema import result_config
-from sweeper.store.records import attempt_counts, attempts, load_store
+from sweeper.store.index import load_store
+from sweeper.store.records import attempt_counts, attempts
 
 # What a grid shows for a cell, by state; earlier states win when records share a position.
 SYMBOLS = {"failed": "FAIL", "diverged": "div", "ok": "done", "running": "run", "pending": "wait",

@@ -16,7 +16,7 @@ import numpy as np
 
 from analysis.optima import row_optimum
 from analysis.tables import build_tables
-from sweeper.store.records import load_store
+from sweeper.store.index import load_store
 
 from .rounds import Ask, SearchError, SearchTable, TableResult, run_search, table_line
 from .transfer import BUDGET, DIVERGED
