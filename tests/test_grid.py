@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 from sweeper.grid.argv import prepare
 from sweeper.grid.expand import GridError, expand, rewrite_override
 from sweeper.grid.cells import plan
+from sweeper.store import Store
 from sweeper.grid.app_config import SweepAppConfig
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -100,7 +101,7 @@ def _compose(overrides):
 ])
 def test_a_grid_that_cannot_train_stops_before_anything_runs(tmp_path, grid, message):
     with pytest.raises(GridError) as err:
-        plan(expand(["experiment=smoke", *grid]), _compose, tmp_path, force=False)
+        plan(expand(["experiment=smoke", *grid]), _compose, Store(tmp_path), force=False)
     text = str(err.value)
     assert message in text and "nothing was started" in text and "cells:" in text
     assert not any(tmp_path.iterdir())

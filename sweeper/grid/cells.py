@@ -10,7 +10,6 @@ groups) at a millisecond a cell instead of a full composition.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Callable, Optional
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -21,7 +20,7 @@ from trainer.config import TrainConfig, device_type, resolve_precision
 
 from .expand import Cell, GridError
 from sweeper.store.schema import DONE, cell_key
-from sweeper.store.records import record_status
+from sweeper.store import Store
 from .app_config import trainer_values
 
 _MAX_LISTED = 4
@@ -73,7 +72,7 @@ def _raise_problems(problems: dict[str, list[str]], total: int) -> None:
     raise GridError(f"{bad} of {total} cells cannot run, nothing was started:\n  " + "\n  ".join(lines))
 
 
-def plan(cells: list[Cell], compose: Callable[[list[str]], DictConfig], store: Path,
+def plan(cells: list[Cell], compose: Callable[[list[str]], DictConfig], store: Store,
          force: bool, cells_on: Optional[str] = None) -> tuple[list[PlannedCell], list[PlannedCell]]:
     """(cells to run, cells skipped because the store has them done). Cells that are the same run
     (same key) as an earlier one are dropped. ``compose(overrides)`` gives the app config without
@@ -94,7 +93,7 @@ def plan(cells: list[Cell], compose: Callable[[list[str]], DictConfig], store: P
             problems.setdefault(str(err), []).append(cell.label())
             continue
         key = cell_key(config.to_dict())
-        planned.setdefault(key, PlannedCell(cell, config, key, record_status(store, key)))
+        planned.setdefault(key, PlannedCell(cell, config, key, store.status(key)))
     todo = [c for c in planned.values() if force or c.previous not in DONE]
     if problems:
         _raise_problems(problems, len(cells))

@@ -9,7 +9,6 @@ as they are queued; each cell's job id then goes into the store (sweeper.store.q
 from __future__ import annotations
 
 import shlex
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +20,16 @@ from omegaconf import DictConfig
 from trainer.cost import cell_relative_compute
 
 from sweeper.grid.argv import hydra_quote
-from sweeper.store.claims import is_live, live_claims, read_claim, store_now
-from sweeper.grid.expand import Cell, GridError, expand
-from .job import JobLostError, NotLaunched, describe, failed_record
-from sweeper.store.leftovers import clean, unwritten_line
 from sweeper.grid.cells import DONE, PlannedCell, job_overrides, plan
-from .progress import Progress, clock
-from sweeper.store.queue import QueueError, queued_cells, squeue_available, write_entry
+from sweeper.grid.expand import Cell, GridError, expand
+from sweeper.store import Store
+from sweeper.store.leftovers import unwritten_line
+from sweeper.store.queue import QueueError
+from sweeper.store.records import RecordWriteError, StoreError
 from sweeper.store.schema import SchemaError
-from sweeper.store.records import (RecordWriteError, StoreError, newest_attempt, promote, read_record, run_dir,
-                           write_record)
+
+from .job import JobLostError, NotLaunched, describe, failed_record
+from .progress import Progress, clock
 from .watch import StoreWatcher
 
 Submitted = Callable[[list[str]], None]
@@ -56,7 +55,7 @@ def _batches(cells: list[PlannedCell], size: Optional[int]) -> list[list[Planned
     return [cells[i:i + size] for i in range(0, len(cells), size)]
 
 
-def _settle(cell: PlannedCell, outcome: Optional[BaseException], settings: SweepSettings,
+def _settle(cell: PlannedCell, outcome: Optional[BaseException], store: Store, settings: SweepSettings,
             job_id: Optional[str], before: set[str]) -> Optional[dict]:
     """The attempt of a cell whose record the watcher did not see take in a new attempt: the job's
     own when the job finished, failed to write its record, or failed after recording its cell (a
@@ -64,23 +63,21 @@ def _settle(cell: PlannedCell, outcome: Optional[BaseException], settings: Sweep
     the job left the cell to another run that is training it; else a failed attempt written here.
     A record that cannot be written makes the cell failed (RecordWriteError), never finished.
     ``before``: the cell's attempt files when its batch was launched."""
-    store = settings.store
-    attempt = newest_attempt(store, cell.key, before)
+    attempt = store.newest_attempt(cell.key, before)
     if attempt is not None and (outcome is None or isinstance(outcome, RecordWriteError)
                                 or attempt["status"] in DONE or (
             job_id is not None and (attempt["runtime"].get("slurm") or {}).get("job_id") == job_id)):
         try:
-            promote(store, cell.key)
+            store.promote(cell.key)
         except RecordWriteError as err:
             return failed_record(cell.config.to_dict(), err, experiment=settings.experiment)
         return attempt
     if outcome is None:
-        claim = read_claim(store, cell.key)
-        if claim is not None and is_live(claim, now=store_now(store)):
+        if store.claimed(cell.key):
             return None
         # a job that left the cell alone: it was finished when the job looked
         try:
-            done = read_record(store, cell.key)
+            done = store.result(cell.key)
             if done["status"] in DONE:
                 return done
         except StoreError:
@@ -89,7 +86,7 @@ def _settle(cell: PlannedCell, outcome: Optional[BaseException], settings: Sweep
                            outcome or JobLostError("the job ended without writing a record (killed? see its log)"),
                            experiment=settings.experiment)
     try:
-        write_record(store, record)
+        store.finish(record)
     except RecordWriteError as err:
         return failed_record(cell.config.to_dict(), err, experiment=settings.experiment)
     return record
@@ -100,26 +97,24 @@ def _unrecorded(record: dict) -> bool:
     return (record.get("error") or {}).get("type") == RecordWriteError.__name__
 
 
-def _note_submitted(batch: list[PlannedCell], settings: SweepSettings, out: TextIO,
+def _note_submitted(batch: list[PlannedCell], store: Store, settings: SweepSettings, out: TextIO,
                     job_ids_of: dict[str, str]) -> Submitted:
     """Notes each cell's Slurm job in the store's queue entries and in ``job_ids_of``."""
     def submitted(job_ids: list[str]) -> None:
         job_ids_of.update((cell.key, job_id) for cell, job_id in zip(batch, job_ids))
         for cell, job_id in zip(batch, job_ids):
-            write_entry(settings.store, cell.key, job_id=job_id, experiment=settings.experiment,
-                        config=cell.config.to_dict(), written_by="sweep")
+            store.note_queued(cell.key, job_id=job_id, experiment=settings.experiment,
+                              config=cell.config.to_dict(), written_by="sweep")
         print(f"[sweep] {len(job_ids)} cells queued as Slurm jobs {job_ids[0]}"
               + (f" .. {job_ids[-1]}" if len(job_ids) > 1 else ""), file=out, flush=True)
     return submitted
 
 
-def queued_jobs(store: Path, out: TextIO) -> dict[str, str]:
+def queued_jobs(store: Store, out: TextIO) -> dict[str, str]:
     """Cell key -> the Slurm job pending or running for it, e.g. from an earlier sweep whose shell
     is gone: that job records the cell, so the sweep leaves it alone rather than train it twice."""
-    if not squeue_available():
-        return {}
     try:
-        return {cell["key"]: cell["job_id"] for cell in queued_cells(store)}
+        return {cell["key"]: cell["job_id"] for cell in store.queued()}
     except QueueError as err:
         print(f"[sweep] note: cannot tell which cells are in the Slurm queue ({err})", file=out)
         return {}
@@ -130,10 +125,10 @@ def sweep_cells(overrides: list[str], settings: SweepSettings) -> list[Cell]:
     return expand([*overrides, f"store={hydra_quote(str(settings.store))}"])
 
 
-def report_cleanup(store: Path, out: TextIO) -> None:
+def report_cleanup(store: Store, out: TextIO) -> None:
     """Removes what dead jobs left in the store (sweeper.store.leftovers), a line for each kind; raises
     SweepError, before anything trains, where a finished attempt's record cannot be written."""
-    done = clean(store)
+    done = store.clean()
     for line in done.lines:
         print(f"[sweep] {line}", file=out)
     if done.unwritten:
@@ -146,7 +141,7 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
     """Runs the sweep (``cells`` of it, when given: a search's round); returns the records of the
     cells it ran. Raises SweepError before launching anything for a bad grid, and after the last
     batch if any cell failed."""
-    store, search_round = settings.store, cells is not None
+    store, search_round = Store(settings.store), cells is not None
     if not search_round:  # a search cleans once, when it starts (sweeper.search.sweep)
         report_cleanup(store, out)  # before the plan: it promotes finished attempts to records
     try:
@@ -158,7 +153,7 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
         raise SweepError(str(err)) from None
     total = len(todo) + len(skipped)
     note = f" ({len(cells) - total} duplicate cells dropped)" if len(cells) > total else ""
-    print(f"[sweep] {total} cells{note}, store {store}", file=out)
+    print(f"[sweep] {total} cells{note}, store {store.path}", file=out)
     if skipped:
         print(f"[sweep] skipping {len(skipped)} of {total} cells already in the store "
               f"(force=true reruns them)", file=out)
@@ -170,7 +165,7 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
     if settings.force:
         for cell in todo:  # a finished run's checkpoint would make the rerun a no-op
             if cell.previous in DONE:
-                shutil.rmtree(run_dir(store, cell.key), ignore_errors=True)
+                store.forget_run(cell.key)
     out.flush()
 
     progress = Progress({cell.key: cell_relative_compute(cell.config) for cell in todo}, out)
@@ -192,7 +187,7 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
 
     def unclaimed(cells: list[PlannedCell]) -> list[PlannedCell]:
         """The cells no other run is training now; the others are left to it, and said so."""
-        claims = live_claims(store)
+        claims = store.live_claims()
         taken = [cell for cell in cells if cell.key in claims]
         if taken:
             owners = sorted({claims[c.key].owner() for c in taken})
@@ -213,14 +208,14 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
         with StoreWatcher(batch, store, land, settings.poll_s) as watcher:
             try:
                 outcomes = list(launch([job_overrides(c) for c in batch],
-                                       _note_submitted(batch, settings, out, job_ids)))
+                                       _note_submitted(batch, store, settings, out, job_ids)))
             except Exception as err:  # the launcher lost the whole batch (e.g. a killed array job)
                 outcomes = [err] * len(batch)
         for cell, outcome in zip(batch, outcomes):
             if isinstance(outcome, NotLaunched):  # the pool stopped dispatching (below)
                 not_launched += 1
             elif cell.key not in landed and cell.key not in elsewhere:
-                land(cell, _settle(cell, outcome, settings, job_ids.get(cell.key), watcher.before[cell.key]))
+                land(cell, _settle(cell, outcome, store, settings, job_ids.get(cell.key), watcher.before[cell.key]))
         if unrecorded:  # every later cell would train only to fail the same way
             not_launched += sum(len(b) for b in batches[n + 1:])
             if not_launched:
@@ -237,7 +232,7 @@ def run_sweep(overrides: list[str], settings: SweepSettings, compose: Callable[[
         print("[sweep] nothing to run", file=out)
     if elsewhere:
         print(f"[sweep] {len(elsewhere)} cells were being trained by another run: "
-              f"`python -m sweeper status --store {shlex.quote(str(store))}` shows when they land", file=out)
+              f"`python -m sweeper status --store {shlex.quote(str(store.path))}` shows when they land", file=out)
     out.flush()
     if failed:
         stopped = (f"; {not_launched} cells were not launched: the store cannot record results, fix "

@@ -9,11 +9,10 @@ record that could not be written leaves the cell to the batch's settling (sweepe
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Callable
 
 from sweeper.grid.cells import PlannedCell
-from sweeper.store.records import attempt_names, recorded_attempt
+from sweeper.store import Store
 
 
 class StoreWatcher:
@@ -21,12 +20,12 @@ class StoreWatcher:
     the watcher runs; use as a context manager around the launch. ``before[key]``: the cell's attempt
     files when the watcher started, so a batch can be settled against them afterwards."""
 
-    def __init__(self, cells: list[PlannedCell], store: Path,
+    def __init__(self, cells: list[PlannedCell], store: Store,
                  on_record: Callable[[PlannedCell, dict], None], interval_s: float = 2.0) -> None:
         self.store = store
         self.on_record = on_record
         self.interval_s = interval_s
-        self.before = {c.key: attempt_names(store, c.key) for c in cells}
+        self.before = {c.key: store.attempt_names(c.key) for c in cells}
         self.pending = {c.key: c for c in cells}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="store-watcher", daemon=True)
@@ -37,7 +36,7 @@ class StoreWatcher:
 
     def poll(self) -> None:
         for key, cell in list(self.pending.items()):
-            attempt = recorded_attempt(self.store, key, self.before[key])
+            attempt = self.store.recorded_attempt(key, self.before[key])
             if attempt is None:
                 continue
             del self.pending[key]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Callable, Optional, TextIO
 
 from omegaconf import DictConfig
@@ -19,14 +18,14 @@ from omegaconf import DictConfig
 from analysis.tables import SIZE_AXES
 from trainer.cost import cell_relative_compute
 
-from sweeper.store.claims import live_claims
+from sweeper.store import Store
 from sweeper.jobs.driver import (Launch, SweepError, SweepSettings, queued_jobs, report_cleanup, run_sweep,
                      sweep_cells)
 from sweeper.grid.expand import Cell, GridError
 from sweeper.store.journal import repair_journal
 from sweeper.grid.cells import PlannedCell, plan
 from sweeper.store.schema import DONE, SchemaError, cell_key
-from sweeper.store.records import StoreError, read_record
+from sweeper.store.records import StoreError
 from .rounds import JOURNAL, LR, Ask, SearchError, SearchTable, journal_storage, run_search, summary
 from .transfer import DIVERGED, TREND_PARAMS, Line
 
@@ -52,7 +51,7 @@ class SweepOracle:
         """The cells without an ok or diverged record once no Slurm job queued earlier and no other
         run is on them (those are waited for): the cells such a job or run left, to train here.
         ``finished`` gets the records of the cells that have one."""
-        store, told = self.settings.store, False
+        store, told = Store(self.settings.store), False
         while True:
             for p in planned:
                 if p.key not in finished:
@@ -60,7 +59,7 @@ class SweepOracle:
                     if record is not None:
                         finished[p.key] = record
             left = [p for p in planned if p.key not in finished]
-            others = queued_jobs(store, self.out).keys() | live_claims(store).keys() if left else set()
+            others = queued_jobs(store, self.out).keys() | store.live_claims().keys() if left else set()
             busy = [p for p in left if p.key in others]
             if not busy:
                 return left
@@ -79,17 +78,17 @@ class SweepOracle:
             value = repr(ask.lr)
             cell = Cell(tuple(f"{LR}={value}" if o.startswith(f"{LR}=") else o for o in row.overrides),
                         tuple((k, value if k == LR else v) for k, v in row.axes))
-            todo, skipped = plan([cell], self.compose, self.settings.store, self.settings.force,
+            todo, skipped = plan([cell], self.compose, Store(self.settings.store), self.settings.force,
                                  self.settings.cells_on)
             cells[ask.row, ask.lr] = (todo + skipped)[0]
         return cells[ask.row, ask.lr]
 
 
-def _done_record(store: Path, key: str) -> Optional[dict]:
+def _done_record(store: Store, key: str) -> Optional[dict]:
     """Cell ``key``'s record when it is ok or diverged; None when it has none, or a failed, corrupt
     or invalid one (as sweeper.store.records.record_status)."""
     try:
-        record = read_record(store, key)
+        record = store.result(key)
     except StoreError:
         return None
     return record if record["status"] in DONE else None
@@ -136,9 +135,10 @@ def run_transfer_sweep(overrides: list[str], settings: SweepSettings,
                        refine: bool = False, out: TextIO = sys.stdout) -> list:
     """Runs the transfer search over the grid line; returns its per-table results. Raises SweepError
     before anything runs for a bad line, and after a round with failed cells."""
-    report_cleanup(settings.store, out)  # before the plan: it promotes finished attempts to records
+    store = Store(settings.store)
+    report_cleanup(store, out)  # before the plan: it promotes finished attempts to records
     try:
-        todo, skipped = plan(sweep_cells(overrides, settings), compose, settings.store, settings.force,
+        todo, skipped = plan(sweep_cells(overrides, settings), compose, store, settings.force,
                              settings.cells_on)
         tables, cells = _tables(todo + skipped)
     except (GridError, SchemaError, SearchError) as err:
