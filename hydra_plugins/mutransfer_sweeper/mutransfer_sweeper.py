@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.utils import JobReturn
 from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -111,8 +111,10 @@ class MutransferSweeper(Sweeper):
             from sweeper.jobs.submitit_jobs import launch
 
             return launch(self.launcher, batch, first, submitted)
+        from sweeper.jobs.job_return import failure
+
         returns: Sequence[JobReturn] = self.launcher.launch(batch, initial_job_idx=first)
-        return [r._return_value if r.status == JobStatus.FAILED else None for r in returns]
+        return [failure(r) for r in returns]
 
     def sweep(self, arguments: List[str]) -> Any:
         from sweeper.jobs.driver import SweepError

@@ -17,13 +17,13 @@ from typing import Callable, Optional
 
 import submitit
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobStatus
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher, SlurmLauncher
 from omegaconf import OmegaConf
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from .job import LOG_TAIL_LINES, JobLostError
+from .job_return import failure
 
 # Scheduler states of a job that ended normally (Slurm, submitit's local executor): its result
 # file must come, so submitit's own wait for a slow shared filesystem applies.
@@ -32,9 +32,11 @@ _TAIL_BYTES = 64 * 1024
 
 
 def make_executor(launcher: BaseSubmititLauncher) -> submitit.AutoExecutor:
-    """The executor that BaseSubmititLauncher.launch builds from the launcher's config, with the
-    same mapping: max_num_timeout at construction, executor-specific keys prefixed."""
-    kind = launcher._EXECUTOR
+    """A submitit.AutoExecutor for the launcher's config (``hydra/launcher=submitit_local`` or
+    ``submitit_slurm``, a conf/cluster profile): the config's keys that every executor shares
+    (hydra_submitit_launcher's BaseQueueConf) as they are, the others with the cluster's prefix, as
+    AutoExecutor.update_parameters takes them; max_num_timeout at construction."""
+    kind = "slurm" if isinstance(launcher, SlurmLauncher) else "local"
     params = dict(launcher.params)
     init = {"folder": params.pop("submitit_folder")}
     if "max_num_timeout" in params:
@@ -55,8 +57,9 @@ class _RaisingJob:
 
     def __call__(self, *args):
         returned = self.launcher(*args)
-        if returned.status == JobStatus.FAILED:
-            raise returned._return_value
+        err = failure(returned)
+        if err is not None:
+            raise err
         return returned
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
