@@ -139,7 +139,7 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
     checkpoints) is not a failure: it passes. On Slurm the cell's queue entry is rewritten first,
     so status finds the job (sweeper.store.queue), and a failed cell raises CellFailed once recorded, so
     that the job ends FAILED. A record the store cannot write raises RecordWriteError: the cell is
-    not finished (its attempt, where written, becomes the record later: result_store.promote). A
+    not finished (its attempt, where written, becomes the record later: sweeper.store.records.promote). A
     finished cell's checkpoint goes once its record is written, unless ``keep_checkpoint``."""
     key = cell_key(config.to_dict())
     held, owner = try_claim(store, key, job_id=(slurm or {}).get("job_id"), experiment=experiment,
