@@ -89,7 +89,9 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
 
 def setting_kinds() -> dict[str, str]:
     """Each result setting's type as a word: int, float, bool or str."""
-    def word(kind) -> str:  # Optional[int] -> int
+    def word(kind) -> str:  # Optional[int] -> int; a mapping or list (model_args, model_branches): json
+        if kind is Any or typing.get_origin(kind) is list:
+            return "json"
         return next(k for k in (*typing.get_args(kind), kind) if k is not type(None)).__name__
 
     return {name: word(kind) for name, kind in _field_types().items() if name in result_fields()}

@@ -9,7 +9,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from .rules import check_names
 from .tracking import LOGGERS, check_installed
@@ -36,6 +36,18 @@ class TrainConfig:
     optimizer: str = "muon_kimi"
     layernorm: bool = True
     seed: int = 0
+
+    # The model (trainer.model_factory): package.module:factory, called as factory(width=, depth=,
+    # vocab_size=, seq_len=, **model_args) and returning logits (B, T, vocab). Each parameter's rule
+    # follows from its role, inferred from shapes (trainer.roles); model_roles names the role of
+    # parameters shape cannot decide ({glob of parameter names: role}); model_branches names the
+    # residual branches the block multiplier scales (globs of module names; empty: the usual names).
+    model: str = "trainer.model:gpt2"
+    # (Any, not Dict: Hydra merges a dict override into a typed dict's default, which struct mode
+    # refuses; into None it assigns. None: no arguments, no roles named.)
+    model_args: Any = None
+    model_roles: Any = None
+    model_branches: List[str] = field(default_factory=list)
 
     # Base model of the ratio form r_n = width / base_width, r_L = depth / base_depth (paper 4.3).
     base_width: int = 256
@@ -176,7 +188,10 @@ RECORDED_DEFAULTS = {"precision": "fp32"}
 
 def recorded_default(name: str) -> Any:
     """The value a record or checkpoint that lacks setting ``name`` ran with."""
-    return RECORDED_DEFAULTS.get(name, getattr(TrainConfig, name))
+    if name in RECORDED_DEFAULTS:
+        return RECORDED_DEFAULTS[name]
+    default = TrainConfig.__dataclass_fields__[name]
+    return default.default_factory() if default.default_factory is not dataclasses.MISSING else default.default
 
 
 def resolve_precision(name: str, device_type: str) -> str:
@@ -227,6 +242,9 @@ def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
+_KIND_WORDS = {"Any": "a mapping {name: value}", "List[str]": "a list of names"}
+
+
 def setting_problems(values: dict) -> list[str]:
     """One line per setting in ``values`` of the wrong type or outside BOUNDS (None: not given).
 
@@ -237,7 +255,11 @@ def setting_problems(values: dict) -> list[str]:
         if value is None or name not in hints:
             continue
         kind = hints[name]
-        if "bool" in str(kind):
+        if kind == "Any":  # model_args, model_roles: a mapping from Hydra's {key: value}
+            ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        elif kind == "List[str]":
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif "bool" in str(kind):
             ok = isinstance(value, bool)
         elif "int" in str(kind):
             ok = isinstance(value, int) and not isinstance(value, bool)
@@ -249,7 +271,7 @@ def setting_problems(values: dict) -> list[str]:
         else:
             ok = isinstance(value, str)
         if not ok:
-            problems.append(f"{name}={value!r} must be {str(kind).replace('Optional[', '').rstrip(']')}")
+            problems.append(f"{name}={value!r} must be {_KIND_WORDS.get(str(kind), str(kind).replace('Optional[', '').rstrip(']'))}")
         elif name in BOUNDS:
             low, high = BOUNDS[name]
             if not low <= value <= high:
