@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from trainer.config import CONF_DIR
 
@@ -29,4 +29,7 @@ def sweep_settings(cfg: DictConfig) -> dict:
     """A composed sweep config's trainer settings (without the hydra node)."""
     from .schema import trainer_values
 
-    return trainer_values({k: cfg[k] for k in cfg if k != "hydra"})
+    values = {k: cfg[k] for k in cfg if k != "hydra"}
+    # a mapping setting (model_args, model_roles) as plain Python, as the record keeps it
+    return trainer_values({k: OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+                           for k, v in values.items()})

@@ -366,8 +366,8 @@ def flat_row(record: dict) -> dict:
         "error_type": error.get("type"),
         "error_message": error.get("message"),
     }
-    # a mapping or list setting (model_args, model_branches) as JSON text: one column type for Arrow
-    row.update({k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
+    # a mapping setting (model_args, model_roles) as JSON text: one column type for Arrow
+    row.update({k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
                 for k, v in record["config"].items()})
     row.update({f"extra_{k}": v for k, v in (record.get("extra") or {}).items()})
     return row

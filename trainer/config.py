@@ -9,7 +9,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from .rules import check_names
 from .tracking import LOGGERS, check_installed
@@ -41,13 +41,14 @@ class TrainConfig:
     # vocab_size=, seq_len=, **model_args) and returning logits (B, T, vocab). Each parameter's rule
     # follows from its role, inferred from shapes (trainer.roles); model_roles names the role of
     # parameters shape cannot decide ({glob of parameter names: role}); model_branches names the
-    # residual branches the block multiplier scales (globs of module names; empty: the usual names).
+    # residual branches the block multiplier scales (globs of module names, separated by spaces;
+    # empty: the usual names, trainer.hooks).
     model: str = "trainer.model:gpt2"
     # (Any, not Dict: Hydra merges a dict override into a typed dict's default, which struct mode
     # refuses; into None it assigns. None: no arguments, no roles named.)
     model_args: Any = None
     model_roles: Any = None
-    model_branches: List[str] = field(default_factory=list)
+    model_branches: str = ""
 
     # Base model of the ratio form r_n = width / base_width, r_L = depth / base_depth (paper 4.3).
     base_width: int = 256
@@ -188,10 +189,7 @@ RECORDED_DEFAULTS = {"precision": "fp32"}
 
 def recorded_default(name: str) -> Any:
     """The value a record or checkpoint that lacks setting ``name`` ran with."""
-    if name in RECORDED_DEFAULTS:
-        return RECORDED_DEFAULTS[name]
-    default = TrainConfig.__dataclass_fields__[name]
-    return default.default_factory() if default.default_factory is not dataclasses.MISSING else default.default
+    return RECORDED_DEFAULTS.get(name, getattr(TrainConfig, name))
 
 
 def resolve_precision(name: str, device_type: str) -> str:
@@ -242,7 +240,7 @@ def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-_KIND_WORDS = {"Any": "a mapping {name: value}", "List[str]": "a list of names"}
+_KIND_WORDS = {"Any": "a mapping {name: value}"}
 
 
 def setting_problems(values: dict) -> list[str]:
@@ -257,8 +255,6 @@ def setting_problems(values: dict) -> list[str]:
         kind = hints[name]
         if kind == "Any":  # model_args, model_roles: a mapping from Hydra's {key: value}
             ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
-        elif kind == "List[str]":
-            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
         elif "bool" in str(kind):
             ok = isinstance(value, bool)
         elif "int" in str(kind):

@@ -59,7 +59,7 @@ def check_one(cfg: TrainConfig, tokens) -> list[dict]:
     probe, _ = get_batch(tokens.train, cfg.batch_size, cfg.seq_len, torch.Generator().manual_seed(cfg.seed + 2))
     cell = {"param": cfg.param, "optimizer": cfg.optimizer, "width": cfg.width, "depth": cfg.depth,
             "seed": cfg.seed}
-    sites = Sites(model, layout, cfg.model_branches)
+    sites = Sites(model, layout, cfg.model_branches.split())
     rows, initial = [], None
     for step in range(cfg.steps + 1):
         logits, outputs, updates = sites.measure(probe)

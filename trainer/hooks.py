@@ -39,7 +39,7 @@ def branches(model: nn.Module, layout: Layout, patterns: Sequence[str] = ()) -> 
         if not mine:
             children = [name for name, _ in inside if name.count(".") == block.count(".") + 1]
             raise ValueError(f"block {block} has no residual branch the block multiplier can scale (children: "
-                             f"{', '.join(children)}): name them with model_branches=[{block.rpartition('.')[0]}.*.NAME,...]"
+                             f"{', '.join(children)}): name them with model_branches='{block.rpartition('.')[0]}.*.NAME ...'"
                              f" or mark their class with {MARKER} = True")
         found.append(mine)
     return found

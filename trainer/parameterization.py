@@ -142,5 +142,5 @@ def build_model(cfg: TrainConfig, vocab_size: int, generator: Optional[torch.Gen
                 else:
                     p.fill_(1.0 if group.init == "ones" else 0.0)
     if not takes_multipliers(cfg):
-        attach_multipliers(model, layout, alphas, cfg.model_branches)
+        attach_multipliers(model, layout, alphas, cfg.model_branches.split())
     return model
