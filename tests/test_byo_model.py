@@ -150,6 +150,39 @@ def test_a_scalar_gate_is_an_error_naming_it_and_explain_flags_it(capsys):
     assert re.search(r"^blocks\.\*\.gate +hidden bias ", capsys.readouterr().out, re.M)
 
 
+class Marked(nn.Linear):
+    residual_branch = True  # the one-line marker (trainer.hooks)
+
+
+class OddLM(nn.Module):
+    """Blocks whose one branch has no usual name ("mix"), marked or not."""
+
+    def __init__(self, width: int, depth: int, vocab_size: int, seq_len: int, marked: bool = False):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, width)
+        self.blocks = nn.ModuleList(nn.ModuleDict({"mix": (Marked if marked else nn.Linear)(width, width)})
+                                    for _ in range(depth))
+        self.head = nn.Linear(width, vocab_size, bias=False)
+
+    def forward(self, idx):
+        x = self.embed(idx)
+        for block in self.blocks:
+            x = x + block["mix"](x)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("how", [{"model_branches": "blocks.*.mix"}, {"model_args": {"marked": True}}])
+def test_a_branch_without_a_usual_name_is_an_error_until_a_pattern_or_the_marker_names_it(how):
+    cfg = TrainConfig(model=f"{__name__}:OddLM", width=32, depth=4, base_width=16, base_depth=2)  # alpha 1/2
+    with pytest.raises(ValueError, match=r"block blocks\.0 has no residual branch .*children: blocks\.0\.mix"):
+        build_model(cfg, 64)
+    model = build_model(dataclasses.replace(cfg, **how), 64, torch.Generator().manual_seed(0))
+    mix = model.blocks[0]["mix"]
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(mix(x), 0.5 * nn.functional.linear(x, mix.weight, mix.bias))
+
+
 def rows(*args: str) -> dict:
     done = subprocess.run([sys.executable, "-m", "trainer.explain", *args, "--json"], cwd=REPO, env=ENV,
                           capture_output=True, text=True, timeout=120)
