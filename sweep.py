@@ -33,6 +33,7 @@ Grid forms on the axes width, depth, lr, param, optimizer, layernorm, seed:
 Main settings:
   experiment=NAME   conf/experiment/NAME.yaml: settings and its default grid (smoke, cpu_width, paper_table9)
   param=mup|sp|mup_k1   optimizer=muon_kimi|muon|adamw|sgd|lion   width=  depth=  lr=  seed=
+  model=package.module:factory   your own model (default trainer.model:gpt2; docs/byo_model.md)
   store=DIR         the result store (default: store); cells already there are skipped
   force=true        rerun cells the store already holds
   jobs=auto|N       cells at once on this machine

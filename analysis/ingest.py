@@ -14,6 +14,7 @@ keys: published numbers never overwrite a trained cell or another ingested exper
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,7 @@ PARSERS = {
     "seed": _seed, "val_loss_se": _standard_error,
 }
 _BY_TYPE: dict[str, Callable[[str], object]] = {"int": _integer, "float": _finite, "bool": _boolean,
-                                                 "str": str}
+                                                 "str": str, "json": json.loads}
 
 
 def setting_parsers() -> dict[str, Callable[[str], object]]:

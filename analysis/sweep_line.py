@@ -8,6 +8,7 @@ verdict and the search's next round (sweeper.search.next_cells) are both written
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -35,6 +36,8 @@ def override_value(value) -> str:
         return value_text(value) if value.is_integer() else repr(value)
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, dict):  # model_args, model_roles: Hydra's {key: value}
+        return "{" + ",".join(f"{key}:{override_value(v)}" for key, v in value.items()) + "}"
     text = str(value)
     if _PLAIN.fullmatch(text) and text.lower() not in ("true", "false", "null", "nan", "inf"):
         return text
@@ -101,12 +104,19 @@ def command(records: pd.DataFrame, table: Table, lrs: list[float], store: Path, 
     always = {*SIZE_AXES, *table.title, *swept} - {LR}
     settings = []
     for key in defaults:
-        values = seeds if key == SEED and seeds else sorted({c[key] for c in configs})
+        values = seeds if key == SEED and seeds else _distinct([c[key] for c in configs])
         if key != LR and (key in always or len(values) > 1 or values[0] != defaults[key]):
             settings.append(f"{key}={','.join(override_value(v) for v in values)}")  # >1: sizes, seeds
     head = ["python", "sweep.py", "-m", f"store={override_value(str(store))}"]
     head += [f"experiment={experiment}"] if experiment else []
     return head + settings + [f"{LR}=" + ",".join(value_text(v) for v in lrs)]
+
+
+def _distinct(values: list) -> list:
+    """The distinct values, sorted; mappings (model_args, model_roles) in the order first seen."""
+    if any(isinstance(v, dict) for v in values):
+        return list({json.dumps(v, sort_keys=True): v for v in values}.values())
+    return sorted(set(values))
 
 
 def _missing(value) -> bool:

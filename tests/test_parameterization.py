@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from trainer.config import TrainConfig
-from trainer.model import GPT, Multipliers
+from trainer.model import Multipliers
+from trainer.model_factory import meta_model
 from trainer.optim.muon import Muon
 from trainer.optim.build import OPTIMIZERS, StepInputs, build_optimizers, step_optimizers
-from trainer.parameterization import build_model, model_shape, multipliers, param_groups
+from trainer.parameterization import build_model, param_groups
 from trainer.rules import MATRIX_OPTIMIZERS, PARAMS
 
 torch.set_num_threads(1)
@@ -29,9 +30,7 @@ def config(**overrides) -> TrainConfig:
 
 
 def groups_of(cfg: TrainConfig, vocab_size: int = 256) -> dict:
-    with torch.device("meta"):
-        model = GPT(model_shape(cfg, vocab_size), multipliers(cfg))
-    return {g.name: g for g in param_groups(model, cfg)}
+    return {g.name: g for g in param_groups(meta_model(cfg, vocab_size), cfg)}
 
 
 # Worked by hand from Tables 1-2 (Muon-Kimi on hidden matrices, AdamW under Table 5 on the rest) and

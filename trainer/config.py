@@ -37,6 +37,19 @@ class TrainConfig:
     layernorm: bool = True
     seed: int = 0
 
+    # The model (trainer.model_factory): package.module:factory, called as factory(width=, depth=,
+    # vocab_size=, seq_len=, **model_args) and returning logits (B, T, vocab). Each parameter's rule
+    # follows from its role, inferred from shapes (trainer.roles); model_roles names the role of
+    # parameters shape cannot decide ({glob of parameter names: role}); model_branches names the
+    # residual branches the block multiplier scales (globs of module names, separated by spaces;
+    # empty: the usual names, trainer.hooks).
+    model: str = "trainer.model:gpt2"
+    # (Any, not Dict: Hydra merges a dict override into a typed dict's default, which struct mode
+    # refuses; into None it assigns. None: no arguments, no roles named.)
+    model_args: Any = None
+    model_roles: Any = None
+    model_branches: str = ""
+
     # Base model of the ratio form r_n = width / base_width, r_L = depth / base_depth (paper 4.3).
     base_width: int = 256
     base_depth: int = 4
@@ -227,6 +240,9 @@ def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
+_KIND_WORDS = {"Any": "a mapping {name: value}"}
+
+
 def setting_problems(values: dict) -> list[str]:
     """One line per setting in ``values`` of the wrong type or outside BOUNDS (None: not given).
 
@@ -237,7 +253,9 @@ def setting_problems(values: dict) -> list[str]:
         if value is None or name not in hints:
             continue
         kind = hints[name]
-        if "bool" in str(kind):
+        if kind == "Any":  # model_args, model_roles: a mapping from Hydra's {key: value}
+            ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        elif "bool" in str(kind):
             ok = isinstance(value, bool)
         elif "int" in str(kind):
             ok = isinstance(value, int) and not isinstance(value, bool)
@@ -249,7 +267,7 @@ def setting_problems(values: dict) -> list[str]:
         else:
             ok = isinstance(value, str)
         if not ok:
-            problems.append(f"{name}={value!r} must be {str(kind).replace('Optional[', '').rstrip(']')}")
+            problems.append(f"{name}={value!r} must be {_KIND_WORDS.get(str(kind), str(kind).replace('Optional[', '').rstrip(']'))}")
         elif name in BOUNDS:
             low, high = BOUNDS[name]
             if not low <= value <= high:

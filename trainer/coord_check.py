@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import TrainConfig
@@ -29,9 +30,12 @@ from .coord_verdict import verdicts, verdict_text
 from .data.batches import get_batch
 from .data.cache import DataUnavailable
 from .data.tokens import load_tokens
+from .hooks import branches
+from .model_factory import loss_function
 from .optim.build import build_optimizers
-from .parameterization import build_model, param_groups
+from .parameterization import build_model, model_layout, param_groups
 from .precision import Precision
+from .roles import Layout
 from .step import TrainingStep
 
 D2 = {"lr": -7.0, "batch_size": 8, "grad_clip": 1.0, "steps": 10, "warmup_steps": 0}  # D.2: constant lr
@@ -46,45 +50,64 @@ def check_one(cfg: TrainConfig, tokens) -> list[dict]:
     (step t = updates done so far) the RMS of the logits, of each block's output and of each MLP's
     hidden-layer update (``measure``) on a fixed probe batch, and of their change since step 0."""
     model = build_model(cfg, tokens.vocab_size, torch.Generator().manual_seed(cfg.seed))
+    layout = model_layout(cfg)
     # the whole batch in one pass, on the CPU, at the config's precision
-    train_step = TrainingStep(model, build_optimizers(param_groups(model, cfg), cfg), Precision.of(cfg.precision, "cpu"),
-                              cfg.batch_size, cfg.grad_clip, loss_fn=model.loss)
+    train_step = TrainingStep(model, build_optimizers(param_groups(model, cfg, layout), cfg),
+                              Precision.of(cfg.precision, "cpu"), cfg.batch_size, cfg.grad_clip,
+                              loss_fn=loss_function(model))
     batches = torch.Generator().manual_seed(cfg.seed + 1)
     probe, _ = get_batch(tokens.train, cfg.batch_size, cfg.seq_len, torch.Generator().manual_seed(cfg.seed + 2))
     cell = {"param": cfg.param, "optimizer": cfg.optimizer, "width": cfg.width, "depth": cfg.depth,
             "seed": cfg.seed}
-    w1_start = [block.mlp.fc.weight.detach().clone() for block in model.h]
+    sites = Sites(model, layout, cfg.model_branches.split())
     rows, initial = [], None
     for step in range(cfg.steps + 1):
-        logits, outputs, updates = measure(model, probe, w1_start)
-        sites = ([("block", i, h) for i, h in enumerate(outputs)] + [("mlp_update", i, u) for i, u in enumerate(updates)]
-                 + [("logits", None, logits)])
-        initial = initial or [value for *_, value in sites]
+        logits, outputs, updates = sites.measure(probe)
+        values = ([("block", i, h) for i, h in enumerate(outputs)] + [("mlp_update", i, u) for i, u in enumerate(updates)]
+                  + [("logits", None, logits)])
+        initial = initial or [value for *_, value in values]
         rows += [{**cell, "step": step, "site": site, "block": block, "rms": rms(value),
-                  "delta_rms": rms(value - start)} for (site, block, value), start in zip(sites, initial)]
+                  "delta_rms": rms(value - start)} for (site, block, value), start in zip(values, initial)]
         if step == cfg.steps:
             break
         train_step(*get_batch(tokens.train, cfg.batch_size, cfg.seq_len, batches))
     return rows
 
 
-def measure(model, probe, w1_start: list[torch.Tensor]):
-    """The logits, each block's output and, inside each k = 2 block, the part of the MLP's hidden
-    layer that its own update made: (W1 - W1 at step 0) x, x the layer's input now. The residual
+class Sites:
+    """Where the check measures, on any model: each block's output, and in each block the first
+    hidden matrix W1 of its last residual branch (the MLP's input layer in the usual layouts), whose
+    own update the check follows: (W1 - W1 at step 0) x, x the layer's input now. The residual
     stream's h and dh are dominated by the embedding's update (AdamW, the same under every rule
     here), which hides a wrong hidden-matrix lr or depth rule; this one does not."""
-    inputs = []
-    hooks = [block.mlp.fc.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
-             for block in model.h]
-    try:
-        with torch.no_grad():
-            logits, outputs = model(probe, return_block_outputs=True)
-            updates = [F.linear(x, block.mlp.fc.weight - w0)
-                       for x, block, w0 in zip(inputs, model.h, w1_start)]
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return logits, outputs, updates
+
+    def __init__(self, model: nn.Module, layout: Layout, branch_patterns=()):
+        self.model = model
+        self.blocks = [model.get_submodule(name) for name in layout.blocks]
+        hidden = [name for name, (_, place) in layout.places.items() if place.role == "hidden"]
+        self.w1 = []
+        for block in branches(model, layout, branch_patterns):
+            matrices = [name for name in hidden if name.startswith(block[-1] + ".")]
+            if not matrices:
+                raise ValueError(f"{block[-1]} has no hidden matrix to follow")
+            self.w1.append(model.get_submodule(matrices[0].rpartition(".")[0]))
+        self.w1_start = [layer.weight.detach().clone() for layer in self.w1]
+
+    def measure(self, probe: torch.Tensor):
+        """The logits, each block's output and each W1's own update, on ``probe``."""
+        outputs, inputs = [], []
+        hooks = ([block.register_forward_hook(lambda module, args, out: outputs.append(
+                    out[0] if isinstance(out, tuple) else out)) for block in self.blocks]
+                 + [layer.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
+                    for layer in self.w1])
+        try:
+            with torch.no_grad():
+                logits = self.model(probe)
+                updates = [F.linear(x, layer.weight - w0) for x, layer, w0 in zip(inputs, self.w1, self.w1_start)]
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return logits, outputs, updates
 
 
 def shapes(widths, depths) -> list[tuple[int, int]]:

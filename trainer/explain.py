@@ -1,10 +1,13 @@
 """Prints the parameterization table for one model: every parameter group's rule, with its source.
 
     python -m trainer.explain width=1024 depth=16 param=mup optimizer=muon_kimi [--json]
+    python -m trainer.explain model=trainer.hf_models:llama width=64 depth=2
 
 Takes the trainer's overrides. The human form is an aligned table under a header line describing the
 model; --json prints a list of rows {name, role, shape, init_std, multiplier, lr, weight_decay, eps,
-table}. Bad input prints one error line and exits 2.
+table}. Roles are inferred from shapes (trainer.roles); parameters whose role shape cannot decide
+are listed, flagged ``ambiguous``, with why, after the table, and the command exits 2. Other bad input
+prints one error line and exits 2.
 """
 from __future__ import annotations
 
@@ -12,24 +15,30 @@ import json
 import sys
 from typing import Optional
 
-import torch
 
 from .cli import load_config
-from .config import TrainConfig
+from .config import TrainConfig, recorded_default
 from .data.tokenizer import vocab_size_of
-from .model import GPT
-from .parameterization import ParamGroup, model_shape, multipliers, optimizer_setting, param_groups, ratios
+from .model_factory import meta_model
+from .parameterization import ParamGroup, model_layout, optimizer_setting, param_groups, ratios
+from .roles import ROLES, AmbiguousRoles
 from .rules import OPTIMIZER_SETTINGS
 
 USAGE = "usage: python -m trainer.explain [key=value ...] [--json]"
 
 
 def explain(cfg: TrainConfig, vocab_size: int) -> list[ParamGroup]:
-    """The parameter groups of cfg's model, built on the meta device (shapes only, no memory)."""
+    """The parameter groups of cfg's model, built on the meta device (shapes only, no memory);
+    AmbiguousRoles where roles are missing."""
     cfg.validate()
-    with torch.device("meta"):
-        model = GPT(model_shape(cfg, vocab_size), multipliers(cfg))
-    return param_groups(model, cfg)
+    return param_groups(meta_model(cfg, vocab_size), cfg)
+
+
+def explain_known(cfg: TrainConfig, vocab_size: int) -> tuple[list[ParamGroup], dict[str, str]]:
+    """The groups of the parameters whose role is known, and the ambiguous ones: {name: why}."""
+    cfg.validate()
+    layout = model_layout(cfg)
+    return param_groups(meta_model(cfg, vocab_size), cfg, layout, known_only=True), layout.ambiguous
 
 
 def to_row(group: ParamGroup) -> dict:
@@ -38,9 +47,17 @@ def to_row(group: ParamGroup) -> dict:
             "eps": group.eps, "table": group.table}
 
 
+def ambiguous_row(name: str, why: str) -> dict:
+    """A --json row for a parameter without a role: role "ambiguous", why in place of the table."""
+    return {**{key: None for key in ("shape", "init_std", "multiplier", "lr", "weight_decay", "eps")},
+            "name": name, "role": "ambiguous", "table": why}
+
+
 def header(cfg: TrainConfig, vocab_size: int) -> str:
     r_n, r_L = ratios(cfg)
-    return (f"model: width={cfg.width} depth={cfg.depth} heads={cfg.n_head()} head_dim={cfg.width // cfg.n_head()} "
+    custom = cfg.model != recorded_default("model")
+    return ((f"model={cfg.model} " + (f"model_args={cfg.model_args} " if cfg.model_args else "") if custom else "")
+            + f"model: width={cfg.width} depth={cfg.depth} heads={cfg.n_head()} head_dim={cfg.width // cfg.n_head()} "
             f"attention_scale={cfg.attention_scale} vocab={vocab_size} "
             f"r_n={r_n:g} r_L={r_L:g} eta_base=2^{cfg.lr:g} ({cfg.eta_base:g}) "
             f"param={cfg.param} optimizer={cfg.optimizer}"
@@ -70,15 +87,22 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise ValueError(f"unknown option {sorted(set(flags) - {'--json'})[0]!r}; {USAGE}")
         cfg = load_config([a for a in args if not a.startswith("-")])
         vocab_size = cfg.model_vocab(vocab_size_of(cfg.dataset, cfg.tokenizer))
-        groups = explain(cfg, vocab_size)
+        groups, ambiguous = explain_known(cfg, vocab_size)
     except ValueError as err:
         print("error: " + " ".join(str(err).split("\n")), file=sys.stderr)
         return 2
     if "--json" in flags:
-        print(json.dumps([to_row(g) for g in groups], indent=1))
+        print(json.dumps([to_row(g) for g in groups] + [ambiguous_row(name, why) for name, why in ambiguous.items()],
+                         indent=1))
     else:
         print(header(cfg, vocab_size))
         print(render(groups))
+        if ambiguous:
+            print(f"ambiguous (no rule until model_roles={{pattern: role}} names them; roles: {', '.join(ROLES)}):")
+            print("\n".join(f"  {name}  {why}" for name, why in ambiguous.items()))
+    if ambiguous:
+        print(f"error: {str(AmbiguousRoles(ambiguous))}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -142,3 +142,14 @@ class GPT(nn.Module):
         x, _ = self._hidden(idx)
         rows = loss_chunk_rows(self.shape.vocab_size, LOSS_CHUNK_ELEMENTS)
         return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten(), rows)
+
+
+def gpt2(width: int, depth: int, vocab_size: int, seq_len: int, head_dim: int = 64, layernorm: bool = True,
+         attention_scale: str = "inv_sqrt_d", multipliers: Multipliers = Multipliers()) -> GPT:
+    """The factory of ``model=trainer.model:gpt2`` (trainer.model_factory): heads of head_dim (one
+    head of the full width below it), q.k scaled by 1/sqrt(d_head) (inv_sqrt_d) or 1/d_head (inv_d).
+    It names ``multipliers``, so it applies them itself, inside the residual add and ln_f."""
+    n_head = width // min(head_dim, width)
+    shape = ModelShape(vocab_size=vocab_size, seq_len=seq_len, width=width, depth=depth, n_head=n_head,
+                       layernorm=layernorm, attention_scale=None if attention_scale == "inv_sqrt_d" else n_head / width)
+    return GPT(shape, multipliers)

@@ -4,7 +4,6 @@ parameter's group, init, forward multiplier, lr, weight decay and eps, with the 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -12,7 +11,10 @@ import torch
 import torch.nn as nn
 
 from .config import TrainConfig
-from .model import GPT, ModelShape, Multipliers
+from .hooks import attach_multipliers
+from .model import Multipliers
+from .model_factory import make_model, meta_model, takes_multipliers
+from .roles import Layout, Place, infer_layout
 from .rules import DEFAULTS, EPS_UPDATES, FORWARD, HIDDEN, HIDDEN_BIAS, INPUT, OUTPUT, ROUTES, RULES
 
 
@@ -51,60 +53,57 @@ def multipliers(cfg: TrainConfig) -> Multipliers:
                           for position, column in (("input", INPUT), ("block", HIDDEN), ("output", OUTPUT))})
 
 
-@dataclass(frozen=True)
-class _Place:
-    role: str
-    column: str  # the tables' column whose rules apply
-    position: str  # whose forward multiplier scales it: "input" | "block" | "output"
-    init: str
+# The vocabulary the meta builds of role inference use: shapes along the vocabulary never change
+# between them, so any size tells the roles; the real one is not known where param_groups is called.
+LAYOUT_VOCAB = 512
 
 
-def _place(model: GPT, module_name: str, module: nn.Module, param_name: str) -> _Place:
-    in_block = module_name.startswith("h.")
-    if isinstance(module, nn.Embedding):
-        return _Place("input", INPUT, "input", "normal")
-    if isinstance(module, nn.LayerNorm):
-        init = "ones" if param_name == "weight" else "zeros"
-        return _Place("norm", HIDDEN_BIAS, "block", init) if in_block else _Place("norm", INPUT, "output", init)
-    if isinstance(module, nn.Linear) and module is model.lm_head and param_name == "weight":
-        return _Place("output", OUTPUT, "output", "normal")
-    if isinstance(module, nn.Linear) and in_block:
-        if param_name == "weight":
-            return _Place("hidden", HIDDEN, "block", "normal")
-        return _Place("hidden bias", HIDDEN_BIAS, "block", "zeros")
-    raise TypeError(f"no parameterization rule for {module_name}.{param_name} ({type(module).__name__})")
+def model_layout(cfg: TrainConfig) -> Layout:
+    """Each parameter's role and group, the blocks and the output layer of cfg's model (trainer.roles),
+    inferred from meta builds at cfg's width and depth, twice the width and one block deeper."""
+    return infer_layout(lambda width, depth: meta_model(cfg, LAYOUT_VOCAB, width, depth), cfg.width, cfg.depth,
+                        cfg.model_roles)
 
 
-def param_groups(model: GPT, cfg: TrainConfig) -> list[ParamGroup]:
-    """Every parameter of the model in exactly one group, with its init, multiplier, lr, wd and eps."""
+def param_groups(model: nn.Module, cfg: TrainConfig, layout: Optional[Layout] = None,
+                 known_only: bool = False) -> list[ParamGroup]:
+    """Every parameter of the model in exactly one group, with its init, multiplier, lr, wd and eps.
+    ``layout``: cfg's model_layout (inferred here when not given); AmbiguousRoles where it has
+    parameters whose role is not known, unless ``known_only`` (explain) leaves them out."""
+    layout = layout or model_layout(cfg)
+    if not known_only:
+        layout.check()
     r = ratios(cfg)
     alphas = dataclasses.asdict(multipliers(cfg))
     hidden_route, other_route = ROUTES[cfg.optimizer]
     bases = {"lr": cfg.eta_base, "weight_decay": cfg.weight_decay, "eps": cfg.adam_eps}
     groups: dict[str, ParamGroup] = {}
-    for module_name, module in model.named_modules():
-        for param_name, p in module.named_parameters(recurse=False):
-            name = re.sub(r"^h\.\d+\.", "h.*.", f"{module_name}.{param_name}")
-            if name in groups:
-                groups[name].params.append(p)
-                continue
-            place = _place(model, module_name, module, param_name)
-            matrix = place.role == "hidden" or (cfg.matrix_io and place.role in ("input", "output"))
-            route = hidden_route if matrix else other_route
-            rules = RULES[route.table][place.column]
-            values = {key: bases[key] * getattr(rules, key).ratio(cfg.param)(*r)
-                      for key in ("lr", "weight_decay", "eps") if getattr(rules, key) is not None}
-            init_std = (cfg.init_std * FORWARD[place.column].init_std.ratio(cfg.param)(*r)
-                        if place.init == "normal" else None)
-            groups[name] = ParamGroup(
-                name=name, role=place.role, shape=tuple(p.shape), params=[p], init=place.init,
-                init_std=init_std, multiplier=alphas[place.position], lr=values["lr"],
-                weight_decay=values["weight_decay"], eps=values.get("eps") if route.update in EPS_UPDATES else None,
-                table=_citation(route.table, place, cfg.param), update=route.update)
+    for param_name, p in model.named_parameters():
+        if param_name in layout.ambiguous:
+            continue
+        if param_name not in layout.places:
+            raise ValueError(f"model={cfg.model}: parameter {param_name} is not in the model its factory builds "
+                             f"on the meta device (the factory must build the same model on every device)")
+        name, place = layout.places[param_name]
+        if name in groups:
+            groups[name].params.append(p)
+            continue
+        matrix = place.role == "hidden" or (cfg.matrix_io and place.role in ("input", "output"))
+        route = hidden_route if matrix else other_route
+        rules = RULES[route.table][place.column]
+        values = {key: bases[key] * getattr(rules, key).ratio(cfg.param)(*r)
+                  for key in ("lr", "weight_decay", "eps") if getattr(rules, key) is not None}
+        init_std = (cfg.init_std * FORWARD[place.column].init_std.ratio(cfg.param)(*r)
+                    if place.init == "normal" else None)
+        groups[name] = ParamGroup(
+            name=name, role=place.role, shape=tuple(p.shape), params=[p], init=place.init,
+            init_std=init_std, multiplier=alphas[place.position], lr=values["lr"],
+            weight_decay=values["weight_decay"], eps=values.get("eps") if route.update in EPS_UPDATES else None,
+            table=_citation(route.table, place, cfg.param), update=route.update)
     return list(groups.values())
 
 
-def _citation(table: str, place: _Place, param: str) -> str:
+def _citation(table: str, place: Place, param: str) -> str:
     text = f"{table}, {place.column}"
     if place.role == "norm":
         text += " (LayerNorm as " + ("hidden bias)" if place.column == HIDDEN_BIAS else "input bias)")
@@ -115,29 +114,33 @@ def _citation(table: str, place: _Place, param: str) -> str:
     return text
 
 
-def model_shape(cfg: TrainConfig, vocab_size: int) -> ModelShape:
-    return ModelShape(vocab_size=vocab_size, seq_len=cfg.seq_len, width=cfg.width, depth=cfg.depth,
-                      n_head=cfg.n_head(), layernorm=cfg.layernorm,
-                      attention_scale=attention_scale(cfg))
-
-
-def attention_scale(cfg: TrainConfig) -> Optional[float]:
-    """The factor on q.k: None (SDPA's own 1/sqrt(d_head), as before the setting existed) or 1/d_head."""
-    return None if cfg.attention_scale == "inv_sqrt_d" else cfg.n_head() / cfg.width
-
-
-def build_model(cfg: TrainConfig, vocab_size: int, generator: Optional[torch.Generator] = None) -> GPT:
-    """A CPU model with the parameterization's multipliers, every parameter initialised per its group,
-    recomputing its blocks in backward where cfg.activation_checkpointing asks."""
-    with torch.device("meta"):  # skip nn's default init: every parameter is set below
-        model = GPT(model_shape(cfg, vocab_size), multipliers(cfg))
-    model = model.to_empty(device="cpu")
-    model.activation_checkpointing = cfg.activation_checkpointing
+def build_model(cfg: TrainConfig, vocab_size: int, generator: Optional[torch.Generator] = None) -> nn.Module:
+    """cfg's model on the CPU with the parameterization's multipliers (its own, or hooks: trainer.hooks),
+    every parameter initialised per its group, recomputing its blocks in backward where
+    cfg.activation_checkpointing asks."""
+    layout = model_layout(cfg)
+    layout.check()
+    alphas = multipliers(cfg)
+    if any(True for _ in meta_model(cfg, vocab_size).buffers()):
+        # Buffers (rotary tables) are computed at construction: build on the CPU, outside the global
+        # random stream (every parameter is set below).
+        with torch.random.fork_rng(devices=[]):
+            model = make_model(cfg, vocab_size, alphas)
+    else:
+        with torch.device("meta"):  # skip nn's default init: every parameter is set below
+            model = make_model(cfg, vocab_size, alphas)
+        model = model.to_empty(device="cpu")
+    if hasattr(model, "activation_checkpointing"):
+        model.activation_checkpointing = cfg.activation_checkpointing
+    elif cfg.activation_checkpointing:
+        raise ValueError(f"activation_checkpointing=true: model={cfg.model} has no activation_checkpointing switch")
     with torch.no_grad():
-        for group in param_groups(model, cfg):
+        for group in param_groups(model, cfg, layout):
             for p in group.params:
                 if group.init == "normal":
                     p.normal_(0.0, group.init_std, generator=generator)
                 else:
                     p.fill_(1.0 if group.init == "ones" else 0.0)
+    if not takes_multipliers(cfg):
+        attach_multipliers(model, layout, alphas, cfg.model_branches.split())
     return model

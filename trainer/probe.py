@@ -17,6 +17,7 @@ import torch
 
 from .config import TrainConfig
 from .cost import divisors
+from .model_factory import loss_function
 from .optim.build import build_optimizers
 from .parameterization import build_model, param_groups
 from .precision import Precision
@@ -35,7 +36,7 @@ def is_allocation_failure(err: BaseException) -> bool:
 
 
 def _shape_key(cfg: TrainConfig, vocab: int, device: torch.device, precision: str) -> tuple:
-    return (cfg.width, cfg.depth, cfg.seq_len, cfg.batch_size, vocab, cfg.head_dim, cfg.layernorm,
+    return (cfg.model, repr(cfg.model_args), cfg.width, cfg.depth, cfg.seq_len, cfg.batch_size, vocab, cfg.head_dim, cfg.layernorm,
             cfg.optimizer, cfg.matrix_io, cfg.hessian_interval, precision, cfg.activation_checkpointing,
             cfg.compile, torch.cuda.get_device_name(device), torch.cuda.get_device_properties(device).total_memory)
 
@@ -46,7 +47,7 @@ def steps(cfg: TrainConfig, vocab: int, device: torch.device, precision: str, mi
     model = build_model(cfg, vocab).to(device)
     step = TrainingStep(model, build_optimizers(param_groups(model, cfg), replace(cfg, precision=precision)),
                         Precision.of(precision, device), micro, cfg.grad_clip,
-                        loss_fn=torch.compile(model.loss) if cfg.compile else model.loss)
+                        loss_fn=torch.compile(loss_function(model)) if cfg.compile else loss_function(model))
     x = torch.randint(0, vocab, (cfg.batch_size, cfg.seq_len), device=device)
     for _ in range(n):
         step(x, x)

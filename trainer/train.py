@@ -32,6 +32,7 @@ from .data.cache import DataUnavailable
 from .data.tokens import load_tokens
 from .device import DeviceBatches, StepTimer, is_async
 from .microbatch import resolve_micro_batch
+from .model_factory import loss_function
 from .optim.build import build_optimizers
 from .parameterization import build_model, param_groups
 from .precision import Precision
@@ -148,7 +149,7 @@ def batch_losses(model, batches, device, autocast, micro_batch_size: int) -> lis
     with torch.no_grad(), autocast():
         losses = []
         for x, y in batches:
-            parts = [model.loss(xs.to(device), ys.to(device))
+            parts = [loss_function(model)(xs.to(device), ys.to(device))
                      for xs, ys in zip(x.split(micro_batch_size), y.split(micro_batch_size))]
             losses.append(parts[0] if len(parts) == 1 else torch.stack(parts).mean())
     model.train()
@@ -256,7 +257,7 @@ def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hook
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     val_batches = fixed_batches(data.val, cfg.eval_batches, cfg.batch_size, cfg.seq_len, seed=0)
     step_once = TrainingStep(model, optimizers, precision, micro_batch_size, cfg.grad_clip,
-                             loss_fn=torch.compile(model.loss) if cfg.compile else model.loss)
+                             loss_fn=torch.compile(loss_function(model)) if cfg.compile else loss_function(model))
 
     state = {"step": 0, "first_loss": None, "train_time_s": 0.0, "wall_time_s": 0.0,
              "curves": {"train": [], "val": []}}

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from trainer.config import CONF_DIR
 
@@ -28,4 +28,7 @@ def compose_sweep(experiment: Optional[str], conf_dir: Path = CONF_DIR) -> DictC
 
 def sweep_settings(cfg: DictConfig) -> dict:
     """A composed sweep config's trainer settings (without the hydra node)."""
-    return trainer_values({k: cfg[k] for k in cfg if k != "hydra"})
+    values = {k: cfg[k] for k in cfg if k != "hydra"}
+    # a mapping setting (model_args, model_roles) as plain Python, as the record keeps it
+    return trainer_values({k: OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+                           for k, v in values.items()})

@@ -49,7 +49,9 @@ def flat_row(record: dict) -> dict:
         "error_type": error.get("type"),
         "error_message": error.get("message"),
     }
-    row.update(record["config"])
+    # a mapping setting (model_args, model_roles) as JSON text: one column type for Arrow
+    row.update({k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
+                for k, v in record["config"].items()})
     row.update({f"extra_{k}": v for k, v in (record.get("extra") or {}).items()})
     return row
 

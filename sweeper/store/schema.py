@@ -72,7 +72,9 @@ def _field_types() -> dict[str, type]:
 
 def _coerce(name: str, value: Any, kind: Any) -> Any:
     """Brings a value to its field's type so equal settings hash equally (-8 == -8.0)."""
-    if value is None:
+    if kind is Any and isinstance(value, str):  # a mapping as the store's frame holds it: JSON text
+        value = json.loads(value)
+    if value is None or (kind is Any and value == {}):  # model_args={}: no arguments, as None
         return None
     if kind is bool:
         if not isinstance(value, bool):
@@ -89,7 +91,9 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
 
 def setting_kinds() -> dict[str, str]:
     """Each result setting's type as a word: int, float, bool or str."""
-    def word(kind) -> str:  # Optional[int] -> int
+    def word(kind) -> str:  # Optional[int] -> int; a mapping (model_args, model_roles): json
+        if kind is Any:
+            return "json"
         return next(k for k in (*typing.get_args(kind), kind) if k is not type(None)).__name__
 
     return {name: word(kind) for name, kind in _field_types().items() if name in result_fields()}
