@@ -1,8 +1,9 @@
 """The ranks of one cell as processes on this machine: ``launch(cfg)`` for gpus_per_cell = N > 1
 without a cluster (on a CPU, N processes on gloo; trainer.distributed has the step).
 
-Each rank is a fresh (spawned) interpreter that calls ``trainer.train.run`` as its rank, rank 0 on
-a free local port. Rank 0 keeps the cell's own output (its step lines); every other rank writes to
+Each rank is a fresh interpreter (``python -m trainer.local_ranks``, a subprocess: a sweep's worker
+processes are daemons, which multiprocessing forbids children) that calls ``trainer.train.run`` as
+its rank, rank 0 listening on a free local port. Rank 0 keeps the cell's own output (its step lines); every other rank writes to
 ``rank<r>.log`` under the run dir's ``ranks/`` (a temporary folder without a run dir). A rank that
 exits with an error, or is killed, ends the others at once and fails the cell with a message that
 names it and its log's tail: never a hang (a rank blocked in a collective is terminated; the
@@ -14,16 +15,16 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import Optional, Sequence
-
-import torch.multiprocessing as mp
 
 from .callbacks import Callback
 from .config import TrainConfig
@@ -33,6 +34,7 @@ TAIL_LINES = 25
 POLL_S = 0.2
 GRACE_S = 10.0  # how long ranks that outlived a failed one get to end before they are killed
 RESULT_FILE = "rank0.result"
+CELL_FILE = "cell.pickle"  # the config and rank 0's callbacks, for the ranks to read
 
 
 class RankFailed(RuntimeError):
@@ -53,22 +55,17 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
         return ""
 
 
-def _rank_main(rank: int, cfg: TrainConfig, port: int, folder: str, callbacks: Sequence[Callback]) -> None:
-    """One rank's process: its output to its log (rank 0 keeps the cell's), then the cell's loop."""
-    folder = Path(folder)
-    log = folder / f"rank{rank}.log"
-    if rank:
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
+def _rank_main(folder: Path, rank: int, port: int) -> None:
+    """One rank's process: the cell's loop as that rank; an error's traceback to its output (rank 0's
+    also to a file the launcher reads)."""
+    cfg, callbacks = pickle.loads((folder / CELL_FILE).read_bytes())
     print(f"rank {rank} of {world_size(cfg)}: pid {os.getpid()}", file=sys.stderr, flush=True)
     from .train import run
 
     ranks = Ranks(rank, world_size(cfg), rank, "127.0.0.1", port)
     try:
         result = run(cfg, callbacks if rank == 0 else (), ranks)
-    except Exception:  # the traceback into the rank's log (rank 0's also to a file the launcher reads)
+    except Exception:
         text = traceback.format_exc()
         print(text, file=sys.stderr, flush=True)
         if rank == 0:
@@ -76,6 +73,19 @@ def _rank_main(rank: int, cfg: TrainConfig, port: int, folder: str, callbacks: S
         sys.exit(1)
     if rank == 0:
         (folder / RESULT_FILE).write_bytes(pickle.dumps(result))
+
+
+def _start(folder: Path, rank: int, port: int) -> subprocess.Popen:
+    """Rank ``rank``'s process; its output to ``rank<r>.log`` except rank 0's."""
+    root = str(Path(__file__).resolve().parent.parent)  # this checkout, installed or not
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    log = None if rank == 0 else open(folder / f"rank{rank}.log", "wb")
+    try:
+        return subprocess.Popen([sys.executable, "-m", "trainer.local_ranks", str(folder), str(rank), str(port)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
+    finally:
+        if log is not None:
+            log.close()
 
 
 def launch(cfg: TrainConfig, callbacks: Sequence[Callback] = ()):
@@ -93,21 +103,28 @@ def launch(cfg: TrainConfig, callbacks: Sequence[Callback] = ()):
         folder = Path(tempfile.mkdtemp(prefix="mutransfer-ranks-"))
     for stale in (RESULT_FILE, "rank0.error"):
         (folder / stale).unlink(missing_ok=True)
-    context = mp.get_context("spawn")
+    try:
+        (folder / CELL_FILE).write_bytes(pickle.dumps((cfg, tuple(callbacks))))
+    except (pickle.PicklingError, TypeError, AttributeError) as err:
+        raise ValueError(f"a cell of {n} local ranks passes its callbacks to rank 0's process, but they "
+                         f"cannot be pickled ({err}): give callbacks defined at a module's top level") from None
     port = free_port()
-    processes = [context.Process(target=_rank_main, args=(r, cfg, port, str(folder), callbacks), daemon=False)
-                 for r in range(n)]
     with StopRequest() as stop:
-        for p in processes:
-            p.start()
-        failed = _wait(processes, stop)
-        if failed is not None:
+        processes = []
+        try:
+            processes = [_start(folder, r, port) for r in range(n)]
+            failed = _wait(processes, stop)
+        finally:  # an error here (KeyboardInterrupt) leaves no rank behind
             _end(processes)
-            raise RankFailed(_failure(failed, processes[failed].exitcode, folder, n))
+        if failed is not None:
+            raise RankFailed(_failure(failed, processes[failed].returncode, folder, n))
         if stop.signum is not None:
             stop.hand_over()
     result = pickle.loads((folder / RESULT_FILE).read_bytes())
-    (folder / RESULT_FILE).unlink()
+    if cfg.run_dir:
+        (folder / RESULT_FILE).unlink()
+    else:  # a failed cell keeps its ranks' logs; a finished one without a run dir keeps nothing
+        shutil.rmtree(folder, ignore_errors=True)
     return result
 
 
@@ -118,10 +135,10 @@ def _wait(processes: list, stop) -> Optional[int]:
     while True:
         if stop.signum is not None and not passed_on:
             for p in processes:
-                if p.exitcode is None:
-                    os.kill(p.pid, stop.signum)
+                if p.poll() is None:
+                    p.send_signal(stop.signum)
             passed_on = True
-        codes = [p.exitcode for p in processes]
+        codes = [p.poll() for p in processes]
         # a stopped rank exits 128 + its signal (SIGTERM where the group stopped it: train.StopRequest)
         stopped = (128 + stop.signum, 128 + signal.SIGTERM) if stop.signum is not None else ()
         bad = [r for r, c in enumerate(codes) if c not in (None, 0, *stopped)]
@@ -135,14 +152,15 @@ def _wait(processes: list, stop) -> Optional[int]:
 def _end(processes: list) -> None:
     """Ends the ranks still running: terminate, then kill what outlives GRACE_S."""
     for p in processes:
-        if p.exitcode is None:
+        if p.poll() is None:
             p.terminate()
     deadline = time.monotonic() + GRACE_S
     for p in processes:
-        p.join(max(0.0, deadline - time.monotonic()))
-        if p.exitcode is None:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
             p.kill()
-            p.join()
+            p.wait()
 
 
 def _failure(rank: int, code: int, folder: Path, n: int) -> str:
@@ -154,3 +172,7 @@ def _failure(rank: int, code: int, folder: Path, n: int) -> str:
         tail = log_tail(folder / f"rank{rank}.log")
         where = f" (log: {folder / f'rank{rank}.log'})"
     return f"rank {rank} of {n} {how}{where}; the cell's other ranks were stopped. Its last lines:\n{tail}"
+
+
+if __name__ == "__main__":
+    _rank_main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))

@@ -165,7 +165,7 @@ class MutransferSweeper(Sweeper):
         from sweeper.local_pool import LocalPool, resolve_jobs, usable_cores
 
         try:
-            jobs = resolve_jobs(cfg.jobs, int(cfg.threads))
+            jobs = resolve_jobs(cfg.jobs, int(cfg.threads) * int(cfg.gpus_per_cell))  # a rank's threads each
         except ValueError as err:
             raise SweepError(str(err)) from None
         if jobs > 1:
