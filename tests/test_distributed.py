@@ -106,3 +106,26 @@ def test_two_ranks_stopped_by_a_signal_resume_to_the_result_of_an_uninterrupted_
     assert 0 < len([1 for line in err.splitlines() if line.startswith("step ")]) < steps  # stopped mid-run
     assert b["curves"]["train"] == a["curves"]["train"]
     assert b["val_loss"] == a["val_loss"]
+
+
+def _sweep(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "sweep.py"), "-m", "experiment=smoke", "width=32",
+                           "lr=-8", "steps=6", *args], cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=240)
+
+
+def test_a_sweep_of_two_rank_cells_writes_the_record_of_one_process_and_reruns_nothing(tmp_path):
+    from sweeper.result_store import load_store, read_record
+
+    one = _sweep(["store=one"], tmp_path)
+    two = _sweep(["store=two", "gpus_per_cell=2"], tmp_path)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    (key,) = load_store(tmp_path / "one")["key"]
+    assert list(load_store(tmp_path / "two")["key"]) == [key]  # the same cell: the same key
+    a, b = (read_record(tmp_path / s, key) for s in ("one", "two"))
+    assert b["status"] == a["status"] == "ok" and b["config"] == a["config"]
+    assert b["metrics"]["val_loss"] == pytest.approx(a["metrics"]["val_loss"], rel=RTOL)
+    for (sa, la), (sb, lb) in zip(a["curves"]["train"], b["curves"]["train"]):
+        assert sb == sa and lb == pytest.approx(la, rel=RTOL)
+    again = _sweep(["store=two", "gpus_per_cell=2"], tmp_path)
+    assert again.returncode == 0 and "skipping 1 of 1 cells already in the store" in again.stdout

@@ -122,7 +122,8 @@ def launch(cfg: TrainConfig, callbacks: Sequence[Callback] = ()):
             stop.hand_over()
     result = pickle.loads((folder / RESULT_FILE).read_bytes())
     if cfg.run_dir:
-        (folder / RESULT_FILE).unlink()
+        for done in (RESULT_FILE, CELL_FILE):
+            (folder / done).unlink()
     else:  # a failed cell keeps its ranks' logs; a finished one without a run dir keeps nothing
         shutil.rmtree(folder, ignore_errors=True)
     return result

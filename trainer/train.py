@@ -368,7 +368,9 @@ def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hook
             if stopping:
                 if group is not None:
                     group.barrier()  # no rank leaves before rank 0's checkpoint is written
-                print(f"signal {stop.signum}: checkpoint saved at step {step + 1}", file=sys.stderr)
+                print(f"signal {stop.signum}: checkpoint saved at step {step + 1}" if leader else
+                      f"signal {stop.signum}: stopped at step {step + 1}, rank 0 saved the checkpoint",
+                      file=sys.stderr)
                 stop.hand_over()
 
     val_loss = val_loss_se = None
