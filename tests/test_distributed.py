@@ -129,3 +129,25 @@ def test_a_sweep_of_two_rank_cells_writes_the_record_of_one_process_and_reruns_n
         assert sb == sa and lb == pytest.approx(la, rel=RTOL)
     again = _sweep(["store=two", "gpus_per_cell=2"], tmp_path)
     assert again.returncode == 0 and "skipping 1 of 1 cells already in the store" in again.stdout
+
+
+def test_plan_prices_cells_on_several_gpus_and_names_those_that_need_sharding(capsys):
+    from sweeper.__main__ import main as sweeper_main
+
+    def plan(*args):
+        assert sweeper_main(["plan", "experiment=paper_table9", "lr=-8", *args, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    one, eight = plan(), plan("--gpus-per-cell", "8", "--scaling-efficiency", "0.8")
+    assert eight["gpus_per_cell"] == 8 and eight["scaling_efficiency"] == 0.8
+    for a, b in zip(one["cells"], eight["cells"]):
+        assert b["gpus"] == 8 and b["gpu_hours"] == pytest.approx(8 * b["hours"])
+        # each GPU takes an eighth of the batch, at 80 % of one GPU's throughput
+        assert b["hours"] == pytest.approx(a["hours"] / (8 * 0.8), rel=0.05)
+        assert b["peak_memory_gb"] < a["peak_memory_gb"] and b["sharded_memory_gb"] < b["peak_memory_gb"]
+    assert eight["total_gpu_hours"] == pytest.approx(sum(c["gpu_hours"] for c in eight["cells"]))
+    # ~26 B weights: no GPU holds them whole with their optimizer state, 16 hold them sharded
+    big = plan("width=8192", "depth=32", "--gpus-per-cell", "8", "--nodes-per-cell", "2")
+    assert [(c["width"], c["depth"]) for c in big["cells_needing_shard"]] == [(8192, 32)]
+    assert big["cells"][0]["micro_batch_size"] is None and big["cells"][0]["gpus"] == 16
+    assert plan()["cells_needing_shard"] == []

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from .config import TrainConfig
+from .cost import ALLREDUCE_BUCKET_ELEMENTS
 
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -96,17 +97,27 @@ class Group:
             dist.destroy_process_group()
 
     def sync_gradients(self, model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
-        """Averages every .grad and ``loss`` over the ranks, in one flat all-reduce; returns the
-        averaged loss. Every rank holds gradients of the same parameters (one model, all used)."""
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1).float() for g in grads] + [loss.reshape(1).float()])
-        dist.all_reduce(flat)
-        flat /= self.ranks.world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
-        return flat[-1].to(loss.dtype)
+        """Averages every .grad and ``loss`` over the ranks, in flat all-reduces of at most
+        ALLREDUCE_BUCKET_ELEMENTS (the copy a step adds stays bounded); returns the averaged loss.
+        Every rank holds gradients of the same parameters (one model, all of it used)."""
+        loss = loss.detach().reshape(1).clone()
+        tensors = [p.grad for p in model.parameters() if p.grad is not None] + [loss]
+        start = 0
+        while start < len(tensors):
+            end, size = start + 1, tensors[start].numel()
+            while end < len(tensors) and size + tensors[end].numel() <= ALLREDUCE_BUCKET_ELEMENTS:
+                size += tensors[end].numel()
+                end += 1
+            bucket = tensors[start:end]
+            flat = torch.cat([t.reshape(-1).float() for t in bucket])
+            dist.all_reduce(flat)
+            flat /= self.ranks.world_size
+            offset = 0
+            for t in bucket:
+                t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
+            start = end
+        return loss[0]
 
     def average(self, values: torch.Tensor) -> torch.Tensor:
         """The mean over the ranks of a tensor each rank holds (evaluation's per-batch losses)."""

@@ -277,8 +277,9 @@ def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hook
 
     ranks = group.ranks if group is not None else None
     share = rows(cfg.batch_size, ranks)  # this rank's rows of every batch
-    micro_batch_size = resolve_micro_batch(replace(cfg, batch_size=cfg.batch_size // world_size(cfg)),
-                                           vocab_size, device, precision.name)
+    # a rank's micro batch: as one process's on the rank's rows
+    one_rank = replace(cfg, batch_size=cfg.batch_size // world_size(cfg), gpus_per_cell=1, nodes_per_cell=1)
+    micro_batch_size = resolve_micro_batch(one_rank, vocab_size, device, precision.name)
     if group is not None:
         micro_batch_size = group.smallest(micro_batch_size)
     torch.manual_seed(cfg.seed)
