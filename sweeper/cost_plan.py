@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from trainer.config import TrainConfig
+from trainer.config import SHARDABLE_OPTIMIZERS, TrainConfig
 from trainer.cost import CellCost, Gpu
 from trainer.cost import cell_cost as trainer_cell_cost
 from trainer.data.tokenizer import vocab_size_of
@@ -79,7 +79,7 @@ def render(costs: list[CellCost], device: Device, mfu: float, efficiency: float)
                      f"{_si(c.flops_per_token):>9} {_si(c.flops):>9} {micro:>5} "
                      f"{'yes' if cfg.activation_checkpointing else 'no':>4} {c.peak_memory_gb:>8.1f} {c.hours:>7.2f}"
                      + (f"  sharded {c.sharded_memory_gb:.1f} GB/GPU" if gpus > 1 else "")
-                     + ("  fits only sharded" if c.needs_shard else "")
+                     + ("  needs shard=true" if c.needs_shard else "")
                      + (f"  does not fit even at micro batch 1: needs {c.advice}" if c.advice else ""))
     largest = max(costs, key=lambda c: c.hours)
     unfit = [c for c in costs if c.advice]
@@ -88,8 +88,12 @@ def render(costs: list[CellCost], device: Device, mfu: float, efficiency: float)
                  f"width={largest.config.width} depth={largest.config.depth} ({largest.hours:.2f} h, "
                  f"{largest.peak_memory_gb:.1f} GB at micro batch {largest.micro_batch_size or 1})")
     if shard:
-        lines.append(f"{len(shard)} cells fit only sharded over their {gpus} GPUs (FSDP: not in the trainer yet): "
+        lines.append(f"{len(shard)} cells fit only sharded over their {gpus} GPUs (shard=true): "
                      + ", ".join(f"width={c.config.width} depth={c.config.depth}" for c in shard))
+        refused = sorted({c.config.optimizer for c in shard} - set(SHARDABLE_OPTIMIZERS))
+        if refused:
+            lines.append(f"  but optimizer={','.join(refused)} refuses shard=true (its update needs whole "
+                         f"matrices): those cells need {'|'.join(SHARDABLE_OPTIMIZERS)}, or bigger GPUs")
     lines.append(f"{len(unfit)} cells do not fit" if unfit else "every cell fits" + (" sharded" if shard else ""))
     return "\n".join(lines)
 

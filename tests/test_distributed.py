@@ -27,11 +27,12 @@ TINY = dict(width=32, depth=2, batch_size=8, seq_len=32, steps=6, warmup_steps=2
             eval_batches=2, log_interval=1, threads=1, print_steps=False, device="cpu")
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon_kimi"])
-def test_two_cpu_ranks_train_the_loss_curve_of_one_process(optimizer):
+@pytest.mark.parametrize("optimizer, shard", [("adamw", False), ("muon_kimi", False), ("adamw", True)])
+def test_two_cpu_ranks_train_the_loss_curve_of_one_process(optimizer, shard):
     one = run(TrainConfig(**TINY, optimizer=optimizer, lr=-7, micro_batch_size=8))
-    # micro batches of 2 on each rank's 4 rows: the global batch split across ranks and micro-batches
-    two = run(TrainConfig(**TINY, optimizer=optimizer, lr=-7, micro_batch_size=2, gpus_per_cell=2))
+    # micro batches of 2 on each rank's 4 rows: the global batch split across ranks and micro-batches;
+    # shard=true: weights, gradients and AdamW's states split over the ranks too (FSDP2)
+    two = run(TrainConfig(**TINY, optimizer=optimizer, lr=-7, micro_batch_size=2, gpus_per_cell=2, shard=shard))
     assert two.status == one.status == "ok"
     assert [s for s, _ in two.curves["train"]] == [s for s, _ in one.curves["train"]] == list(range(1, 7))
     for (_, a), (_, b) in zip(one.curves["train"] + one.curves["val"], two.curves["train"] + two.curves["val"]):
@@ -40,6 +41,14 @@ def test_two_cpu_ranks_train_the_loss_curve_of_one_process(optimizer):
     assert two.val_loss_se == pytest.approx(one.val_loss_se, rel=1e-3)
     # the rank count is how a cell runs, not what it is: the same cell, the same record key
     assert cell_key(two.config) == cell_key(one.config)
+
+
+def test_sharding_refuses_the_matrix_optimizers_by_name_and_a_single_rank():
+    for optimizer in ("muon_kimi", "muon", "shampoo", "soap", "sso"):
+        with pytest.raises(ValueError, match=f"optimizer={optimizer} refuses shard=true"):
+            TrainConfig(optimizer=optimizer, gpus_per_cell=2, shard=True).validate()
+    with pytest.raises(ValueError, match="shard=true splits .* above 1"):
+        TrainConfig(optimizer="adamw", shard=True).validate()
 
 
 def test_a_batch_that_does_not_split_over_the_ranks_is_refused():
@@ -88,16 +97,18 @@ def test_a_killed_rank_fails_the_cell_naming_it_and_its_log_within_seconds(tmp_p
     assert took < 15
 
 
-def test_two_ranks_stopped_by_a_signal_resume_to_the_result_of_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("shard", [False, True])
+def test_two_ranks_stopped_by_a_signal_resume_to_the_result_of_an_uninterrupted_run(tmp_path, shard):
     steps = 40
-    whole = _train_cli(tmp_path / "whole", steps=steps)
-    stopped = _train_cli(tmp_path / "stopped", steps=steps)
+    settings = {"shard": "true", "optimizer": "adamw"} if shard else {}
+    whole = _train_cli(tmp_path / "whole", steps=steps, **settings)
+    stopped = _train_cli(tmp_path / "stopped", steps=steps, **settings)
     _wait_for(lambda: _rank1_stepping(tmp_path / "stopped"), 60, "rank 1 to train")
     stopped.send_signal(signal.SIGTERM)
     _, err = stopped.communicate(timeout=60)
     assert stopped.returncode == 128 + signal.SIGTERM, err
     assert (tmp_path / "stopped" / "checkpoint.pt").exists()
-    resumed = _train_cli(tmp_path / "stopped", steps=steps)
+    resumed = _train_cli(tmp_path / "stopped", steps=steps, **settings)
     _, resumed_err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, resumed_err
     assert "resuming from" in resumed_err

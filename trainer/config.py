@@ -95,6 +95,9 @@ class TrainConfig:
     gpus_per_cell: int = _runtime(1)
     nodes_per_cell: int = _runtime(1)
     collective_timeout_s: int = _runtime(600)
+    # Split weights, gradients and optimizer states over the ranks (FSDP2, trainer.sharding): for a
+    # cell that one GPU does not hold whole; elementwise optimizers only (SHARDABLE_OPTIMIZERS).
+    shard: bool = _runtime(False)
     run_dir: Optional[str] = _runtime(None)  # checkpoints and result.json; None: no checkpoints
     checkpoint_interval: int = _runtime(100)
     log_interval: int = _runtime(10)
@@ -174,6 +177,14 @@ class TrainConfig:
     def check_ranks(self) -> None:
         """The batch of a cell of several ranks (trainer.distributed) splits into equal shares."""
         n = self.gpus_per_cell * self.nodes_per_cell
+        if self.shard and n == 1:
+            raise ValueError("shard=true splits a cell's weights over its ranks: give gpus_per_cell "
+                             "(x nodes_per_cell) above 1")
+        if self.shard and self.optimizer not in SHARDABLE_OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer} refuses shard=true: its update is a function of whole "
+                             f"matrices (or of the whole batch), which a shard does not hold. Run it with "
+                             f"shard=false (every GPU holds the whole model), or shard with optimizer="
+                             f"{'|'.join(SHARDABLE_OPTIMIZERS)}")
         if n == 1:
             return
         if self.batch_size % n:
@@ -189,6 +200,10 @@ class TrainConfig:
 
 
 ATTENTION_SCALES = ("inv_sqrt_d", "inv_d")
+# Optimizers whose update of an element needs only that element's gradient and state: exact on the
+# shards of shard=true. Muon, Shampoo, SOAP and SSO take matrix functions of whole weights; Sophia
+# samples over the whole batch.
+SHARDABLE_OPTIMIZERS = ("adamw", "sgd", "lion")
 
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")

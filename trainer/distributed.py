@@ -119,6 +119,10 @@ class Group:
             start = end
         return loss[0]
 
+    def sync_loss(self, model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
+        """The loss averaged over the ranks (shard=true: FSDP averages the gradients itself)."""
+        return self.average(loss.detach().reshape(1))[0].to(loss.dtype)
+
     def average(self, values: torch.Tensor) -> torch.Tensor:
         """The mean over the ranks of a tensor each rank holds (evaluation's per-batch losses)."""
         values = values.to(self.device, torch.float32).clone()

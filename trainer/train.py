@@ -193,9 +193,17 @@ def restore_checkpoint(path: Path, cfg: TrainConfig, model, optimizers, schedule
               f"restarts from step 0", file=sys.stderr)
         return None
     check_checkpoint_owner(saved, cfg, path)
-    model.load_state_dict(saved["model"])
-    for opt, s in zip(optimizers, saved["optimizers"]):
-        load_optimizer_state(opt, s)
+    if saved.get("shard", False) != cfg.shard:  # the two keep optimizer states in other layouts
+        raise ValueError(f"{path} was written with shard={str(saved.get('shard', False)).lower()}: resume "
+                         f"it with that setting, or delete the checkpoint to start afresh")
+    if cfg.shard:
+        from .sharding import load_full_state
+
+        load_full_state(model, optimizers, saved["model"], saved["optimizers"])
+    else:
+        model.load_state_dict(saved["model"])
+        for opt, s in zip(optimizers, saved["optimizers"]):
+            load_optimizer_state(opt, s)
     for sched, s in zip(schedules, saved["schedules"]):
         sched.load_state_dict(s)
     return saved["state"], saved["batches"]
@@ -284,6 +292,12 @@ def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hook
         micro_batch_size = group.smallest(micro_batch_size)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, vocab_size, torch.Generator().manual_seed(cfg.seed)).to(device)
+    if group is not None:
+        group.broadcast_(model.parameters())  # one model on every rank, whatever its init did
+        if cfg.shard:
+            from .sharding import shard_model
+
+            shard_model(model)
     optimizers = build_optimizers(param_groups(model, cfg), cfg)
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in optimizers]
     generator = torch.Generator().manual_seed(cfg.seed + 1)
@@ -291,7 +305,7 @@ def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hook
                    for x, y in fixed_batches(data.val, cfg.eval_batches, cfg.batch_size, cfg.seq_len, seed=0)]
     step_once = TrainingStep(model, optimizers, precision, micro_batch_size, cfg.grad_clip,
                              loss_fn=torch.compile(model.loss) if cfg.compile else model.loss,
-                             sync=group.sync_gradients if group is not None else None)
+                             sync=None if group is None else group.sync_loss if cfg.shard else group.sync_gradients)
 
     state = {"step": 0, "first_loss": None, "train_time_s": 0.0, "wall_time_s": 0.0,
              "curves": {"train": [], "val": []}}
@@ -304,17 +318,20 @@ def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hook
         state, generator_state = restored
         generator.set_state(generator_state)
         print(f"resuming from {checkpoint} at step {state['step']}", file=sys.stderr)
-    if group is not None:
-        group.broadcast_(model.parameters())  # one model on every rank, whatever its init did
     batches = DeviceBatches(data.train, cfg.batch_size, cfg.seq_len, generator, device, share)
     leader = ranks is None or ranks.leader
     hooks.on_start(cfg.to_dict(), state["step"])
 
     def snapshot() -> dict:
-        return {"run": run_settings(cfg), "model": model.state_dict(),
-                "optimizers": [o.state_dict() for o in optimizers],
+        if cfg.shard:  # whole tensors gathered on rank 0 (a collective: every rank calls it)
+            from .sharding import full_state
+
+            model_state, optimizer_states = full_state(model, optimizers)
+        else:
+            model_state, optimizer_states = model.state_dict(), [o.state_dict() for o in optimizers]
+        return {"run": run_settings(cfg), "model": model_state, "optimizers": optimizer_states,
                 "schedules": [s.state_dict() for s in schedules], "batches": batches.state(),
-                "state": state}
+                "state": state, "shard": cfg.shard}
 
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -364,8 +381,10 @@ def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hook
                 state["curves"]["val"].append([step + 1, val])
                 hooks.on_eval(step + 1, {"val/loss": val})
             state["wall_time_s"] = time.perf_counter() - started
-            if leader and (saving or (checkpoint is not None and stopping)):
-                save_checkpoint(checkpoint, snapshot())
+            if saving or (checkpoint is not None and stopping):
+                taken = snapshot() if leader or cfg.shard else None
+                if leader:
+                    save_checkpoint(checkpoint, taken)
             if stopping:
                 if group is not None:
                     group.barrier()  # no rank leaves before rank 0's checkpoint is written
