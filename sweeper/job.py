@@ -180,6 +180,7 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
             record = record_from_result(run(config, callbacks, ranks).to_dict(), experiment=experiment,
                                         slurm=slurm)
         except Exception as err:  # any failure of the cell is recorded; the sweep goes on
+            err = with_rank_logs(err) if slurm is not None else err
             record = failed_record(config.to_dict(), err, experiment=experiment, slurm=slurm,
                                    wall_time_s=time.perf_counter() - started)
         try:
@@ -214,6 +215,25 @@ def follow_cell(config: TrainConfig, store: Path, ranks: "Ranks") -> None:
 
     run(dataclasses.replace(config, run_dir=str(run_dir(store, cell_key(config.to_dict()))), logger="none"),
         ranks=ranks)
+
+
+def with_rank_logs(err: BaseException) -> BaseException:
+    """In a Slurm job, a lost rank's error (trainer.distributed.RankLost) with the path and the last
+    lines of each lost rank's task log; any other error as it is."""
+    lost = getattr(err, "lost", None)
+    if not lost:
+        return err
+    from submitit import JobEnvironment
+    from submitit.core.utils import JobPaths
+
+    from .submitit_jobs import log_tail
+
+    env = JobEnvironment()
+    parts = [str(err)]
+    for rank in lost:
+        path = JobPaths(env.paths.folder, job_id=env.job_id, task_id=rank).stderr
+        parts.append(f"rank {rank}'s log {path} ends:\n{log_tail(path)}")
+    return type(err)("\n".join(parts), lost)
 
 
 def job_ranks(environ: dict) -> Optional["Ranks"]:

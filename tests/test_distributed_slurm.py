@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,28 @@ def test_a_two_rank_cell_requeued_mid_run_ends_with_the_record_of_an_uninterrupt
     assert again.returncode == 0, err[-3000:]
     assert "skipping 1 of 1 cells already in the store" in out and "nothing to run" in out
     assert set(store.glob("logs/*/.submitit/*")) == submitted  # no job submitted
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_rank_fails_its_cell_naming_the_rank_and_its_log(slurm_cluster, tmp_path, wait_until):
+    store = tmp_path / "store"
+    proc = sweep([f"store={store}", "cluster=local", "steps=100000"], tmp_path)
+    try:
+        wait_until(lambda: proc.poll() is None and len(read_entries(store)) == 1, 60, "the cell's job queued")
+        (entry,) = read_entries(store).values()
+        job_id = entry["job_id"]
+        wait_until(lambda: steps_logged(store, job_id, 1) >= 3, 120, "rank 1 training")
+        pid = int(re.search(r"rank 1 of 2: pid (\d+)", task_log(store, job_id, 1)).group(1))
+        os.kill(pid, 9)
+        killed = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+        took = time.monotonic() - killed
+    finally:
+        proc.kill()
+    (key,) = load_store(store)["key"]
+    record = read_record(store, key)
+    assert record["status"] == "failed" and record["error"]["job_id"] == job_id
+    message = record["error"]["message"]
+    assert message.startswith("rank 1 of 2 died or stopped answering"), message
+    assert f"{job_id}_1_log.err" in message and "step " in message  # rank 1's log and its last lines
+    assert took < 90  # not the collective timeout (600 s): the cell fails as soon as the rank dies

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
+import time
+from pathlib import Path
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -30,6 +33,31 @@ from .config import TrainConfig
 from .cost import ALLREDUCE_BUCKET_ELEMENTS
 
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# After a collective fails, how long rank 0 waits for the other survivors to say so: the ranks that
+# stay silent are the ones that died.
+ROLL_CALL_S = 10.0
+
+
+class CollectiveFailed(RuntimeError):
+    """A collective of the cell's group raised: a peer died, or stopped answering (the timeout)."""
+
+
+class RankLost(RuntimeError):
+    """The cell's group broke because ranks ``lost`` died or stopped answering (empty: not known)."""
+
+    def __init__(self, message: str, lost: list[int]):
+        super().__init__(message)
+        self.lost = lost
+
+
+def _collective(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except RuntimeError as err:
+            raise CollectiveFailed(f"{method.__name__}: {(str(err).splitlines() or [''])[0]}") from err
+    return wrapped
 
 
 @dataclass(frozen=True)
@@ -96,6 +124,7 @@ class Group:
         if dist.is_initialized():
             dist.destroy_process_group()
 
+    @_collective
     def sync_gradients(self, model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
         """Averages every .grad and ``loss`` over the ranks, in flat all-reduces of at most
         ALLREDUCE_BUCKET_ELEMENTS (the copy a step adds stays bounded); returns the averaged loss.
@@ -119,42 +148,81 @@ class Group:
             start = end
         return loss[0]
 
+    @_collective
     def sync_loss(self, model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
         """The loss averaged over the ranks (shard=true: FSDP averages the gradients itself)."""
         return self.average(loss.detach().reshape(1))[0].to(loss.dtype)
 
+    @_collective
     def average(self, values: torch.Tensor) -> torch.Tensor:
         """The mean over the ranks of a tensor each rank holds (evaluation's per-batch losses)."""
         values = values.to(self.device, torch.float32).clone()
         dist.all_reduce(values)
         return values / self.ranks.world_size
 
+    @_collective
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on any (a stop signal reaching one rank first)."""
         t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    @_collective
     def smallest(self, value: int) -> int:
         """The smallest of the ranks' values (each rank's micro batch probe: the one all can run)."""
         t = torch.tensor([value], device=self.device, dtype=torch.int64)
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return int(t.item())
 
+    @_collective
     def broadcast_(self, tensors) -> None:
         """Rank 0's values into every rank's ``tensors`` (the weights at the start: one model)."""
         for t in tensors:
             dist.broadcast(t.data, src=0)
 
+    @_collective
     def barrier(self) -> None:
         dist.barrier()
 
+    @_collective
     def start(self, go: bool) -> bool:
         """Rank 0's word to the others whether the cell trains (False: it is trained elsewhere or
         done, so the followers stop instead of waiting for collectives that never come)."""
         word = torch.tensor([1 if go else 0], device=self.device)
         dist.broadcast(word, src=0)
         return bool(word.item())
+
+
+def roll_call_folder(run_dir: Optional[str]) -> Optional[Path]:
+    return Path(run_dir) / "ranks" if run_dir else None
+
+
+def clear_roll_call(folder: Optional[Path]) -> None:
+    """Rank 0, before the ranks start: no answer left from an earlier attempt."""
+    if folder is not None and folder.is_dir():
+        for stale in folder.glob("rank*.alive"):
+            stale.unlink(missing_ok=True)
+
+
+def lost_ranks(ranks: Ranks, err: CollectiveFailed, folder: Optional[Path], step: int) -> RankLost:
+    """What a rank whose collective failed raises: each survivor answers in ``folder`` (the run
+    dir's ranks/), and rank 0 names the ranks that never do, within ROLL_CALL_S."""
+    if folder is None:
+        return RankLost(f"rank {ranks.rank} of {ranks.world_size}: a collective failed in step {step + 1} (another "
+                        f"rank died or stopped answering): {err}", [])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank{ranks.rank}.alive").write_text(str(err))
+    if not ranks.leader:
+        return RankLost(f"rank {ranks.rank} of {ranks.world_size}: a collective failed in step {step + 1}: {err}", [])
+    deadline = time.monotonic() + ROLL_CALL_S
+    while True:
+        lost = [r for r in range(ranks.world_size) if not (folder / f"rank{r}.alive").exists()]
+        if not lost or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    which = (f"rank{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))} of {ranks.world_size} died or "
+             f"stopped answering" if lost else "a rank failed")
+    return RankLost(f"{which} in step {step + 1}: the cell's collectives failed ({err})", lost)
 
 
 def check_ranks(cfg: TrainConfig, ranks: Ranks) -> None:

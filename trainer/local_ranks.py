@@ -59,7 +59,6 @@ def _rank_main(folder: Path, rank: int, port: int) -> None:
     """One rank's process: the cell's loop as that rank; an error's traceback to its output (rank 0's
     also to a file the launcher reads)."""
     cfg, callbacks = pickle.loads((folder / CELL_FILE).read_bytes())
-    print(f"rank {rank} of {world_size(cfg)}: pid {os.getpid()}", file=sys.stderr, flush=True)
     from .train import run
 
     ranks = Ranks(rank, world_size(cfg), rank, "127.0.0.1", port)

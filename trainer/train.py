@@ -31,7 +31,8 @@ from .data.batches import fixed_batches
 from .data.cache import DataUnavailable
 from .data.tokens import load_tokens
 from .device import DeviceBatches, StepTimer, is_async
-from .distributed import Group, Ranks, check_ranks, joined, rank_device, rows, world_size
+from .distributed import (CollectiveFailed, Group, Ranks, check_ranks, clear_roll_call, joined, lost_ranks,
+                          rank_device, roll_call_folder, rows, world_size)
 from .microbatch import resolve_micro_batch
 from .optimizers import build_optimizers
 from .parameterization import build_model, param_groups
@@ -270,14 +271,23 @@ def _train(cfg: TrainConfig, hooks: Callback, ranks: Optional[Ranks]) -> Optiona
     precision = Precision.of(cfg.precision, device)
     # The resolved precision is part of what the run is: its config, record key and checkpoint say it.
     cfg = replace(cfg, precision=precision.name)
+    if ranks is not None and ranks.leader:
+        clear_roll_call(roll_call_folder(cfg.run_dir))
     with precision.matmuls(), joined(ranks, device, cfg.collective_timeout_s) as group:
         if group is not None and not group.start(True):
             return None
-        return _train_on(cfg, device, precision, hooks, group)
+        if group is not None:
+            print(f"rank {ranks.rank} of {ranks.world_size}: pid {os.getpid()} on {platform.node()}, {device}",
+                  file=sys.stderr, flush=True)
+        progress = {"step": 0}
+        try:
+            return _train_on(cfg, device, precision, hooks, group, progress)
+        except CollectiveFailed as err:  # a peer died: name it (rank 0) rather than the backend's words
+            raise lost_ranks(ranks, err, roll_call_folder(cfg.run_dir), progress["step"]) from err
 
 
 def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hooks: Callback,
-              group: Optional[Group]) -> Result:
+              group: Optional[Group], progress: dict) -> Result:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_tokens(cfg.dataset, cfg.tokenizer, cfg.data_dir)
@@ -307,7 +317,8 @@ def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hook
                              loss_fn=torch.compile(model.loss) if cfg.compile else model.loss,
                              sync=None if group is None else group.sync_loss if cfg.shard else group.sync_gradients)
 
-    state = {"step": 0, "first_loss": None, "train_time_s": 0.0, "wall_time_s": 0.0,
+    state = progress  # the caller reads the step a failure happened at
+    state |= {"step": 0, "first_loss": None, "train_time_s": 0.0, "wall_time_s": 0.0,
              "curves": {"train": [], "val": []}}
     run_dir = Path(cfg.run_dir) if cfg.run_dir else None
     checkpoint = run_dir / CHECKPOINT if run_dir else None
@@ -315,7 +326,8 @@ def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hook
     if checkpoint is not None and checkpoint.exists():
         restored = restore_checkpoint(checkpoint, cfg, model, optimizers, schedules)
     if restored is not None:
-        state, generator_state = restored
+        saved_state, generator_state = restored
+        state.update(saved_state)
         generator.set_state(generator_state)
         print(f"resuming from {checkpoint} at step {state['step']}", file=sys.stderr)
     batches = DeviceBatches(data.train, cfg.batch_size, cfg.seq_len, generator, device, share)
