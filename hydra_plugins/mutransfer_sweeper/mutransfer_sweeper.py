@@ -155,7 +155,7 @@ class MutransferSweeper(Sweeper):
         except GridError as err:
             raise SweepError(str(err)) from None
         problems = preflight(cells, cfg.hydra.launcher, cfg.hydra.runtime.choices.get("cluster"),
-                             str(cfg.dataset), cfg.get("data_dir"))
+                             str(cfg.dataset), cfg.get("data_dir"), int(cfg.gpus_per_cell), int(cfg.nodes_per_cell))
         if problems:
             raise SweepError("\n".join(problems) + "\nnothing was launched")
 
