@@ -162,3 +162,12 @@ def test_plan_prices_cells_on_several_gpus_and_names_those_that_need_sharding(ca
     assert [(c["width"], c["depth"]) for c in big["cells_needing_shard"]] == [(8192, 32)]
     assert big["cells"][0]["micro_batch_size"] is None and big["cells"][0]["gpus"] == 16
     assert plan()["cells_needing_shard"] == []
+
+
+def test_more_local_ranks_than_gpus_is_refused_before_any_starts(monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # the one CUDA call: a machine with 1 GPU
+    with pytest.raises(ValueError, match="gpus_per_cell=2 ranks, one per GPU, but this machine has 1 GPU"):
+        run(TrainConfig(**{**TINY, "device": "cuda"}, gpus_per_cell=2, run_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()

@@ -26,8 +26,10 @@ import traceback
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
+
 from .callbacks import Callback
-from .config import TrainConfig
+from .config import TrainConfig, device_type
 from .distributed import Ranks, world_size
 
 TAIL_LINES = 25
@@ -95,6 +97,9 @@ def launch(cfg: TrainConfig, callbacks: Sequence[Callback] = ()):
         raise ValueError(f"nodes_per_cell={cfg.nodes_per_cell} needs a cluster (cluster=...) or torchrun on "
                          f"each node: this machine runs gpus_per_cell ranks of one node")
     n = world_size(cfg)
+    if device_type(cfg.device) == "cuda" and torch.cuda.device_count() < n:
+        raise ValueError(f"gpus_per_cell={n} ranks, one per GPU, but this machine has {torch.cuda.device_count()} "
+                         f"GPU(s): lower gpus_per_cell, or run on a cluster (cluster=...)")
     if cfg.run_dir:
         folder = Path(cfg.run_dir) / "ranks"
         folder.mkdir(parents=True, exist_ok=True)
