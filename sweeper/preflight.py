@@ -85,7 +85,8 @@ def rank_problems(cluster: str, launcher, gpus_per_cell: int, nodes_per_cell: in
     return [f"gpus_per_cell={gpus_per_cell} nodes_per_cell={nodes_per_cell}, but "
             f"{f'conf/cluster/{cluster}.yaml' if cluster else 'the Slurm launcher'} gives each cell's job "
             f"{tasks} task(s) per node on {nodes} node(s): set hydra.launcher.tasks_per_node: "
-            f"${{gpus_per_cell}} and nodes: ${{nodes_per_cell}} in it (as conf/cluster/example_gpu.yaml does)"]
+            f"${{oc.select:gpus_per_cell,1}} and nodes: ${{oc.select:nodes_per_cell,1}} in it "
+            f"(as conf/cluster/example_gpu.yaml does)"]
 
 
 def preflight(cells: list[Cell], launcher, cluster: Optional[str], dataset: str,
