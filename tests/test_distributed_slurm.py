@@ -38,9 +38,15 @@ def steps_logged(store: Path, job_id: str, task: int) -> int:
     return int(steps[-1]) if steps else 0
 
 
+# Two ways Slurm preempts: `scontrol requeue` (SIGTERM to every task, then Slurm requeues the job)
+# and SIGUSR2 to every task (submitit's path: rank 0's handler requeues the job, the others' do not).
+PREEMPT = {"requeue": ["scontrol", "requeue"], "usr2": ["scancel", "--signal=USR2"]}
+
+
 @pytest.mark.timeout(300)
-def test_a_two_rank_cell_requeued_mid_run_ends_with_the_record_of_an_uninterrupted_run(
-        slurm_cluster, tmp_path, wait_until):
+@pytest.mark.parametrize("how", sorted(PREEMPT))
+def test_a_two_rank_cell_preempted_mid_run_ends_with_the_record_of_an_uninterrupted_run(
+        slurm_cluster, tmp_path, wait_until, how):
     store = tmp_path / "store"
     reference = sweep(["store=reference"], tmp_path)  # the same two ranks, locally, never stopped
     proc = sweep([f"store={store}", "cluster=local"], tmp_path)
@@ -50,7 +56,7 @@ def test_a_two_rank_cell_requeued_mid_run_ends_with_the_record_of_an_uninterrupt
         job_id = entry["job_id"]
         # both ranks train (task 1 is rank 1: it logs its own steps)
         wait_until(lambda: min(steps_logged(store, job_id, t) for t in (0, 1)) >= 5, 120, "both ranks training")
-        subprocess.run(["scontrol", "requeue", job_id], check=True)
+        subprocess.run([*PREEMPT[how], job_id], check=True)
         out, err = proc.communicate(timeout=200)
         ref_out, ref_err = reference.communicate(timeout=200)
     finally:
