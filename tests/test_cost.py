@@ -51,10 +51,10 @@ def test_auto_on_a_cpu_takes_the_whole_batch_unless_it_exceeds_the_machine():
 def test_plan_json_prices_every_cell_of_the_grid(capsys):
     assert sweeper_main(["plan", "experiment=paper_table9", "width=256,4096", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert set(plan) == {"cells", "total_gpu_hours"}
+    assert {"cells", "total_gpu_hours"} <= set(plan)
     assert [(c["width"], c["lr"]) for c in plan["cells"]] == [(w, lr) for w in (256, 4096) for lr in range(-10, -4)]
     for cell in plan["cells"]:
-        assert set(cell) == {"width", "depth", "lr", "params", "flops", "micro_batch_size", "peak_memory_gb", "hours"}
+        assert {"width", "depth", "lr", "params", "flops", "micro_batch_size", "peak_memory_gb", "hours"} <= set(cell)
         assert 240 % cell["micro_batch_size"] == 0 and cell["peak_memory_gb"] <= 80 * FILL
     small, big = plan["cells"][0], plan["cells"][-1]
     assert big["flops"] > 10 * small["flops"] and big["hours"] > 10 * small["hours"]

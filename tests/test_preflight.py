@@ -39,8 +39,11 @@ def sweep(args, cwd, **env):
                              "range a:b"]),
     (["lr=-10..-5"], {}, ["did you mean lr=-10:-5?"]),
     (["widht=32"], {}, ["unknown setting 'widht': did you mean 'width'?"]),
+    (["cluster=local", "hydra.launcher.tasks_per_node=1", "gpus_per_cell=2"], {"PATH": "{empty}"},
+     ["gpus_per_cell=2 nodes_per_cell=1, but conf/cluster/local.yaml gives each cell's job 1 task(s) per "
+      "node on 1 node(s): set hydra.launcher.tasks_per_node: ${{oc.select:gpus_per_cell,1}} and nodes: ${{oc.select:nodes_per_cell,1}}"]),
 ], ids=["lr as eta", "lr list as eta", "no slurm", "example profile", "no data", "two dots", "yaml list",
-        "lr two dots", "typo"])
+        "lr two dots", "typo", "a profile without a task per rank"])
 def test_a_mistake_is_one_line_before_anything_trains(tmp_path, args, env, says):
     home = tmp_path / "home"
     (tmp_path / "empty").mkdir()

@@ -102,6 +102,15 @@ class TrainConfig:
     micro_batch_size: int = _runtime(0)
     activation_checkpointing: bool = _runtime(False)  # recompute each block in backward (deep cells)
     threads: int = _runtime(0)  # torch intra-op threads; 0 leaves torch's default
+    # Data-parallel ranks of one cell (trainer.distributed): gpus_per_cell processes (on a CPU, that
+    # many processes) on each of nodes_per_cell nodes, the same step as one process. A collective
+    # that waits longer than collective_timeout_s (a rank died) fails the cell instead of hanging it.
+    gpus_per_cell: int = _runtime(1)
+    nodes_per_cell: int = _runtime(1)
+    collective_timeout_s: int = _runtime(600)
+    # Split weights, gradients and optimizer states over the ranks (FSDP2, trainer.sharding): for a
+    # cell that one GPU does not hold whole; elementwise optimizers only (SHARDABLE_OPTIMIZERS).
+    shard: bool = _runtime(False)
     run_dir: Optional[str] = _runtime(None)  # checkpoints and result.json; None: no checkpoints
     checkpoint_interval: int = _runtime(100)
     log_interval: int = _runtime(10)
@@ -176,9 +185,38 @@ class TrainConfig:
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:
             raise ValueError(f"micro_batch_size={self.micro_batch_size} does not divide batch_size="
                              f"{self.batch_size}: use one of {divisors(self.batch_size)} (or 0 for auto)")
+        self.check_ranks()
+
+    def check_ranks(self) -> None:
+        """The batch of a cell of several ranks (trainer.distributed) splits into equal shares."""
+        n = self.gpus_per_cell * self.nodes_per_cell
+        if self.shard and n == 1:
+            raise ValueError("shard=true splits a cell's weights over its ranks: give gpus_per_cell "
+                             "(x nodes_per_cell) above 1")
+        if self.shard and self.optimizer not in SHARDABLE_OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer} refuses shard=true: its update is a function of whole "
+                             f"matrices (or of the whole batch), which a shard does not hold. Run it with "
+                             f"shard=false (every GPU holds the whole model), or shard with optimizer="
+                             f"{'|'.join(SHARDABLE_OPTIMIZERS)}")
+        if n == 1:
+            return
+        if self.batch_size % n:
+            raise ValueError(f"batch_size={self.batch_size} does not split over gpus_per_cell x nodes_per_cell "
+                             f"= {n} ranks: use a batch_size divisible by {n}")
+        share = self.batch_size // n
+        if self.micro_batch_size and share % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size={self.micro_batch_size} does not divide the {share} rows of each "
+                             f"of {n} ranks: use one of {divisors(share)} (or 0 for auto)")
+        if self.optimizer == "sophia":
+            raise ValueError("optimizer=sophia samples its Hessian estimate's labels over the whole batch in "
+                             "one process: it runs with gpus_per_cell=1 and nodes_per_cell=1 only")
 
 
 ATTENTION_SCALES = ("inv_sqrt_d", "inv_d")
+# Optimizers whose update of an element needs only that element's gradient and state: exact on the
+# shards of shard=true. Muon, Shampoo, SOAP and SSO take matrix functions of whole weights; Sophia
+# samples over the whole batch.
+SHARDABLE_OPTIMIZERS = ("adamw", "sgd", "lion")
 
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
@@ -232,7 +270,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "adam_beta2": (0, 1), "momentum": (0, 1), "lr_floor": (0, 1e6), "grad_clip": (0, 1e12),
     "divergence_factor": (0, 1e12), "precondition_frequency": (1, _MAX_COUNT),
     "hessian_interval": (1, _MAX_COUNT), "sophia_rho": (0, 1e12),
-    "threads": (0, 2 ** 16), "micro_batch_size": (0, _MAX_COUNT), "checkpoint_interval": (0, _MAX_COUNT), "log_interval": (1, _MAX_COUNT),
+    "threads": (0, 2 ** 16), "gpus_per_cell": (1, 2 ** 16), "nodes_per_cell": (1, 2 ** 16),
+    "collective_timeout_s": (1, 2 ** 31 - 1), "micro_batch_size": (0, _MAX_COUNT), "checkpoint_interval": (0, _MAX_COUNT), "log_interval": (1, _MAX_COUNT),
 }
 
 

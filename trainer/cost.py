@@ -39,6 +39,13 @@ DEVICE_OVERHEAD = {"cuda": 2 * GIB, "cpu": 0}
 # caching allocator's fragmentation and library workspaces come on top, so a fifth stays free.
 FILL = 0.8
 MFU = 0.4  # model FLOPs utilisation assumed for hours: a well-run GPT-2 step on an H100/A100
+# A cell of several ranks (trainer.distributed) averages its gradients in flat all-reduces of at
+# most this many fp32 elements: the copy a step adds on each rank.
+ALLREDUCE_BUCKET_ELEMENTS = 2 ** 25
+# Throughput per GPU of a cell on N GPUs against one GPU, assumed for hours: data parallelism
+# over NVLink within a node loses ~10% to the all-reduce (the gradients' bytes each step), across
+# nodes more; `plan --scaling-efficiency` states another.
+SCALING_EFFICIENCY = 0.9
 
 
 @dataclass(frozen=True)
@@ -160,11 +167,36 @@ def peak_memory(cfg: TrainConfig, vocab: int, micro_batch_size: int, precision: 
                   overhead=DEVICE_OVERHEAD.get(device_type, 0))
 
 
+def ranks(cfg: TrainConfig) -> int:
+    """The data-parallel ranks of a cell: gpus_per_cell on each of nodes_per_cell nodes."""
+    return cfg.gpus_per_cell * cfg.nodes_per_cell
+
+
+def rank_memory(cfg: TrainConfig, vocab: int, micro_batch_size: int, precision: str,
+                device_type: str = "cuda", sharded: bool = False) -> Memory:
+    """Peak memory on each rank of a cell (peak_memory for one rank): its micro-batch's activations
+    and the gradient all-reduce's bucket beside a whole copy of weights, gradients and optimizer
+    states; sharded (FSDP, ZeRO-3), those split over the ranks, plus one block's weights and
+    gradients gathered whole while it runs."""
+    m = peak_memory(cfg, vocab, micro_batch_size, precision, device_type)
+    n = ranks(cfg)
+    if n == 1:
+        return m
+    p = params(cfg, vocab)
+    if not sharded:
+        return replace(m, grads=m.grads + 4 * min(p.total, ALLREDUCE_BUCKET_ELEMENTS))
+    block = (p.total - p.embedding - vocab * cfg.width) / cfg.depth
+    weight_bytes = m.weights / p.total  # fp32, and bf16 autocast's copy
+    return replace(m, weights=m.weights / n + weight_bytes * block, grads=m.grads / n + 4 * block,
+                   optimizer=m.optimizer / n)
+
+
 def pick_micro_batch(cfg: TrainConfig, vocab: int, precision: str, capacity_bytes: float,
-                     device_type: str = "cuda") -> Optional[int]:
-    """The largest divisor of batch_size whose step fits FILL of the capacity; None when none does."""
-    for micro in reversed(divisors(cfg.batch_size)):
-        if peak_memory(cfg, vocab, micro, precision, device_type).total <= FILL * capacity_bytes:
+                     device_type: str = "cuda", sharded: bool = False) -> Optional[int]:
+    """The largest divisor of each rank's rows (batch_size on one rank) whose step fits FILL of the
+    capacity; None when none does."""
+    for micro in reversed(divisors(cfg.batch_size // ranks(cfg))):
+        if rank_memory(cfg, vocab, micro, precision, device_type, sharded).total <= FILL * capacity_bytes:
             return micro
     return None
 
@@ -188,8 +220,12 @@ def hardware_factor(cfg: TrainConfig, vocab: int, micro_batch_size: int) -> floa
     return 1 + extra / per_token
 
 
-def hours(cfg: TrainConfig, vocab: int, micro_batch_size: int, tflops: float, mfu: float = MFU) -> float:
-    return run_flops(cfg, vocab) * hardware_factor(cfg, vocab, micro_batch_size) / (tflops * 1e12 * mfu) / 3600
+def hours(cfg: TrainConfig, vocab: int, micro_batch_size: int, tflops: float, mfu: float = MFU,
+          efficiency: float = SCALING_EFFICIENCY) -> float:
+    """Wall-clock hours of a cell on its ranks: one GPU's, over ranks x scaling efficiency."""
+    gpus = ranks(cfg)
+    speedup = gpus * efficiency if gpus > 1 else 1.0
+    return run_flops(cfg, vocab) * hardware_factor(cfg, vocab, micro_batch_size) / (tflops * 1e12 * mfu) / 3600 / speedup
 
 
 def fit_advice(cfg: TrainConfig, vocab: int, precision: str, capacity_bytes: float) -> str:
@@ -224,27 +260,43 @@ class CellCost:
     flops_per_token: float
     flops: float
     micro_batch_size: Optional[int]  # None: does not fit even at 1
-    peak_memory_gb: float
-    hours: float
+    peak_memory_gb: float  # on each GPU of the cell
+    hours: float  # wall-clock, on the cell's GPUs
     advice: Optional[str]  # what would make an unfitting cell fit
+    gpus: int = 1
+    sharded_memory_gb: Optional[float] = None  # on each GPU, sharded (FSDP); None for one GPU
+    needs_shard: bool = False  # does not fit whole on a GPU at micro batch 1, would sharded
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.hours * self.gpus
 
     def to_json(self) -> dict:
         c = self.config
         return {"width": c.width, "depth": c.depth, "lr": c.lr, "params": self.params, "flops": self.flops,
                 "micro_batch_size": self.micro_batch_size, "peak_memory_gb": round(self.peak_memory_gb, 3),
-                "hours": self.hours}
+                "hours": self.hours, "gpus": self.gpus, "gpu_hours": self.gpu_hours,
+                "sharded_memory_gb": None if self.sharded_memory_gb is None else round(self.sharded_memory_gb, 3),
+                "needs_shard": self.needs_shard}
 
 
-def cell_cost(cfg: TrainConfig, vocab: int, gpu: Gpu, mfu: float) -> CellCost:
-    """A cell's parameters, FLOPs, micro batch, peak memory and hours on ``gpu`` (at cfg's precision
-    as a GPU resolves it)."""
+def cell_cost(cfg: TrainConfig, vocab: int, gpu: Gpu, mfu: float,
+              efficiency: float = SCALING_EFFICIENCY) -> CellCost:
+    """A cell's parameters, FLOPs, micro batch, peak memory per GPU and hours on its gpus_per_cell x
+    nodes_per_cell ``gpu``s (at cfg's precision as a GPU resolves it); on several, also its memory
+    per GPU sharded, and whether it needs sharding."""
     precision = resolve_precision(cfg.precision, "cuda")
     capacity = gpu.memory_gb * GIB
     micro = cfg.micro_batch_size or pick_micro_batch(cfg, vocab, precision, capacity)
     p = params(cfg, vocab)
+    n = ranks(cfg)
+    sharded = rank_memory(cfg, vocab, micro or 1, precision, sharded=True).total / GIB if n > 1 else None
+    needs_shard = (n > 1 and micro is None
+                   and pick_micro_batch(cfg, vocab, precision, capacity, sharded=True) is not None)
     return CellCost(
         config=cfg, params=p.total, params_non_embedding=p.non_embedding,
         flops_per_token=flops_per_token(cfg, vocab), flops=run_flops(cfg, vocab), micro_batch_size=micro,
-        peak_memory_gb=peak_memory(cfg, vocab, micro or 1, precision).total / GIB,
-        hours=hours(cfg, vocab, micro or 1, gpu.tflops, mfu),
-        advice=None if micro else fit_advice(cfg, vocab, precision, capacity))
+        peak_memory_gb=rank_memory(cfg, vocab, micro or 1, precision).total / GIB,
+        hours=hours(cfg, vocab, micro or 1, gpu.tflops, mfu, efficiency),
+        advice=None if micro or needs_shard else fit_advice(cfg, vocab, precision, capacity),
+        gpus=n, sharded_memory_gb=sharded, needs_shard=needs_shard)

@@ -28,14 +28,16 @@ class DeviceBatches:
     the batch not yet handed out, so a checkpoint resumes with exactly the next batch."""
 
     def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator,
-                 device: torch.device):
+                 device: torch.device, rows: slice = slice(None)):
         self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
+        self.rows = rows  # this rank's rows of each global batch (trainer.distributed)
         self.generator, self.device = generator, device
         self._ahead: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
 
     def _fetch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         state = self.generator.get_state()
         x, y = get_batch(self.tokens, self.batch_size, self.seq_len, self.generator)
+        x, y = x[self.rows], y[self.rows]
         if is_async(self.device):
             x, y = (t.pin_memory().to(self.device, non_blocking=True) for t in (x, y))
         else:

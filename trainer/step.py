@@ -9,7 +9,7 @@ the optimizer step that follow see exactly what one big batch gives them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -41,10 +41,15 @@ class TrainingStep:
     micro_batch_size: int
     grad_clip: float
     loss_fn: Callable  # model.loss, or its compiled version
+    # Several ranks (trainer.distributed): sync(model, loss) averages .grad and the loss over them
+    # before clipping, so the step sees the global batch's gradient.
+    sync: Optional[Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]] = None
 
     def gradients(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The batch's gradient in .grad, clipped to norm grad_clip (0: not clipped); returns the loss."""
         loss = forward_backward(self.loss_fn, x, y, self.micro_batch_size, self.precision.autocast)
+        if self.sync is not None:
+            loss = self.sync(self.model, loss)
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         return loss

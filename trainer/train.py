@@ -14,7 +14,6 @@ import math
 import os
 import pickle
 import platform
-import signal
 import statistics
 import sys
 import time
@@ -31,15 +30,18 @@ from .data.batches import fixed_batches
 from .data.cache import DataUnavailable
 from .data.tokens import load_tokens
 from .device import DeviceBatches, StepTimer, is_async
+from .distributed import (CollectiveFailed, Group, Ranks, check_ranks, clear_roll_call, joined, lost_ranks,
+                          rank_device, roll_call_folder, rows, world_size)
+from .local_ranks import launch
 from .microbatch import resolve_micro_batch
 from .model_factory import loss_function
 from .optim.build import build_optimizers
 from .parameterization import build_model, param_groups
 from .precision import Precision
 from .step import TrainingStep
+from .stop_request import StopRequest
 from .tracking import trackers
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
 
 @dataclass
@@ -86,37 +88,6 @@ def library_versions() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
 
 
-class StopRequest:
-    """Turns SIGTERM/SIGUSR2 into a flag the loop reads between steps, so a checkpoint is never
-    taken mid-update; afterwards the previous handler runs (submitit's requeue on SIGUSR2)."""
-
-    def __init__(self) -> None:
-        self.signum: Optional[int] = None
-        self.previous: dict = {}
-
-    def __enter__(self) -> "StopRequest":
-        for signum in STOP_SIGNALS:
-            try:
-                self.previous[signum] = signal.signal(signum, self._set)
-            except ValueError:  # not the main thread: the caller owns signals
-                pass
-        return self
-
-    def _set(self, signum, frame) -> None:
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    def hand_over(self) -> None:
-        previous = self.previous.get(self.signum)
-        self.__exit__()
-        if callable(previous):
-            previous(self.signum, None)
-        raise SystemExit(128 + self.signum)
-
-
 def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
@@ -142,9 +113,10 @@ def check_checkpoint_owner(saved: dict, cfg: TrainConfig, path: Path) -> None:
                          f"run_dir, or delete the checkpoint to start this run afresh")
 
 
-def batch_losses(model, batches, device, autocast, micro_batch_size: int) -> list[float]:
+def batch_losses(model, batches, device, autocast, micro_batch_size: int,
+                 group: Optional[Group] = None) -> list[float]:
     """Each batch's mean loss, in passes of micro_batch_size rows (as training's) and read back
-    once for all batches."""
+    once for all batches; over a group's ranks, the mean of their shares' (equal rows)."""
     model.eval()
     with torch.no_grad(), autocast():
         losses = []
@@ -153,11 +125,12 @@ def batch_losses(model, batches, device, autocast, micro_batch_size: int) -> lis
                      for xs, ys in zip(x.split(micro_batch_size), y.split(micro_batch_size))]
             losses.append(parts[0] if len(parts) == 1 else torch.stack(parts).mean())
     model.train()
-    return torch.stack(losses).tolist()
+    losses = torch.stack(losses)
+    return (losses if group is None else group.average(losses)).tolist()
 
 
-def evaluate(model, batches, device, autocast, micro_batch_size: int) -> float:
-    losses = batch_losses(model, batches, device, autocast, micro_batch_size)
+def evaluate(model, batches, device, autocast, micro_batch_size: int, group: Optional[Group] = None) -> float:
+    losses = batch_losses(model, batches, device, autocast, micro_batch_size, group)
     return sum(losses) / len(losses)
 
 
@@ -188,9 +161,17 @@ def restore_checkpoint(path: Path, cfg: TrainConfig, model, optimizers, schedule
               f"restarts from step 0", file=sys.stderr)
         return None
     check_checkpoint_owner(saved, cfg, path)
-    model.load_state_dict(saved["model"])
-    for opt, s in zip(optimizers, saved["optimizers"]):
-        load_optimizer_state(opt, s)
+    if saved.get("shard", False) != cfg.shard:  # the two keep optimizer states in other layouts
+        raise ValueError(f"{path} was written with shard={str(saved.get('shard', False)).lower()}: resume "
+                         f"it with that setting, or delete the checkpoint to start afresh")
+    if cfg.shard:
+        from .sharding import load_full_state
+
+        load_full_state(model, optimizers, saved["model"], saved["optimizers"])
+    else:
+        model.load_state_dict(saved["model"])
+        for opt, s in zip(optimizers, saved["optimizers"]):
+            load_optimizer_state(opt, s)
     for sched, s in zip(schedules, saved["schedules"]):
         sched.load_state_dict(s)
     return saved["state"], saved["batches"]
@@ -218,48 +199,91 @@ def device_divergence(loss: torch.Tensor, pending: Optional[torch.Tensor], first
     return bad if pending is None else pending | bad
 
 
-def run(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> Result:
+def run(cfg: TrainConfig, callbacks: Sequence[Callback] = (), ranks: Optional[Ranks] = None
+        ) -> Optional[Result]:
     """Trains one cell. The callbacks, and the tracker that ``cfg.logger`` names, watch the loop
-    (trainer.callbacks); however the run ends, they are told."""
+    (trainer.callbacks); however the run ends, they are told.
+
+    A cell of several ranks (gpus_per_cell x nodes_per_cell > 1, trainer.distributed): ``ranks``
+    says which one this process is (each rank calls run; rank 0's callbacks watch), or without it
+    the ranks are started on this machine (trainer.local_ranks). Every rank returns the Result,
+    None where rank 0 said the cell does not train (``dismiss``)."""
     cfg.validate()
-    hooks = Callbacks([*callbacks, *trackers(cfg)])
+    if ranks is None and world_size(cfg) > 1:
+        return launch(cfg, callbacks)
+    if ranks is not None:
+        check_ranks(cfg, ranks)
+    hooks = Callbacks([*callbacks, *trackers(cfg)] if ranks is None or ranks.leader else [])
     result = None
     try:
-        result = _train(cfg, hooks)
+        result = _train(cfg, hooks, ranks)
         return result
     finally:
         hooks.on_end(result)
 
 
-def _train(cfg: TrainConfig, hooks: Callback) -> Result:
+def dismiss(cfg: TrainConfig, ranks: Ranks) -> None:
+    """Rank 0's word to the other ranks that the cell does not train (done, or trained elsewhere)."""
+    with joined(ranks, rank_device(resolve_device(cfg.device), ranks), cfg.collective_timeout_s) as group:
+        group.start(False)
+
+
+def _train(cfg: TrainConfig, hooks: Callback, ranks: Optional[Ranks]) -> Optional[Result]:
     if cfg.run_dir and Path(cfg.run_dir).exists() and not Path(cfg.run_dir).is_dir():
         raise FileExistsError(f"run_dir={cfg.run_dir} is a file: give a directory (new or a run's) for "
                               f"the run's checkpoints")
-    device = resolve_device(cfg.device)
+    device = rank_device(resolve_device(cfg.device), ranks)
     precision = Precision.of(cfg.precision, device)
     # The resolved precision is part of what the run is: its config, record key and checkpoint say it.
     cfg = replace(cfg, precision=precision.name)
-    with precision.matmuls():
-        return _train_on(cfg, device, precision, hooks)
+    if ranks is not None and ranks.leader:
+        clear_roll_call(roll_call_folder(cfg.run_dir))
+    with precision.matmuls(), joined(ranks, device, cfg.collective_timeout_s) as group:
+        if group is not None and not group.start(True):
+            return None
+        if group is not None:
+            print(f"rank {ranks.rank} of {ranks.world_size}: pid {os.getpid()} on {platform.node()}, {device}",
+                  file=sys.stderr, flush=True)
+        progress = {"step": 0}
+        try:
+            return _train_on(cfg, device, precision, hooks, group, progress)
+        except CollectiveFailed as err:  # a peer died: name it (rank 0) rather than the backend's words
+            raise lost_ranks(ranks, err, roll_call_folder(cfg.run_dir), progress["step"]) from err
 
 
-def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hooks: Callback) -> Result:
+def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hooks: Callback,
+              group: Optional[Group], progress: dict) -> Result:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_tokens(cfg.dataset, cfg.tokenizer, cfg.data_dir)
     vocab_size = cfg.model_vocab(data.vocab_size)
 
-    micro_batch_size = resolve_micro_batch(cfg, vocab_size, device, precision.name)
+    ranks = group.ranks if group is not None else None
+    share = rows(cfg.batch_size, ranks)  # this rank's rows of every batch
+    # a rank's micro batch: as one process's on the rank's rows
+    one_rank = replace(cfg, batch_size=cfg.batch_size // world_size(cfg), gpus_per_cell=1, nodes_per_cell=1)
+    micro_batch_size = resolve_micro_batch(one_rank, vocab_size, device, precision.name)
+    if group is not None:
+        micro_batch_size = group.smallest(micro_batch_size)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, vocab_size, torch.Generator().manual_seed(cfg.seed)).to(device)
+    if group is not None:
+        group.broadcast_(model.parameters())  # one model on every rank, whatever its init did
+        if cfg.shard:
+            from .sharding import shard_model
+
+            shard_model(model)
     optimizers = build_optimizers(param_groups(model, cfg), cfg)
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, cfg)) for o in optimizers]
     generator = torch.Generator().manual_seed(cfg.seed + 1)
-    val_batches = fixed_batches(data.val, cfg.eval_batches, cfg.batch_size, cfg.seq_len, seed=0)
+    val_batches = [(x[share], y[share])
+                   for x, y in fixed_batches(data.val, cfg.eval_batches, cfg.batch_size, cfg.seq_len, seed=0)]
     step_once = TrainingStep(model, optimizers, precision, micro_batch_size, cfg.grad_clip,
-                             loss_fn=torch.compile(loss_function(model)) if cfg.compile else loss_function(model))
+                             loss_fn=torch.compile(loss_function(model)) if cfg.compile else loss_function(model),
+                             sync=None if group is None else group.sync_loss if cfg.shard else group.sync_gradients)
 
-    state = {"step": 0, "first_loss": None, "train_time_s": 0.0, "wall_time_s": 0.0,
+    state = progress  # the caller reads the step a failure happened at
+    state |= {"step": 0, "first_loss": None, "train_time_s": 0.0, "wall_time_s": 0.0,
              "curves": {"train": [], "val": []}}
     run_dir = Path(cfg.run_dir) if cfg.run_dir else None
     checkpoint = run_dir / CHECKPOINT if run_dir else None
@@ -267,17 +291,24 @@ def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hook
     if checkpoint is not None and checkpoint.exists():
         restored = restore_checkpoint(checkpoint, cfg, model, optimizers, schedules)
     if restored is not None:
-        state, generator_state = restored
+        saved_state, generator_state = restored
+        state.update(saved_state)
         generator.set_state(generator_state)
         print(f"resuming from {checkpoint} at step {state['step']}", file=sys.stderr)
-    batches = DeviceBatches(data.train, cfg.batch_size, cfg.seq_len, generator, device)
+    batches = DeviceBatches(data.train, cfg.batch_size, cfg.seq_len, generator, device, share)
+    leader = ranks is None or ranks.leader
     hooks.on_start(cfg.to_dict(), state["step"])
 
     def snapshot() -> dict:
-        return {"run": run_settings(cfg), "model": model.state_dict(),
-                "optimizers": [o.state_dict() for o in optimizers],
+        if cfg.shard:  # whole tensors gathered on rank 0 (a collective: every rank calls it)
+            from .sharding import full_state
+
+            model_state, optimizer_states = full_state(model, optimizers)
+        else:
+            model_state, optimizer_states = model.state_dict(), [o.state_dict() for o in optimizers]
+        return {"run": run_settings(cfg), "model": model_state, "optimizers": optimizer_states,
                 "schedules": [s.state_dict() for s in schedules], "batches": batches.state(),
-                "state": state}
+                "state": state, "shard": cfg.shard}
 
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -293,13 +324,15 @@ def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hook
             timer.step_started()
             x, y = batches.next(prefetch=step + 1 < cfg.steps)
             loss = step_once(x, y)
+            # every rank stops at the same step, whichever one the signal reached first
+            stopping = group.any(stop.signum is not None) if group is not None else stop.signum is not None
             for sched in schedules:
                 sched.step()
             state["step"] = step + 1
             logged = (step + 1) % cfg.log_interval == 0 or step == 0 or step + 1 == cfg.steps
             evaluated = cfg.eval_interval and (step + 1) % cfg.eval_interval == 0 and step + 1 < cfg.steps
             saving = checkpoint is not None and cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0
-            if is_async(device) and not (logged or evaluated or saving or stop.signum is not None):
+            if is_async(device) and not (logged or evaluated or saving or stopping):
                 # no host sync: the divergence check stays on the device until the next read-back
                 pending = device_divergence(loss, pending, state["first_loss"], cfg)
                 continue
@@ -321,19 +354,25 @@ def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hook
                 status = "diverged"
                 break
             if evaluated:
-                val = evaluate(model, val_batches, device, precision.autocast, micro_batch_size)
+                val = evaluate(model, val_batches, device, precision.autocast, micro_batch_size, group)
                 state["curves"]["val"].append([step + 1, val])
                 hooks.on_eval(step + 1, {"val/loss": val})
             state["wall_time_s"] = time.perf_counter() - started
-            if saving or (checkpoint is not None and stop.signum is not None):
-                save_checkpoint(checkpoint, snapshot())
-            if stop.signum is not None:
-                print(f"signal {stop.signum}: checkpoint saved at step {step + 1}", file=sys.stderr)
+            if saving or (checkpoint is not None and stopping):
+                taken = snapshot() if leader or cfg.shard else None
+                if leader:
+                    save_checkpoint(checkpoint, taken)
+            if stopping:
+                if group is not None:
+                    group.barrier()  # no rank leaves before rank 0's checkpoint is written
+                print(f"signal {stop.signum}: checkpoint saved at step {step + 1}" if leader else
+                      f"signal {stop.signum}: stopped at step {step + 1}, rank 0 saved the checkpoint",
+                      file=sys.stderr)
                 stop.hand_over()
 
     val_loss = val_loss_se = None
     if status == "ok":
-        losses = batch_losses(model, val_batches, device, precision.autocast, micro_batch_size)
+        losses = batch_losses(model, val_batches, device, precision.autocast, micro_batch_size, group)
         val_loss, val_loss_se = sum(losses) / len(losses), standard_error(losses)
         state["curves"]["val"].append([state["step"], val_loss])
         hooks.on_eval(state["step"], {"val/loss": val_loss})
@@ -349,7 +388,7 @@ def _train_on(cfg: TrainConfig, device: torch.device, precision: Precision, hook
         device=str(device), precision=precision.name, versions=library_versions(), curves=state["curves"],
         val_loss_se=val_loss_se,
     )
-    if run_dir is not None:
+    if run_dir is not None and leader:
         (run_dir / RESULT).write_text(json.dumps(result.to_dict(), indent=1))
     return result
 
@@ -359,7 +398,9 @@ def main(argv: list[str]) -> int:
 
     try:
         cfg = load_config(argv)
-        result = run(cfg)
+        result = run(cfg, ranks=Ranks.from_environment(os.environ))  # under torchrun: one rank
+        if result is None:
+            return 0
     except (ValueError, DataUnavailable, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

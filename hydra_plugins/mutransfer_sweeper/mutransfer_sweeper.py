@@ -157,7 +157,7 @@ class MutransferSweeper(Sweeper):
         except GridError as err:
             raise SweepError(str(err)) from None
         problems = preflight(cells, cfg.hydra.launcher, cfg.hydra.runtime.choices.get("cluster"),
-                             str(cfg.dataset), cfg.get("data_dir"))
+                             str(cfg.dataset), cfg.get("data_dir"), int(cfg.gpus_per_cell), int(cfg.nodes_per_cell))
         if problems:
             raise SweepError("\n".join(problems) + "\nnothing was launched")
 
@@ -167,7 +167,7 @@ class MutransferSweeper(Sweeper):
         from sweeper.jobs.local_pool import LocalPool, resolve_jobs, usable_cores
 
         try:
-            jobs = resolve_jobs(cfg.jobs, int(cfg.threads))
+            jobs = resolve_jobs(cfg.jobs, int(cfg.threads) * int(cfg.gpus_per_cell))  # a rank's threads each
         except ValueError as err:
             raise SweepError(str(err)) from None
         if jobs > 1:

@@ -76,12 +76,26 @@ def slurm_problems(cluster: str, launcher) -> list[str]:
     return problems
 
 
+def rank_problems(cluster: str, launcher, gpus_per_cell: int, nodes_per_cell: int) -> list[str]:
+    """A Slurm profile must give each cell's job one task per rank (trainer.distributed): a profile
+    written before gpus_per_cell existed gives one, and would train every rank on the first GPU."""
+    tasks, nodes = launcher.get("tasks_per_node") or 1, launcher.get("nodes") or 1
+    if (int(tasks), int(nodes)) == (gpus_per_cell, nodes_per_cell):
+        return []
+    return [f"gpus_per_cell={gpus_per_cell} nodes_per_cell={nodes_per_cell}, but "
+            f"{f'conf/cluster/{cluster}.yaml' if cluster else 'the Slurm launcher'} gives each cell's job "
+            f"{tasks} task(s) per node on {nodes} node(s): set hydra.launcher.tasks_per_node: "
+            f"${{oc.select:gpus_per_cell,1}} and nodes: ${{oc.select:nodes_per_cell,1}} in it "
+            f"(as conf/cluster/example_gpu.yaml does)"]
+
+
 def preflight(cells: list[Cell], launcher, cluster: Optional[str], dataset: str,
-              data_dir: Optional[str]) -> list[str]:
+              data_dir: Optional[str], gpus_per_cell: int = 1, nodes_per_cell: int = 1) -> list[str]:
     """Every problem found, one line each; empty when the sweep may start."""
     problems = lr_problems(cells)
     if str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
         problems += slurm_problems(cluster or "", launcher)
+        problems += rank_problems(cluster or "", launcher, gpus_per_cell, nodes_per_cell)
     data = data_problem(dataset, data_dir)
     if data:
         problems.append(data)

@@ -10,12 +10,13 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.callbacks import Callback
 from trainer.config import CHECKPOINT, TrainConfig
+from trainer.logs import TAIL_LINES, log_tail
 
 from sweeper.store.claims import try_claim
 from sweeper.store.leftovers import KEEP
@@ -24,7 +25,8 @@ from sweeper.store.schema import DONE, cell_key, make_record, result_config
 from sweeper.store.records import RecordWriteError, StoreError, read_record, run_dir, write_record
 from sweeper.grid.app_config import trainer_values
 
-LOG_TAIL_LINES = 25
+if TYPE_CHECKING:  # torch: imported only where a cell really trains
+    from trainer.distributed import Ranks
 
 
 class CellFailed(RuntimeError):
@@ -79,7 +81,7 @@ def error_info(err: BaseException, job_id: Optional[str] = None) -> dict:
                 "slurm_state": err.slurm_state, "job_id": err.job_id or job_id}
     lines = "".join(traceback.format_exception(err)).rstrip().splitlines()
     return {"type": type(err).__name__, "message": str(err),
-            "log_tail": "\n".join(lines[-LOG_TAIL_LINES:]),
+            "log_tail": "\n".join(lines[-TAIL_LINES:]),
             "slurm_state": "FAILED" if job_id else None, "job_id": job_id}
 
 
@@ -128,7 +130,8 @@ def tracker_names(config: TrainConfig, store: Path, key: str, experiment: Option
 
 def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = None,
              slurm: Optional[dict] = None, keep_checkpoint: bool = False,
-             force: bool = False, callbacks: Sequence[Callback] = ()) -> Optional[dict]:
+             force: bool = False, callbacks: Sequence[Callback] = (),
+             ranks: Optional["Ranks"] = None) -> Optional[dict]:
     """Trains one cell and writes its record (``failed`` when training raises); returns the record,
     or None when another run is training the cell (its claim, sweeper.store.claims, is live).
     ``callbacks`` watch its training (trainer.callbacks), beside the tracker its config names.
@@ -140,13 +143,16 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
     so status finds the job (sweeper.store.queue), and a failed cell raises CellFailed once recorded, so
     that the job ends FAILED. A record the store cannot write raises RecordWriteError: the cell is
     not finished (its attempt, where written, becomes the record later: sweeper.store.records.promote). A
-    finished cell's checkpoint goes once its record is written, unless ``keep_checkpoint``."""
+    finished cell's checkpoint goes once its record is written, unless ``keep_checkpoint``.
+    With ``ranks`` (rank 0 of a cell whose ranks are the job's tasks), the other ranks train beside
+    it (``follow_cell``) and are told when it does not train."""
     key = cell_key(config.to_dict())
     held, owner = try_claim(store, key, job_id=(slurm or {}).get("job_id"), experiment=experiment,
                             config=result_config(config.to_dict()))
     if held is None:
         print(f"cell {key}: not trained here, {owner.owner() if owner else 'another run'} "
               f"is training it", flush=True)
+        _dismiss(config, ranks)
         return None
     with held:
         if not force:
@@ -154,6 +160,7 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
                 earlier = read_record(store, key)
                 if earlier["status"] in DONE:
                     print(f"cell {key}: already {earlier['status']} in the store", flush=True)
+                    _dismiss(config, ranks)
                     return earlier
             except StoreError:
                 pass
@@ -169,9 +176,10 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
         try:
             from trainer.train import run  # torch: imported only where a cell really trains
 
-            record = record_from_result(run(config, callbacks).to_dict(), experiment=experiment,
+            record = record_from_result(run(config, callbacks, ranks).to_dict(), experiment=experiment,
                                         slurm=slurm)
         except Exception as err:  # any failure of the cell is recorded; the sweep goes on
+            err = with_rank_logs(err) if slurm is not None else err
             record = failed_record(config.to_dict(), err, experiment=experiment, slurm=slurm,
                                    wall_time_s=time.perf_counter() - started)
         try:
@@ -190,6 +198,54 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
     if slurm is not None and record["status"] == "failed":
         raise CellFailed(line)
     return record
+
+
+def _dismiss(config: TrainConfig, ranks: Optional["Ranks"]) -> None:
+    if ranks is not None:
+        from trainer.train import dismiss
+
+        dismiss(config, ranks)
+
+
+def follow_cell(config: TrainConfig, store: Path, ranks: "Ranks") -> None:
+    """A rank other than 0 of a cell: trains beside rank 0, which claims the cell and writes its
+    checkpoint and record; this one writes nothing but its log (its errors fail its task)."""
+    from trainer.train import run
+
+    run(dataclasses.replace(config, run_dir=str(run_dir(store, cell_key(config.to_dict()))), logger="none"),
+        ranks=ranks)
+
+
+def with_rank_logs(err: BaseException) -> BaseException:
+    """In a Slurm job, a lost rank's error (trainer.distributed.RankLost) with the path and the last
+    lines of each lost rank's task log; any other error as it is."""
+    lost = getattr(err, "lost", None)
+    if not lost:
+        return err
+    from submitit import JobEnvironment
+    from submitit.core.utils import JobPaths
+
+
+    env = JobEnvironment()
+    parts = [str(err)]
+    for rank in lost:
+        path = JobPaths(env.paths.folder, job_id=env.job_id, task_id=rank).stderr
+        parts.append(f"rank {rank}'s log {path} ends:\n{log_tail(path)}")
+    return type(err)("\n".join(parts), lost)
+
+
+def job_ranks(environ: dict) -> Optional["Ranks"]:
+    """This task's rank of its cell where a Slurm job runs the cell's ranks as its tasks (a cluster
+    profile with gpus_per_cell or nodes_per_cell above 1), from submitit's distributed environment
+    (the rendezvous on the job's first node, a port drawn from the job id); None for one task."""
+    if environ.get("SUBMITIT_EXECUTOR") != "slurm" or int(environ.get("SLURM_NTASKS", "1")) == 1:
+        return None
+    from submitit.helpers import TorchDistributedEnvironment
+
+    from trainer.distributed import Ranks
+
+    env = TorchDistributedEnvironment()
+    return Ranks(env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port)
 
 
 def slurm_info(environ: dict) -> Optional[dict]:
@@ -221,6 +277,10 @@ def hydra_job(cfg: DictConfig) -> dict:
         raise PlanChanged(f"this job's config is cell {key}, not the cell {values['planned_cell']} its sweep "
                           f"planned: a config file changed after the sweep started (the job composed "
                           f"it again); rerun the sweep to plan from the files as they are now")
+    ranks = job_ranks(dict(os.environ))
+    if ranks is not None and not ranks.leader:
+        follow_cell(config, store, ranks)
+        return {"key": key, "status": f"rank {ranks.rank}"}
     record = run_cell(
         config,
         store,
@@ -228,6 +288,7 @@ def hydra_job(cfg: DictConfig) -> dict:
         slurm=slurm_info(dict(os.environ)),
         keep_checkpoint=values["keep_checkpoints"],
         force=values["force"],
+        ranks=ranks,
     )
     if record is None:
         return {"key": key, "status": "claimed"}

@@ -10,9 +10,7 @@ state and the tail of the job's log.
 """
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
 import submitit
@@ -22,13 +20,14 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmitit
 from omegaconf import OmegaConf
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
-from .job import LOG_TAIL_LINES, JobLostError
+from trainer.logs import log_tail
+
+from .job import JobLostError
 from .job_return import failure
 
 # Scheduler states of a job that ended normally (Slurm, submitit's local executor): its result
 # file must come, so submitit's own wait for a slow shared filesystem applies.
 _ENDED_NORMALLY = ("COMPLETED", "FINISHED")
-_TAIL_BYTES = 64 * 1024
 
 
 def make_executor(launcher: BaseSubmititLauncher) -> submitit.AutoExecutor:
@@ -116,12 +115,3 @@ def lost(job: submitit.Job, state: str) -> JobLostError:
         log_tail=log_tail(job.paths.stderr) or log_tail(job.paths.stdout))
 
 
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last lines of a log file, read from its end; "" when it is missing."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, os.fstat(fh.fileno()).st_size - _TAIL_BYTES))
-            text = fh.read().decode(errors="replace")
-    except FileNotFoundError:
-        return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
