@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from sweeper.grid.budget import BUDGET
-from sweeper.store.records import STORE_ERROR
+from sweeper.store import STORE_ERROR
 from trainer.config import CONF_DIR
 
 from . import AnalysisError
@@ -131,10 +131,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command != "ingest":  # ingest makes its store; every other command reads one
-        from sweeper.store.records import StoreError, check_readable_store
+        from sweeper.store import Store, StoreError
 
         try:
-            check_readable_store(args.store)
+            Store(args.store).check_readable()
         except StoreError as err:
             print(f"error: {err}", file=sys.stderr)
             return STORE_ERROR

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweeper.store.index import load_store
-
-from sweeper.store.records import check_readable_store
+from sweeper.store import Store
 
 from . import AnalysisError
 from .confidence import TableNoise
@@ -33,8 +31,9 @@ class Analysed:
 def load(store: Path, strict: bool = False) -> pd.DataFrame:
     """The store's records; an unreadable one is named on stderr and left out (``strict``: an error)."""
     try:
-        check_readable_store(store)
-        frame = load_store(store, strict=strict)
+        records = Store(store)
+        records.check_readable()
+        frame = records.load(strict)
     except ValueError as err:  # the store's StoreError / SchemaError: corrupt or too new a record
         raise AnalysisError(str(err)) from None
     for path, reason in frame.attrs["skipped"]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from sweeper.grid.experiments import has_experiment, sweep_settings
-from sweeper.store.records import StoreError, check_writable_store, write_record
+from sweeper.store import Store, StoreError
 from sweeper.store.schema import check_name, make_record, result_config, setting_kinds
 from trainer.config import CONF_DIR, setting_problems
 from trainer.rules import OPTIMIZERS, PARAMS
@@ -236,8 +236,9 @@ def ingest(path: Path, store: Path, experiment: str | None = None, conf_dir: Pat
         raise IngestError(f"{err}; name it with --experiment") from None
     rows = read_rows(path)
     settings = experiment_settings(experiment, conf_dir)  # after the rows: a bad CSV fails before composing
+    into = Store(store)
     try:
-        check_writable_store(store)
+        into.check_writable()
     except StoreError as err:
         raise IngestError(str(err)) from None
     records = [
@@ -253,7 +254,7 @@ def ingest(path: Path, store: Path, experiment: str | None = None, conf_dir: Pat
     ]
     try:
         for record in records:
-            write_record(store, record)
+            into.finish(record)
     except StoreError as err:  # RecordWriteError: a full disk or a folder turned read-only
         raise IngestError(f"{err}\nrerun the ingest once the store is writable") from None
     return records

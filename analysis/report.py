@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweeper.store.records import check_readable_store, read_record
+from sweeper.store import Store
 from trainer.config import CONF_DIR
 
 from . import AnalysisError, figures
@@ -184,8 +184,9 @@ def coord_check_jobs(path: Path, out: Path) -> list[figures.Job]:
 
 def curves_job(store: Path, key: str, out: Path) -> figures.Job:
     try:
-        check_readable_store(store)
-        record = read_record(store, key)
+        records = Store(store)
+        records.check_readable()
+        record = records.result(key)
     except ValueError as err:  # the store's StoreError: unknown key, corrupt record
         raise AnalysisError(str(err)) from None
     return figures.training_curves, (record,), out / "figures" / f"curves_{key}"

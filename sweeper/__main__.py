@@ -41,30 +41,27 @@ def main(argv: list[str]) -> int:
     if args.command == "clean":
         return _clean(args)
 
-    from sweeper.store.queue import QueueError, queued_cells, squeue_available
-    from sweeper.store.claims import live_claims
-    from sweeper.store.leftovers import unrecorded
+    from sweeper.store import STORE_ERROR, QueueError, Store, StoreError
     from sweeper.store.schema import SchemaError
-    from sweeper.store.records import STORE_ERROR, StoreError, check_readable_store
     from sweeper.jobs.status import report
 
+    store = Store(args.store)
     try:
-        check_readable_store(args.store)
+        store.check_readable()
     except StoreError as err:
         # a store whose cells are training, or whose finished attempts lack records, still shows
-        if not (args.store.is_dir() and (live_claims(args.store) or unrecorded(args.store))):
+        if not (args.store.is_dir() and (store.live_claims() or store.unrecorded())):
             print(f"error: {err}", file=sys.stderr)
             return STORE_ERROR
-    missing = unrecorded(args.store)
+    missing = store.unrecorded()
     if missing:
         print(f"note: {len(missing)} cell(s) have a finished attempt but no record yet (e.g. {missing[0]}): "
               f"`python -m sweeper clean --store {args.store}` or the next sweep writes them", flush=True)
-    queued = None
-    if squeue_available():  # no Slurm here: no queue line
-        try:
-            queued = queued_cells(args.store)
-        except QueueError as err:
-            print(f"note: queue not shown: {err}", file=sys.stderr)
+    queued = None  # no Slurm here: no queue line
+    try:
+        queued = store.queued()
+    except QueueError as err:
+        print(f"note: queue not shown: {err}", file=sys.stderr)
     try:
         report(args.store, sys.stdout, conf_dir=args.conf if args.conf.is_dir() else None,
                queued=queued, strict=args.strict)
@@ -75,19 +72,19 @@ def main(argv: list[str]) -> int:
 
 
 def _clean(args) -> int:
-    from sweeper.store.leftovers import clean, unwritten_line
-    from sweeper.store.records import STORE_ERROR, StoreError, check_readable_store
+    from sweeper.store import STORE_ERROR, Store, StoreError
 
+    store = Store(args.store)
     try:
-        check_readable_store(args.store, allow_empty=True)
+        store.check_readable(allow_empty=True)
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
         return STORE_ERROR
-    done = clean(args.store)
+    done = store.clean()
     for line in done.lines or ["nothing to clean"]:
         print(line)
     if done.unwritten:  # those cells show as missing until their record is written
-        print(f"error: {unwritten_line(done.unwritten)}; rerun once the store is writable", file=sys.stderr)
+        print(f"error: {done.unwritten_line()}; rerun once the store is writable", file=sys.stderr)
         return 1
     return 0
 
@@ -95,12 +92,12 @@ def _clean(args) -> int:
 def _replay(args) -> int:
     from sweeper.store.schema import SchemaError
     from sweeper.search.replay import main as replay
-    from sweeper.store.records import STORE_ERROR, StoreError, check_readable_store
+    from sweeper.store import STORE_ERROR, Store, StoreError
     from sweeper.search.rounds import SearchError
     from sweeper.search.transfer import BUDGET
 
     try:
-        check_readable_store(args.oracle)
+        Store(args.oracle).check_readable()
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
         return STORE_ERROR

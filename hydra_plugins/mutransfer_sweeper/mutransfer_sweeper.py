@@ -118,25 +118,23 @@ class MutransferSweeper(Sweeper):
 
     def sweep(self, arguments: List[str]) -> Any:
         from sweeper.jobs.driver import SweepError
-        from sweeper.store.records import StoreError, check_writable_store
+        from sweeper.store import Store, StoreError
 
         cfg = self.config
         self._preflight(cfg, self._overrides(arguments))
-        store = (Path(cfg.hydra.runtime.cwd) / Path(str(cfg.store)).expanduser()).resolve()
+        store = Store((Path(cfg.hydra.runtime.cwd) / Path(str(cfg.store)).expanduser()).resolve())
         try:
-            check_writable_store(store)  # before the sweep's log dir, which lives in the store
+            store.check_writable()  # before the sweep's log dir, which lives in the store
         except StoreError as err:
             raise SweepError(str(err)) from None
-        from sweeper.store.asked import write_asked
-
-        write_asked(store, cfg.hydra.runtime.choices.get("experiment"), self._overrides(arguments))
+        store.note_asked(cfg.hydra.runtime.choices.get("experiment"), self._overrides(arguments))
         sweep_dir = Path(str(cfg.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
         if self._basic():
             self._start_pool(cfg)
         try:
-            return self._sweep(cfg, store, arguments)
+            return self._sweep(cfg, store.path, arguments)
         finally:
             if self.pool is not None:
                 self.pool.close()

@@ -4,7 +4,7 @@ launch the rest in batches with a progress line as each cell finishes, and list 
 Hydra-free apart from the error type: the plugin passes ``compose`` (overrides -> the app config)
 and ``launch`` (a batch of override lists and a ``submitted`` callback -> per job None or the
 exception it ended with). A launcher that queues jobs (Slurm) calls ``submitted(job_ids)`` as soon
-as they are queued; each cell's job id then goes into the store (sweeper.store.queue) for status.
+as they are queued; each cell's job id then goes into the store (Store.note_queued) for status.
 """
 from __future__ import annotations
 
@@ -22,10 +22,7 @@ from trainer.cost import cell_relative_compute
 from sweeper.grid.argv import hydra_quote
 from sweeper.grid.cells import DONE, PlannedCell, job_overrides, plan
 from sweeper.grid.expand import Cell, GridError, expand
-from sweeper.store import Store
-from sweeper.store.leftovers import unwritten_line
-from sweeper.store.queue import QueueError
-from sweeper.store.records import RecordWriteError, StoreError
+from sweeper.store import QueueError, RecordWriteError, Store, StoreError
 from sweeper.store.schema import SchemaError
 
 from .job import JobLostError, NotLaunched, describe, failed_record
@@ -114,7 +111,7 @@ def queued_jobs(store: Store, out: TextIO) -> dict[str, str]:
     """Cell key -> the Slurm job pending or running for it, e.g. from an earlier sweep whose shell
     is gone: that job records the cell, so the sweep leaves it alone rather than train it twice."""
     try:
-        return {cell["key"]: cell["job_id"] for cell in store.queued()}
+        return {cell["key"]: cell["job_id"] for cell in store.queued() or []}
     except QueueError as err:
         print(f"[sweep] note: cannot tell which cells are in the Slurm queue ({err})", file=out)
         return {}
@@ -126,13 +123,13 @@ def sweep_cells(overrides: list[str], settings: SweepSettings) -> list[Cell]:
 
 
 def report_cleanup(store: Store, out: TextIO) -> None:
-    """Removes what dead jobs left in the store (sweeper.store.leftovers), a line for each kind; raises
+    """Removes what dead jobs left in the store (Store.clean), a line for each kind; raises
     SweepError, before anything trains, where a finished attempt's record cannot be written."""
     done = store.clean()
     for line in done.lines:
         print(f"[sweep] {line}", file=out)
     if done.unwritten:
-        raise SweepError(f"{unwritten_line(done.unwritten)}\nnothing was trained: fix the store "
+        raise SweepError(f"{done.unwritten_line()}\nnothing was trained: fix the store "
                          f"(disk space, quota, permissions) and rerun")
 
 

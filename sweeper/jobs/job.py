@@ -15,14 +15,11 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.callbacks import Callback
-from trainer.config import CHECKPOINT, TrainConfig
+from trainer.config import TrainConfig
 from trainer.logs import TAIL_LINES, log_tail
 
-from sweeper.store.claims import try_claim
-from sweeper.store.leftovers import KEEP
-from sweeper.store.queue import write_entry
+from sweeper.store import RecordWriteError, Store, StoreError
 from sweeper.store.schema import DONE, cell_key, make_record, result_config
-from sweeper.store.records import RecordWriteError, StoreError, read_record, run_dir, write_record
 from sweeper.grid.app_config import trainer_values
 
 if TYPE_CHECKING:  # torch: imported only where a cell really trains
@@ -133,22 +130,22 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
              force: bool = False, callbacks: Sequence[Callback] = (),
              ranks: Optional["Ranks"] = None) -> Optional[dict]:
     """Trains one cell and writes its record (``failed`` when training raises); returns the record,
-    or None when another run is training the cell (its claim, sweeper.store.claims, is live).
+    or None when another run is training the cell (its claim, Store.claim, is live).
     ``callbacks`` watch its training (trainer.callbacks), beside the tracker its config names.
 
     The run dir is ``STORE/runs/<key>``, so a rerun or a requeued job resumes from its checkpoint.
     A cell whose record turned ok or diverged since the sweep planned it (another sweep trained it)
     is not trained again unless ``force``. A stop signal (SystemExit from the trainer after it
     checkpoints) is not a failure: it passes. On Slurm the cell's queue entry is rewritten first,
-    so status finds the job (sweeper.store.queue), and a failed cell raises CellFailed once recorded, so
+    so status finds the job (Store.note_queued), and a failed cell raises CellFailed once recorded, so
     that the job ends FAILED. A record the store cannot write raises RecordWriteError: the cell is
-    not finished (its attempt, where written, becomes the record later: sweeper.store.records.promote). A
+    not finished (its attempt, where written, becomes the record later: Store.promote). A
     finished cell's checkpoint goes once its record is written, unless ``keep_checkpoint``.
     With ``ranks`` (rank 0 of a cell whose ranks are the job's tasks), the other ranks train beside
     it (``follow_cell``) and are told when it does not train."""
-    key = cell_key(config.to_dict())
-    held, owner = try_claim(store, key, job_id=(slurm or {}).get("job_id"), experiment=experiment,
-                            config=result_config(config.to_dict()))
+    key, cells = cell_key(config.to_dict()), Store(store)
+    held, owner = cells.claim(key, job_id=(slurm or {}).get("job_id"), experiment=experiment,
+                              config=result_config(config.to_dict()))
     if held is None:
         print(f"cell {key}: not trained here, {owner.owner() if owner else 'another run'} "
               f"is training it", flush=True)
@@ -157,7 +154,7 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
     with held:
         if not force:
             try:
-                earlier = read_record(store, key)
+                earlier = cells.result(key)
                 if earlier["status"] in DONE:
                     print(f"cell {key}: already {earlier['status']} in the store", flush=True)
                     _dismiss(config, ranks)
@@ -165,13 +162,12 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
             except StoreError:
                 pass
         if slurm is not None:
-            write_entry(store, key, job_id=slurm["job_id"], experiment=experiment,
-                        config=config.to_dict(), written_by="job")
-        config = dataclasses.replace(config, run_dir=str(run_dir(store, key)),
+            cells.note_queued(key, job_id=slurm["job_id"], experiment=experiment,
+                              config=config.to_dict(), written_by="job")
+        config = dataclasses.replace(config, run_dir=str(cells.run_dir(key)),
                                      **tracker_names(config, store, key, experiment))
         if keep_checkpoint:
-            Path(config.run_dir).mkdir(parents=True, exist_ok=True)
-            (Path(config.run_dir) / KEEP).touch()
+            cells.keep_checkpoint(key)
         started = time.perf_counter()
         try:
             from trainer.train import run  # torch: imported only where a cell really trains
@@ -183,18 +179,18 @@ def run_cell(config: TrainConfig, store: Path, *, experiment: Optional[str] = No
             record = failed_record(config.to_dict(), err, experiment=experiment, slurm=slurm,
                                    wall_time_s=time.perf_counter() - started)
         try:
-            write_record(store, record)
+            cells.finish(record)
         except RecordWriteError as err:  # not finished: the job fails, its checkpoint stays
             print(f"{describe(record)}; NOT RECORDED: {err}", flush=True)
             raise
         line = describe(record)
         if record["status"] not in DONE:  # a finished record always becomes the cell's result
-            kept = read_record(store, key)
+            kept = cells.result(key)
             if kept["status"] != record["status"]:
                 line += f" (the cell keeps its earlier {kept['status']} result; status lists its attempts)"
         print(line, flush=True)
         if record["status"] != "failed" and not keep_checkpoint:
-            (Path(config.run_dir) / CHECKPOINT).unlink(missing_ok=True)
+            cells.drop_checkpoint(key)
     if slurm is not None and record["status"] == "failed":
         raise CellFailed(line)
     return record
@@ -212,8 +208,8 @@ def follow_cell(config: TrainConfig, store: Path, ranks: "Ranks") -> None:
     checkpoint and record; this one writes nothing but its log (its errors fail its task)."""
     from trainer.train import run
 
-    run(dataclasses.replace(config, run_dir=str(run_dir(store, cell_key(config.to_dict()))), logger="none"),
-        ranks=ranks)
+    run(dataclasses.replace(config, run_dir=str(Store(store).run_dir(cell_key(config.to_dict()))),
+                            logger="none"), ranks=ranks)
 
 
 def with_rank_logs(err: BaseException) -> BaseException:

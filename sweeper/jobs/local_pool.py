@@ -6,7 +6,7 @@ A worker runs a cell as Hydra's basic launcher does (the cell's config composed 
 files, so the planned_cell check holds, then Hydra's run_job and the app's task), and nothing
 else: a worker takes its next cell only when the sweep hands it one, so a stopped sweep leaves no
 queue behind. The guarantees of a sequential sweep hold as they are: each cell is claimed in the
-store by the worker training it (sweeper.store.claims), and its record is written there by that worker.
+store by the worker training it (its claim, Store.claim), and its record is written there by that worker.
 
 Stopping: Ctrl-C reaches the sweep (workers ignore SIGINT), which sends each worker SIGTERM, the
 trainer's stop signal: the cell checkpoints at its next step, leaves no record and releases its
@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Optional
 
 from .job import JobLostError, NotLaunched
-from sweeper.store.records import RecordWriteError
+from sweeper.store import RecordWriteError
 
 STOP_WAIT_S = 60.0  # for a stopped worker to checkpoint its cell before it is killed
 

@@ -1,8 +1,8 @@
 """``python -m sweeper status --store PATH``: counts by status and, per experiment, a size x lr grid.
 
 A status table is built from sources of cell states merged in order: the cells being trained now
-(their claims, sweeper.store.claims) and those in the scheduler's queue (pending / running, from
-sweeper.store.queue; a queued retry outranks the failed record it will replace), then the store, then the
+(their claims, Store.live_claims) and those in the scheduler's queue (pending / running, from
+Store.queued; a queued retry outranks the failed record it will replace), then the store, then the
 cells an experiment's default grid expects, shown as missing. Cells tried more than once are listed
 with their attempts, and records that cannot be read are named.
 """
@@ -14,13 +14,10 @@ from typing import Iterable, Optional, TextIO
 import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from sweeper.store.asked import read_asked
-from sweeper.store.claims import live_claims
+from sweeper.store import Store
 from sweeper.grid.experiments import compose_sweep, has_experiment
 from sweeper.grid.expand import expand
 from sweeper.store.schema import result_config
-from sweeper.store.index import load_store
-from sweeper.store.records import attempt_counts, attempts
 
 # What a grid shows for a cell, by state; earlier states win when records share a position.
 SYMBOLS = {"failed": "FAIL", "diverged": "div", "ok": "done", "running": "run", "pending": "wait",
@@ -31,7 +28,7 @@ _STATUS_STATE = {"ok": "ok", "diverged": "diverged", "failed": "failed"}
 
 
 def store_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """Cell states from load_store's frame: position columns, state, error."""
+    """Cell states from Store.load's frame: position columns, state, error."""
     cells = frame[POSITION].copy()
     cells["state"] = frame["status"].map(_STATUS_STATE)
     last_line = frame["error_message"].fillna("").map(lambda m: (m.strip().splitlines() or [""])[-1][:200])
@@ -41,7 +38,7 @@ def store_cells(frame: pd.DataFrame) -> pd.DataFrame:
 
 def expected_cells(experiment: Optional[str], conf_dir: Path,
                    overrides: Optional[list[str]] = None) -> pd.DataFrame:
-    """The cells a sweep asked for (``overrides``, sweeper.store.asked), else those of the experiment's
+    """The cells a sweep asked for (``overrides``, Store.asks), else those of the experiment's
     default grid (conf/experiment/NAME.yaml), all 'missing'."""
     cfg = compose_sweep(experiment, conf_dir)
     base = {k: cfg[k] for k in cfg if k != "hydra"}
@@ -59,10 +56,10 @@ def expected_cells(experiment: Optional[str], conf_dir: Path,
     return pd.DataFrame(rows, columns=[*POSITION, "state", "error"])
 
 
-def asked_cells(store: Path, frame: pd.DataFrame, conf_dir: Path) -> list[pd.DataFrame]:
-    """The cells expected in the store: what its sweeps asked for (sweeper.store.asked); for an
+def asked_cells(store: Store, frame: pd.DataFrame, conf_dir: Path) -> list[pd.DataFrame]:
+    """The cells expected in the store: what its sweeps asked for (Store.asks); for an
     experiment no recorded sweep asked for (a store older than those records), its default grid."""
-    asks = read_asked(store)
+    asks = store.asks()
     sources = []
     for ask in asks:
         try:
@@ -77,22 +74,22 @@ def asked_cells(store: Path, frame: pd.DataFrame, conf_dir: Path) -> list[pd.Dat
 
 
 def queue_cells(queued: list[dict]) -> pd.DataFrame:
-    """Cell states from sweeper.store.queue.queued_cells: position columns, state."""
+    """Cell states from Store.queued: position columns, state."""
     rows = [{**{k: v for k, v in cell["config"].items() if k in POSITION},
              "experiment": cell["experiment"], "state": cell["state"], "error": None}
             for cell in queued]
     return pd.DataFrame(rows, columns=[*POSITION, "state", "error"])
 
 
-def claimed_cells(store: Path) -> pd.DataFrame:
+def claimed_cells(store: Store) -> pd.DataFrame:
     """Cells whose claim is live: running, wherever their job was launched from."""
     return queue_cells([{"config": claim.config, "experiment": claim.experiment, "state": "running"}
-                        for claim in live_claims(store).values() if claim.config])
+                        for claim in store.live_claims().values() if claim.config])
 
 
-def render_attempts(store: Path, frame: pd.DataFrame, out: TextIO, limit: int = 20) -> None:
+def render_attempts(store: Store, frame: pd.DataFrame, out: TextIO, limit: int = 20) -> None:
     """The cells tried more than once, each attempt with its time and outcome."""
-    counts = {k: n for k, n in attempt_counts(store).items() if n > 1}
+    counts = {k: n for k, n in store.attempt_counts().items() if n > 1}
     if not counts:
         return
     cells = frame[frame["key"].isin(counts)].sort_values("key")
@@ -101,7 +98,7 @@ def render_attempts(store: Path, frame: pd.DataFrame, out: TextIO, limit: int = 
     for r in cells.head(limit).to_dict("records"):
         print(f"  {r['key']} width={r['width']} depth={r['depth']} lr={r['lr']:g} "
               f"{r['param']}/{r['optimizer']}: result {r['status']}", file=out)
-        for attempt in attempts(store, r["key"]):
+        for attempt in store.attempts(r["key"]):
             error = attempt.get("error") or {}
             why = f" ({error.get('type')}: {str(error.get('message')).splitlines()[0][:120]})" if error else ""
             print(f"    {attempt['timings'].get('finished_at')}  {attempt['status']}{why}", file=out)
@@ -142,23 +139,24 @@ def render_grid(group: pd.DataFrame, out: TextIO) -> None:
 
 def report(store: Path, out: TextIO, conf_dir: Optional[Path] = None,
            queued: Optional[list[dict]] = None, strict: bool = False) -> None:
-    """``queued``: the store's cells in the Slurm queue (sweeper.store.queue.queued_cells); None when
+    """``queued``: the store's cells in the Slurm queue (Store.queued); None when
     there is no queue to ask, which leaves the queue line out. ``strict``: an unreadable record is
     an error (StoreError), not a warning."""
-    frame = load_store(store, strict=strict)
+    in_store = Store(store)
+    frame = in_store.load(strict)
     counts = frame["status"].value_counts()
     print(f"store {store}: {len(frame)} records: "
           + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "diverged", "failed")), file=out)
     for path, reason in frame.attrs["skipped"]:
         print(f"warning: skipped {path}: {reason}", file=out)
-    sources = [claimed_cells(store), store_cells(frame)]
+    sources = [claimed_cells(in_store), store_cells(frame)]
     if queued is not None:
         states = [cell["state"] for cell in queued]
         print(f"queue (squeue): {states.count('running')} running, {states.count('pending')} pending",
               file=out)
         sources.insert(1, queue_cells(queued))
     if conf_dir is not None:
-        sources += asked_cells(store, frame, conf_dir)
+        sources += asked_cells(in_store, frame, conf_dir)
     cells = merge(sources)
     print("legend: " + ", ".join(f"{sym}={state}" for state, sym in SYMBOLS.items()), file=out)
     for keys, group in cells.groupby(["experiment", *GROUP_AXES], sort=True, dropna=False):
@@ -167,7 +165,7 @@ def report(store: Path, out: TextIO, conf_dir: Optional[Path] = None,
             settings = " ".join(f"{k}={v}" for k, v in zip(GROUP_AXES, keys[1:]))
             print(f"\nexperiment {keys[0]}: {settings} {fixed}={value}", file=out)
             render_grid(sub, out)
-    render_attempts(store, frame, out)
+    render_attempts(in_store, frame, out)
     failed = cells[cells["state"] == "failed"]
     if len(failed):
         print("\nfailed cells (last error):", file=out)

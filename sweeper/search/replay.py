@@ -16,7 +16,7 @@ import numpy as np
 
 from analysis.optima import row_optimum
 from analysis.tables import build_tables
-from sweeper.store.index import load_store
+from sweeper.store import Store
 
 from .rounds import Ask, SearchError, SearchTable, TableResult, run_search, table_line
 from .transfer import BUDGET, DIVERGED
@@ -75,7 +75,7 @@ def replay(store: Path, budget: float = BUDGET) -> dict:
     """The replay's figures: the shape of ``--json``, each row also saying how it ``settled``."""
     if not store.is_dir():
         raise SearchError(f"{store}: no such store directory")
-    frame = load_store(store)
+    frame = Store(store).load()
     if frame.empty:
         raise SearchError(f"{store} holds no records to replay")
     grids, left_out = [], []

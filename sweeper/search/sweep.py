@@ -18,14 +18,12 @@ from omegaconf import DictConfig
 from analysis.tables import SIZE_AXES
 from trainer.cost import cell_relative_compute
 
-from sweeper.store import Store
+from sweeper.store import Store, StoreError
 from sweeper.jobs.driver import (Launch, SweepError, SweepSettings, queued_jobs, report_cleanup, run_sweep,
                      sweep_cells)
 from sweeper.grid.expand import Cell, GridError
-from sweeper.store.journal import repair_journal
 from sweeper.grid.cells import PlannedCell, plan
 from sweeper.store.schema import DONE, SchemaError, cell_key
-from sweeper.store.records import StoreError
 from .rounds import JOURNAL, LR, Ask, SearchError, SearchTable, journal_storage, run_search, summary
 from .transfer import DIVERGED, TREND_PARAMS, Line
 
@@ -86,7 +84,7 @@ class SweepOracle:
 
 def _done_record(store: Store, key: str) -> Optional[dict]:
     """Cell ``key``'s record when it is ok or diverged; None when it has none, or a failed, corrupt
-    or invalid one (as sweeper.store.records.record_status)."""
+    or invalid one (as Store.status)."""
     try:
         record = store.result(key)
     except StoreError:
@@ -146,7 +144,7 @@ def run_transfer_sweep(overrides: list[str], settings: SweepSettings,
     print(f"[search] transfer search over {len(tables)} table(s) of {len(todo) + len(skipped)} grid cells, "
           f"budget {budget:g} of the grid's compute{', refining' if refine else ''}; studies in {settings.store / 'search'}",
           file=out, flush=True)
-    repaired = repair_journal(settings.store / JOURNAL)
+    repaired = store.repair_journal(JOURNAL)
     if repaired:
         print(f"[search] {repaired}", file=out, flush=True)
     try:

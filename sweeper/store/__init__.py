@@ -1,8 +1,9 @@
 """The result store behind one object: records, attempts, claims, queue entries and leftovers.
 
-A sweep, a job and the search talk to ``Store``; the modules below it each own one kind of file
-(sweeper.store.records: records and attempts, .index: the Parquet index, .claims, .queue, .leftovers,
-.asked, .journal; .schema: the record's schema and its migrations).
+A sweep, a job, the search, status and analysis talk to ``Store``; the modules below it each own
+one kind of file (sweeper.store.records: records and attempts, .index: the Parquet index, .claims,
+.queue, .leftovers, .asked, .journal; .schema: the record's schema and its migrations, pure
+functions of a record that callers use directly).
 """
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from typing import Optional
 
 import pandas as pd
 
-from . import claims, index, leftovers, queue, records
+from trainer.config import CHECKPOINT
+
+from . import asked, claims, index, journal, leftovers, queue, records
+# The errors and the exit code the Store's callers handle, beside the Store itself.
+from .queue import QueueError
+from .records import STORE_ERROR, RecordWriteError, StoreError
+
+__all__ = ["Store", "StoreError", "RecordWriteError", "QueueError", "STORE_ERROR"]
 
 
 class Store:
@@ -35,6 +43,22 @@ class Store:
         """Removes what dead jobs left behind and writes the records finished attempts lack."""
         return leftovers.clean(self.path)
 
+    def unrecorded(self) -> list[str]:
+        """The cells with a finished attempt but no record yet (sweeper.store.leftovers)."""
+        return leftovers.unrecorded(self.path)
+
+    def repair_journal(self, name: str) -> Optional[str]:
+        """Cuts the store's journal file ``name`` at its first torn line; a line saying so, or None."""
+        return journal.repair_journal(self.path / name)
+
+    def note_asked(self, experiment: Optional[str], overrides: list[str]) -> Path:
+        """Notes what a sweep asked for, so status expects its cells."""
+        return asked.write_asked(self.path, experiment, overrides)
+
+    def asks(self) -> list[dict]:
+        """What the store's sweeps asked for (note_asked), oldest first."""
+        return asked.read_asked(self.path)
+
     # ---- cells: claim, run, finish -------------------------------------------------------------
     def claim(self, key: str, *, job_id: Optional[str] = None, experiment: Optional[str] = None,
               config: Optional[dict] = None) -> tuple[Optional[claims.Held], Optional[claims.Claim]]:
@@ -52,6 +76,16 @@ class Store:
     def run_dir(self, key: str) -> Path:
         """The cell's trainer run dir (its checkpoints)."""
         return records.run_dir(self.path, key)
+
+    def keep_checkpoint(self, key: str) -> None:
+        """Marks the cell's run dir so its checkpoint stays after its record (keep_checkpoints=true)."""
+        run = self.run_dir(key)
+        run.mkdir(parents=True, exist_ok=True)
+        (run / leftovers.KEEP).touch()
+
+    def drop_checkpoint(self, key: str) -> None:
+        """Removes the cell's checkpoint, once its record is written."""
+        (self.run_dir(key) / CHECKPOINT).unlink(missing_ok=True)
 
     def forget_run(self, key: str) -> None:
         """Removes the cell's run dir, so a forced rerun trains from the start."""
@@ -81,6 +115,10 @@ class Store:
     def attempts(self, key: str) -> list[dict]:
         return records.attempts(self.path, key)
 
+    def attempt_counts(self) -> dict[str, int]:
+        """Cell key -> number of attempts on file, for the cells that have attempt files."""
+        return records.attempt_counts(self.path)
+
     def attempt_names(self, key: str) -> set[str]:
         return records.attempt_names(self.path, key)
 
@@ -103,7 +141,7 @@ class Store:
         queue.write_entry(self.path, key, job_id=job_id, experiment=experiment, config=config,
                           written_by=written_by)
 
-    def queued(self) -> list[dict]:
-        """The store's cells pending or running in the Slurm queue; none where this machine has no
+    def queued(self) -> Optional[list[dict]]:
+        """The store's cells pending or running in the Slurm queue; None where this machine has no
         Slurm. Raises QueueError where squeue gives no answer."""
-        return queue.queued_cells(self.path) if queue.squeue_available() else []
+        return queue.queued_cells(self.path) if queue.squeue_available() else None

@@ -29,6 +29,11 @@ class Cleanup:
     lines: list[str] = field(default_factory=list)  # what was removed or written, a line per kind
     unwritten: list[str] = field(default_factory=list)  # finished attempts whose record cannot be written: why
 
+    def unwritten_line(self) -> str:
+        """One line for the finished attempts whose record cannot be written."""
+        return (f"{len(self.unwritten)} finished cell(s) have no record and the store cannot write it, e.g. "
+                f"{self.unwritten[0]}")
+
 
 def _old(path: Path, now: float, stale_s: float) -> bool:
     try:
@@ -136,9 +141,3 @@ def clean(store: Path, stale_s: float = STALE_S) -> Cleanup:
     if temps:
         done.lines.append(f"removed {temps} temp file(s) of interrupted writes")
     return done
-
-
-def unwritten_line(unwritten: list[str]) -> str:
-    """One line for the finished attempts whose record cannot be written."""
-    return (f"{len(unwritten)} finished cell(s) have no record and the store cannot write it, e.g. "
-            f"{unwritten[0]}")
