@@ -243,5 +243,8 @@ def joined(ranks: Optional[Ranks], device: torch.device, timeout_s: float) -> It
     group = Group(ranks, device, timeout_s)
     try:
         yield group
+        # every rank past its last collective before any tears the group down: a rank that closes
+        # its connections while a peer still sends can abort that peer at exit
+        group.barrier()
     finally:
         group.close()
