@@ -15,6 +15,23 @@ REPO = Path(__file__).resolve().parents[1]
 PARTITION = "local"  # the partition slurm/local/start creates
 
 
+# Modules whose tests start sweeps, ranks or Slurm jobs and act on them in time (Ctrl-C, kill -9,
+# requeue). Under pytest-xdist (`-n 2 --dist loadgroup`, pyproject's addopts) they run one after
+# another on one worker, as a single process would run them, and only that worker starts the local
+# Slurm; the in-process tests share the other core.
+SERIAL_MODULES = {
+    "test_distributed", "test_distributed_slurm", "test_search", "test_slurm_cluster", "test_store_faults",
+    "test_store_integrity", "test_sweep_e2e", "test_sweep_output", "test_sweep_parallel", "test_sweep_slurm",
+    "test_train",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SERIAL_MODULES:
+            item.add_marker(pytest.mark.xdist_group("serial"))
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster() -> str:
     """Brings up (or checks) the local cluster; returns its partition."""
