@@ -24,12 +24,16 @@ SERIAL_MODULES = {
     "test_store_integrity", "test_sweep_e2e", "test_sweep_output", "test_sweep_parallel", "test_sweep_slurm",
     "test_train",
 }
+# Single tests of that kind in otherwise in-process modules: kills a two-worker sweep once two records
+# are in and asserts the kill came in time.
+SERIAL_TESTS = {"test_a_sweep_on_the_llama_trains_resumes_and_reports"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the test ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SERIAL_MODULES:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else None
+        if module in SERIAL_MODULES or getattr(item, "originalname", None) in SERIAL_TESTS:
             item.add_marker(pytest.mark.xdist_group("serial"))
 
 

@@ -268,9 +268,6 @@ def sweep(args, cwd, **popen):
     return subprocess.Popen([sys.executable, str(REPO / "sweep.py"), *args], cwd=cwd, env=ENV, **popen)
 
 
-# kills a two-worker sweep once two records are in and asserts it came in time: with the timed tests
-# (tests/conftest.py SERIAL_MODULES), not beside them
-@pytest.mark.xdist_group("serial")
 def test_a_sweep_on_the_llama_trains_resumes_and_reports(tmp_path):
     store = tmp_path / "store"
     # lr below the optimum (near -7 here): every row ends at the grid's edge, so answer asks for more
