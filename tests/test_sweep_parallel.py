@@ -14,7 +14,7 @@ import pytest
 import socket
 
 from sweeper.store.claims import CLAIMS, Claim, is_live
-from sweeper.jobs.local_pool import resolve_jobs
+from sweeper.jobs.local_pool import gpu_slots, resolve_jobs, visible_gpus
 from sweeper.store.index import load_store
 from sweeper.store.records import ATTEMPTS, read_record, records_dir
 
@@ -86,9 +86,26 @@ def test_jobs_auto_is_the_cores_over_the_threads_of_a_cell_and_bad_values_are_re
     for bad in ("0", "-2", "two"):
         with pytest.raises(ValueError, match="jobs=auto"):
             resolve_jobs(bad, threads=1, cores=2)
+    # cells on CUDA: one per GPU group, whatever the cores; an explicit count stands
+    assert resolve_jobs("auto", threads=1, cores=16, gpus=1) == 1
+    assert resolve_jobs("auto", threads=1, cores=16, gpus=8, gpus_per_cell=2) == 4
+    assert resolve_jobs("auto", threads=1, cores=16, gpus=2, gpus_per_cell=4) == 1
+    assert resolve_jobs("3", threads=1, cores=16, gpus=1) == 3
     run = sweep(["-m", "experiment=smoke", "width=32", "lr=-9", "jobs=two", "store=s"], tmp_path)
     assert run.returncode != 0 and "jobs=two: give a number of cells" in run.stderr
     assert "Traceback" not in run.stderr and not (tmp_path / "s" / "records").exists()
+
+
+def test_each_worker_sees_only_its_own_gpus_and_cpu_cells_see_none(monkeypatch):
+    assert gpu_slots(["0", "1", "2", "3"], 2, 2) == ["0,1", "2,3"]
+    assert gpu_slots(["4", "6"], 1, 3) == ["4", "6", "4"]  # jobs=3 on two GPUs: shared round robin
+    assert gpu_slots(["0"], 2, 1) == ["0"]  # too few for a cell: the rank check names it later
+    assert gpu_slots([], 1, 2) == [None, None]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert visible_gpus("cpu") == []
+    import torch
+
+    assert visible_gpus("auto") == ["3", "5"][:torch.cuda.device_count()]
 
 
 def test_two_workers_train_cells_side_by_side_each_once_with_progress(tmp_path):

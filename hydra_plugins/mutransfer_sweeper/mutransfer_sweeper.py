@@ -162,17 +162,27 @@ class MutransferSweeper(Sweeper):
     def _start_pool(self, cfg: DictConfig) -> None:
         """Worker processes for the basic launcher when ``jobs`` asks for more than one cell at once."""
         from sweeper.jobs.driver import SweepError
-        from sweeper.jobs.local_pool import LocalPool, resolve_jobs, usable_cores
+        from sweeper.jobs.local_pool import LocalPool, gpu_slots, resolve_jobs, usable_cores, visible_gpus
 
+        per_cell = int(cfg.gpus_per_cell)
+        gpus = visible_gpus(cfg.device)
         try:
-            jobs = resolve_jobs(cfg.jobs, int(cfg.threads) * int(cfg.gpus_per_cell))  # a rank's threads each
+            jobs = resolve_jobs(cfg.jobs, int(cfg.threads) * per_cell, gpus=len(gpus), gpus_per_cell=per_cell)
         except ValueError as err:
             raise SweepError(str(err)) from None
         if jobs > 1:
-            how = (f"jobs=auto: {usable_cores()} cores ÷ threads={cfg.threads}" if str(cfg.jobs) == "auto"
-                   else f"jobs={cfg.jobs}")
+            if str(cfg.jobs) != "auto":
+                how = f"jobs={cfg.jobs}"
+            elif gpus:
+                how = f"jobs=auto: {len(gpus)} GPUs ÷ gpus_per_cell={per_cell}"
+            else:
+                how = f"jobs=auto: {usable_cores()} cores ÷ threads={cfg.threads}"
             print(f"[sweep] {jobs} cells at a time in worker processes ({how})", flush=True)
-            self.pool = LocalPool(jobs, self.hydra_context, self.config, self.task_function)
+            if gpus and jobs * per_cell > len(gpus):
+                print(f"[sweep] warning: {jobs} cells of {per_cell} GPU(s) share {len(gpus)} GPU(s); each "
+                      f"cell's micro batch is planned as if its GPUs were its own", flush=True)
+            self.pool = LocalPool(jobs, self.hydra_context, self.config, self.task_function,
+                                  gpus=gpu_slots(gpus, per_cell, jobs))
 
     def _sweep(self, cfg: DictConfig, store: Path, arguments: List[str]) -> Any:
         from sweeper.jobs.driver import SweepSettings, run_sweep

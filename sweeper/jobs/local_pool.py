@@ -1,6 +1,7 @@
 """Local cells side by side: ``jobs`` worker processes that each import torch once and then take
 cell after cell, for the sweep's basic launcher (``jobs=auto``: the cores this process may use ÷
-the threads of one cell).
+the threads of one cell; for cells on CUDA, the visible GPUs ÷ the GPUs of one cell, each worker
+seeing only its own GPUs, since a cell's micro batch is planned for whole GPUs).
 
 A worker runs a cell as Hydra's basic launcher does (the cell's config composed again from the
 files, so the planned_cell check holds, then Hydra's run_job and the app's task), and nothing
@@ -40,21 +41,48 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def resolve_jobs(jobs: str, threads: int, cores: Optional[int] = None) -> int:
+def visible_gpus(device: str) -> list[str]:
+    """The CUDA devices cells with this ``device`` setting train on (none for CPU cells), named as
+    CUDA_VISIBLE_DEVICES names them. torch counts them without a CUDA context (workers are spawned)."""
+    if str(device) == "cpu":
+        return []
+    import torch
+
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [d.strip() for d in listed.split(",")][:count] if listed else [str(i) for i in range(count)]
+
+
+def resolve_jobs(jobs: str, threads: int, cores: Optional[int] = None, gpus: int = 0,
+                 gpus_per_cell: int = 1) -> int:
     """``jobs`` as given on the command line ("auto" or a count) -> the number of cells at once.
-    auto: cores ÷ threads per cell (threads=0 is torch's default, every core: one cell at a time)."""
+    auto: cores ÷ threads per cell (threads=0 is torch's default, every core: one cell at a time);
+    with ``gpus`` visible to CUDA cells, gpus ÷ gpus_per_cell instead (at least one)."""
     cores = cores or usable_cores()
     text = str(jobs).strip()
     if text == "auto":
+        if gpus:
+            return max(1, gpus // gpus_per_cell)
         return max(1, cores // threads) if threads > 0 else 1
     try:
         count = int(text)
     except ValueError:
         count = 0
     if count < 1:
+        auto = f"{gpus} GPUs ÷ gpus_per_cell" if gpus else f"{cores} cores ÷ threads per cell"
         raise ValueError(f"jobs={jobs}: give a number of cells to run at once (1, 2, ...) or jobs=auto "
-                         f"(here {cores} cores ÷ threads per cell)")
+                         f"(here {auto})")
     return count
+
+
+def gpu_slots(gpus: list[str], gpus_per_cell: int, jobs: int) -> list[Optional[str]]:
+    """Each worker's CUDA_VISIBLE_DEVICES: its own gpus_per_cell GPUs, dealt round robin when more
+    workers than that were asked for (jobs=N); None for every worker when no GPU is visible."""
+    if not gpus:
+        return [None] * jobs
+    groups = [gpus[i:i + gpus_per_cell] for i in range(0, len(gpus) - gpus_per_cell + 1, gpus_per_cell)]
+    groups = groups or [gpus]
+    return [",".join(groups[i % len(groups)]) for i in range(jobs)]
 
 
 def _portable(err: BaseException) -> BaseException:
@@ -91,9 +119,11 @@ def _run_cell(context: tuple, idx: int, overrides: list[str]) -> Optional[BaseEx
     return ret.return_value if ret.status == JobStatus.FAILED else None
 
 
-def _worker(conn: Connection, payload: bytes, threads: Optional[int]) -> None:
+def _worker(conn: Connection, payload: bytes, threads: Optional[int], gpus: Optional[str]) -> None:
     """A worker's life: set up Hydra once, then run each cell the sweep sends until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle
+    if gpus is not None:  # before torch is imported: its cells see only this worker's GPUs
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
     if threads:  # torch's default thread count, for cells that leave threads=0
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     threading.Thread(target=_stop_when_orphaned, daemon=True, name="orphan-watch").start()
@@ -126,6 +156,7 @@ def _worker(conn: Connection, payload: bytes, threads: Optional[int]) -> None:
 class _Worker:
     process: Any  # multiprocessing's SpawnProcess
     conn: Connection
+    slot: int  # which of the pool's places (and GPUs) it holds
     task: Optional[int] = None  # index in the batch of the cell it trains
 
 
@@ -133,23 +164,26 @@ class LocalPool:
     """``jobs`` workers for the sweep's cells, started at the first batch and kept for the next
     (a transfer search's rounds); ``close`` ends them."""
 
-    def __init__(self, jobs: int, hydra_context, config, task_function) -> None:
+    def __init__(self, jobs: int, hydra_context, config, task_function,
+                 gpus: Optional[list[Optional[str]]] = None) -> None:
         import cloudpickle
         from hydra.core.singleton import Singleton
 
         self.jobs = jobs
+        self.gpus = gpus or [None] * jobs  # each slot's CUDA_VISIBLE_DEVICES (gpu_slots)
         self.payload = cloudpickle.dumps((hydra_context, config, task_function, Singleton.get_state()))
         self.threads = max(1, usable_cores() // jobs)
         self.workers: list[_Worker] = []
         self.context = multiprocessing.get_context("spawn")  # no fork of a threaded process
 
     def _start(self) -> _Worker:
+        slot = min(set(range(self.jobs)) - {w.slot for w in self.workers})  # a dead worker's place
         ours, theirs = self.context.Pipe()
-        process = self.context.Process(target=_worker, args=(theirs, self.payload, self.threads),
-                                       name=f"sweep-worker-{len(self.workers)}", daemon=True)
+        process = self.context.Process(target=_worker, args=(theirs, self.payload, self.threads, self.gpus[slot]),
+                                       name=f"sweep-worker-{slot}", daemon=True)
         process.start()
         theirs.close()
-        worker = _Worker(process, ours)
+        worker = _Worker(process, ours, slot)
         self.workers.append(worker)
         return worker
 
