@@ -7,10 +7,11 @@
   no-sync     20 training steps between two read-backs under torch.cuda.set_sync_debug_mode("error")
   throughput  bf16 trainer tokens/s against the nanoGPT-style reference of
               benchmarks/trainer_throughput.py in the same process (target >= 1.0x), and MFU
-  memory      measured peak (allocator's reserved bytes over two steps, trainer.probe) <= the memory
-              model's estimate (trainer.cost) for three cells: a small one, a Sophia cell (its
-              Hessian step) and Table 9's largest cell at the micro batch the plan gives it on this
-              GPU (narrower, if not even micro batch 1 fits)
+  memory      over two steps (trainer.probe): the peak of live tensors <= the memory model's tensor
+              terms (trainer.cost), and the device's peak (CUDA context + the allocator's reserved
+              bytes) <= its whole estimate, whose overhead term covers both; for three cells: a
+              small one, a Sophia cell (its Hessian step) and Table 9's largest cell at the micro
+              batch the plan gives it on this GPU (narrower, if not even micro batch 1 fits)
   compile     compile=true trains the same losses as eager (PASS) and how their tokens/s compare
 
 It exits 1 if any line fails; on a machine without CUDA it says so and exits 2. --quick times fewer
@@ -25,11 +26,13 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
 RESUME_TOLERANCE = 1e-3  # relative: bf16 kernels may add in another order after a restart
 COMPILE_TOLERANCE = 2e-2  # relative: inductor fuses bf16 ops into other roundings
+THROUGHPUT_WIDTH = 1024  # GPT-2 medium's width: a step long enough that kernel launches do not decide it
 
 
 def line(ok: bool, claim: str, detail: str) -> bool:
@@ -43,6 +46,13 @@ def small_cell(**overrides):
     return TrainConfig(**{**dict(width=256, depth=4, batch_size=16, seq_len=256, steps=40, warmup_steps=4,
                                  eval_interval=0, eval_batches=4, log_interval=10, checkpoint_interval=10**6,
                                  dataset="embedded", tokenizer="byte", precision="auto"), **overrides})
+
+
+def where(err: BaseException) -> str:
+    """The innermost frames of the project's code that an exception passed through."""
+    root = str(Path(__file__).resolve().parents[1])
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename.startswith(root)]
+    return " <- ".join(f"{Path(f.filename).relative_to(root)}:{f.lineno} ({f.line})" for f in frames[::-1][:3]) or "?"
 
 
 def check_resume(work: Path) -> bool:
@@ -91,7 +101,7 @@ def check_no_sync() -> bool:
         run(small_cell(steps=22, log_interval=10**6), callbacks=[ErrorOnSync()])
         return line(True, "no-sync", "steps 2-21 (20 steps) ran under set_sync_debug_mode('error')")
     except RuntimeError as err:
-        return line(False, "no-sync", f"a step synced with the host: {str(err).splitlines()[0][:200]}")
+        return line(False, "no-sync", f"a step synced with the host at {where(err)}: {str(err).splitlines()[0][:120]}")
     finally:
         torch.cuda.set_sync_debug_mode("default")
         device_module.StepTimer.read_back = real_read_back
@@ -107,14 +117,16 @@ def check_throughput(steps: int) -> bool:
     device = torch.device("cuda")
     vocab = 50304
     tokens = load_tokens("embedded", "byte", None).train
-    reference = reference_tokens_per_s(vocab, "bf16", steps, tokens, device, compiled=False, skip_first=True)
-    trainer = trainer_tokens_per_s(vocab, "adamw", "bf16", steps, device, compiled=False, skip_first=True)
+    reference = reference_tokens_per_s(THROUGHPUT_WIDTH, vocab, "bf16", steps, tokens, device, compiled=False,
+                                       skip_first=True)
+    trainer = trainer_tokens_per_s(THROUGHPUT_WIDTH, vocab, "adamw", "bf16", steps, device, compiled=False,
+                                   skip_first=True)
     peak = peaks_of(device, None)["bf16"]
-    cfg = small_cell(**{k: v for k, v in SHAPE.items()}, vocab_size=vocab)
+    cfg = small_cell(**SHAPE, width=THROUGHPUT_WIDTH, vocab_size=vocab)
     mfu = f", MFU {trainer * flops_per_token(cfg, vocab) / peak:.1%}" if peak else ""
     ratio = trainer / reference
     return line(ratio >= 1.0, "throughput", f"bf16 trainer {trainer:,.0f} tok/s, reference {reference:,.0f} tok/s "
-                                          f"(x{ratio:.2f}, target >= 1.0){mfu}; width {SHAPE['width']} depth "
+                                          f"(x{ratio:.2f}, target >= 1.0){mfu}; width {THROUGHPUT_WIDTH} depth "
                                           f"{SHAPE['depth']} vocab {vocab}, AdamW")
 
 
@@ -124,7 +136,6 @@ def check_memory(quick: bool) -> bool:
     from sweeper.grid.experiments import compose_sweep, sweep_settings
     from trainer.config import TrainConfig
     from trainer.cost import DEVICE_OVERHEAD, GIB, peak_memory, pick_micro_batch
-    from trainer.probe import measured_peak_bytes
 
     device = torch.device("cuda")
     capacity = torch.cuda.get_device_properties(device).total_memory
@@ -140,20 +151,44 @@ def check_memory(quick: bool) -> bool:
     cells.append((largest, 50304, micro, f"Table 9 width {largest.width} at its planned micro batch"))
     ok = True
     for cfg, vocab, micro, name in cells:
-        precision = "bf16"
-        estimate = peak_memory(cfg, vocab, micro, precision, "cuda")
-        bound = estimate.total - DEVICE_OVERHEAD["cuda"]  # the CUDA context is not the allocator's
+        estimate = peak_memory(cfg, vocab, micro, "bf16", "cuda")
+        tensors_bound = estimate.total - DEVICE_OVERHEAD["cuda"]
+        what = f"{name} (width {cfg.width} depth {cfg.depth} {cfg.optimizer} micro batch {micro})"
         try:
-            measured = measured_peak_bytes(cfg, vocab, device, precision, micro)
+            tensors, reserved, context = measured_peaks(cfg, vocab, device, micro)
         except torch.cuda.OutOfMemoryError as err:
-            ok &= line(False, "memory", f"{name}: ran out of memory ({str(err).splitlines()[0][:120]})")
+            ok &= line(False, "memory", f"{what}: ran out of memory ({str(err).splitlines()[0][:120]})")
             continue
-        ok &= line(measured <= bound, "memory",
-                   f"{name} (width {cfg.width} depth {cfg.depth} {cfg.optimizer} micro batch {micro}): measured "
-                   f"{measured / GIB:.2f} GiB reserved, model {bound / GIB:.2f} GiB (x{measured / bound:.2f}) "
-                   f"+ {DEVICE_OVERHEAD['cuda'] / GIB:.0f} GiB overhead; {estimate.total / capacity:.0%} of this GPU")
+        device_total = context + reserved
+        ok &= line(tensors <= tensors_bound and device_total <= estimate.total, "memory",
+                   f"{what}: tensors {tensors / GIB:.2f} GiB <= model {tensors_bound / GIB:.2f} GiB "
+                   f"(x{tensors / tensors_bound:.2f}); on the device {device_total / GIB:.2f} GiB (CUDA context "
+                   f"{context / GIB:.2f} + allocator {reserved / GIB:.2f}) <= model with its "
+                   f"{DEVICE_OVERHEAD['cuda'] / GIB:.0f} GiB overhead {estimate.total / GIB:.2f} GiB "
+                   f"(x{device_total / estimate.total:.2f}); {estimate.total / capacity:.0%} of this GPU")
         torch.cuda.empty_cache()
     return ok
+
+
+def measured_peaks(cfg, vocab: int, device, micro: int) -> tuple[int, int, int]:
+    """Two bf16 steps of the cell (trainer.probe.steps): the peak of live tensor bytes and of the
+    allocator's reserved bytes, and what the device holds besides (the CUDA context, its libraries),
+    which the model's overhead term is there to cover with the allocator's slack."""
+    import gc
+
+    import torch
+
+    from trainer.probe import steps
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info(device)
+    context = total - free - torch.cuda.memory_reserved(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    steps(cfg, vocab, device, "bf16", micro)
+    return (torch.cuda.max_memory_allocated(device) - before, torch.cuda.max_memory_reserved(device) - before,
+            context)
 
 
 def steady_rate(cfg) -> tuple:
