@@ -2,9 +2,10 @@
 
 The same value and gradients as ``F.cross_entropy((x @ W.T).float(), targets)`` up to rounding, in
 less time and memory: the fp32 logits live one chunk of rows at a time, and each chunk's gradient
-(softmax - onehot) / N is made from the logits in place and multiplied into dL/dx and dL/dW at once,
+(softmax - onehot) / N is made from the log-probabilities and multiplied into dL/dx and dL/dW at once,
 so that no chunk is recomputed in backward and log-softmax's own backward pass never runs (the
-loss used to recompute each chunk in backward: one more output-layer matmul per step).
+loss used to recompute each chunk in backward: one more output-layer matmul per step). A chunk's
+logits are passed over three times: log-softmax, exp into the gradient's dtype, the gradient's matmuls.
 Backward only scales the two stored gradients by the incoming one.
 
 Under autocast the matmuls run in its dtype (as autocast's linear would: x and W are cast), the
@@ -25,20 +26,24 @@ def _loss_and_grads(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
     total = x.new_zeros((), dtype=torch.float32)
     for start in range(0, n, rows):
         xs, ts = x[start:start + rows], targets[start:start + rows, None]
-        logits = (xs @ weight.T).float()
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-        total += (lse - logits.gather(1, ts)).sum()
+        # one pass over the chunk's logits, read in the matmul's dtype and written as fp32 log-probs
+        # (logsumexp and a subtraction were four; on a GPU these passes are most of the loss's time)
+        logp = torch.log_softmax(xs @ weight.T, dim=-1, dtype=torch.float32)
+        picked = logp.gather(1, ts)
+        total -= picked.sum()
         if not (want_x or want_w):
             continue
-        probs = logits.sub_(lse).exp_()  # softmax, in the logits' memory
-        probs.scatter_add_(1, ts, probs.new_full(ts.shape, -1.0))
-        g = probs.mul_(1.0 / n).to(x.dtype)
-        if want_x:
-            torch.mm(g, weight, out=grad_x[start:start + rows])
+        # n dL/dlogits = softmax - onehot, in x's dtype: exp in the same pass as the cast, and each
+        # target's entry from its fp32 probability, rounded once as the fp32 difference would be
+        g = logp.exp_() if x.dtype == torch.float32 else torch.exp(logp, out=torch.empty_like(logp, dtype=x.dtype))
+        g.scatter_(1, ts, (picked.exp() - 1).to(g.dtype))
+        if want_x:  # the 1/n of the mean in the matmuls' alpha, not a pass of its own
+            chunk = grad_x[start:start + rows]
+            torch.addmm(chunk, g, weight, beta=0, alpha=1.0 / n, out=chunk)
         if want_w and g.dtype == torch.float32:
-            grad_w.addmm_(g.T, xs)
+            grad_w.addmm_(g.T, xs, alpha=1.0 / n)
         elif want_w:
-            grad_w += (g.T @ xs).float()
+            grad_w.add_(g.T @ xs, alpha=1.0 / n)
     return total / n, grad_x, grad_w
 
 
