@@ -20,10 +20,11 @@ from typing import Optional
 from .config import TrainConfig, divisors, resolve_precision
 
 GIB = 2 ** 30
-# Rows of logits one cross-entropy chunk holds: above this many logits the loss runs in chunks, each
-# recomputed in backward, so no more than this many fp32 logits are alive at once.
+# Logits one cross-entropy chunk holds: above this many the loss runs in chunks (trainer.loss), so no
+# more than this many fp32 logits are alive at once.
 LOSS_CHUNK_ELEMENTS = 2 ** 26
-# Bytes per logit element alive at the loss: the logits, their fp32 copy, log-softmax, its gradient.
+# Bytes per logit element alive at the loss: the logits in the matmul's dtype, their fp32
+# log-probabilities, the gradient in x's dtype (at most 12), and room for the chunk's temporaries.
 LOGIT_BYTES = 16
 # Activation elements autograd keeps per token and block (trainer.model.Block): the residual input,
 # LayerNorm outputs (2), q k v (3), the attention output and its contiguous copy (2), the second

@@ -17,6 +17,8 @@ from typing import Optional
 
 import torch
 
+MIXED_ADDMM = hasattr(torch.ops.aten.addmm, "dtype_out")  # addmm(..., out_dtype=): CUDA, torch >= 2.8
+
 
 def _loss_and_grads(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int, want_x: bool,
                     want_w: bool) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -42,6 +44,9 @@ def _loss_and_grads(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
             torch.addmm(chunk, g, weight, beta=0, alpha=1.0 / n, out=chunk)
         if want_w and g.dtype == torch.float32:
             grad_w.addmm_(g.T, xs, alpha=1.0 / n)
+        elif want_w and g.is_cuda and MIXED_ADDMM and not torch.compiler.is_compiling():
+            # cuBLAS adds the bf16 product into the fp32 sum itself (inductor cannot trace it: fuses)
+            torch.addmm(grad_w, g.T, xs, alpha=1.0 / n, out_dtype=torch.float32, out=grad_w)
         elif want_w:
             grad_w.add_(g.T @ xs, alpha=1.0 / n)
     return total / n, grad_x, grad_w
