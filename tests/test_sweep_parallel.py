@@ -136,7 +136,8 @@ def test_a_two_worker_sweep_killed_with_kill_9_reruns_with_nothing_finished_trai
     process group (what a terminal's job control does): the workers die with it. Either way the
     rerun trains exactly the cells without a record, from their checkpoints."""
     store = tmp_path / "store"
-    args = ["-m", "experiment=smoke", "width=32", "lr=-11:-7", "steps=40", "checkpoint_interval=5",
+    # cells long enough (~2 s) that the kill finds both workers in training loops, which checkpoint
+    args = ["-m", "experiment=smoke", "width=32", "lr=-11:-7", "steps=150", "checkpoint_interval=5",
             "jobs=2", f"store={store}"]
     with open(tmp_path / "log", "w") as log:
         proc = start(args, tmp_path, log)
@@ -167,7 +168,7 @@ def test_a_two_worker_sweep_killed_with_kill_9_reruns_with_nothing_finished_trai
     if how == "sweep alone":
         assert "resuming from" in rerun.stdout + rerun.stderr
     frame = load_store(store)
-    assert set(frame["status"]) == {"ok"} and (frame["steps_done"] == 40).all()
+    assert set(frame["status"]) == {"ok"} and (frame["steps_done"] == 150).all()
     assert set(attempt_counts(store).values()) == {1}
 
 

@@ -12,8 +12,9 @@ store by the worker training it (its claim, Store.claim), and its record is writ
 Stopping: Ctrl-C reaches the sweep (workers ignore SIGINT), which sends each worker SIGTERM, the
 trainer's stop signal: the cell checkpoints at its next step, leaves no record and releases its
 claim, so a rerun resumes it. A sweep killed with ``kill -9`` is noticed by its workers (the
-parent's sentinel), which stop the same way; killed together with the sweep (its process group)
-they leave only dead claims, which the rerun takes over.
+parent's sentinel), which stop the same way (between a cell's claim and its training, or its
+training and its record, SIGTERM unwinds the cell: no record, claim released); killed together
+with the sweep (its process group) they leave only dead claims, which the rerun takes over.
 """
 from __future__ import annotations
 
@@ -119,9 +120,16 @@ def _run_cell(context: tuple, idx: int, overrides: list[str]) -> Optional[BaseEx
     return ret.return_value if ret.status == JobStatus.FAILED else None
 
 
+def _unwind(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _worker(conn: Connection, payload: bytes, threads: Optional[int], gpus: Optional[str]) -> None:
     """A worker's life: set up Hydra once, then run each cell the sweep sends until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle
+    # SIGTERM outside a cell's training loop (which checkpoints on it) unwinds instead of killing:
+    # a cell claimed but not yet training, or trained but not yet recorded, releases its claim.
+    signal.signal(signal.SIGTERM, _unwind)
     if gpus is not None:  # before torch is imported: its cells see only this worker's GPUs
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
     if threads:  # torch's default thread count, for cells that leave threads=0
@@ -138,7 +146,7 @@ def _worker(conn: Connection, payload: bytes, threads: Optional[int], gpus: Opti
     while True:
         try:
             task = conn.recv()
-        except (EOFError, OSError):  # the sweep is gone
+        except (EOFError, OSError, SystemExit):  # the sweep is gone, or stopped us between cells
             return
         if task is None:
             return
