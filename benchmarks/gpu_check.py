@@ -151,6 +151,7 @@ def check_memory(quick: bool) -> bool:
     from sweeper.grid.experiments import compose_sweep, sweep_settings
     from trainer.config import TrainConfig
     from trainer.cost import DEVICE_OVERHEAD, GIB, peak_memory, pick_micro_batch
+    from trainer.probe import cuda_peaks
 
     device = torch.device("cuda")
     capacity = torch.cuda.get_device_properties(device).total_memory
@@ -170,7 +171,7 @@ def check_memory(quick: bool) -> bool:
         tensors_bound = estimate.total - DEVICE_OVERHEAD["cuda"]
         what = f"{name} (width {cfg.width} depth {cfg.depth} {cfg.optimizer} micro batch {micro})"
         try:
-            tensors, reserved, context = measured_peaks(cfg, vocab, device, micro)
+            tensors, reserved, context = cuda_peaks(cfg, vocab, device, "bf16", micro)
         except torch.cuda.OutOfMemoryError as err:
             ok &= line(False, "memory", f"{what}: ran out of memory ({str(err).splitlines()[0][:120]})")
             continue
@@ -183,27 +184,6 @@ def check_memory(quick: bool) -> bool:
                    f"(x{device_total / estimate.total:.2f}); {estimate.total / capacity:.0%} of this GPU")
         torch.cuda.empty_cache()
     return ok
-
-
-def measured_peaks(cfg, vocab: int, device, micro: int) -> tuple[int, int, int]:
-    """Two bf16 steps of the cell (trainer.probe.steps): the peak of live tensor bytes and of the
-    allocator's reserved bytes, and what the device holds besides (the CUDA context, its libraries),
-    which the model's overhead term is there to cover with the allocator's slack."""
-    import gc
-
-    import torch
-
-    from trainer.probe import steps
-
-    gc.collect()
-    torch.cuda.empty_cache()
-    free, total = torch.cuda.mem_get_info(device)
-    context = total - free - torch.cuda.memory_reserved(device)
-    before = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    steps(cfg, vocab, device, "bf16", micro)
-    return (torch.cuda.max_memory_allocated(device) - before, torch.cuda.max_memory_reserved(device) - before,
-            context)
 
 
 def steady_rate(cfg) -> tuple:

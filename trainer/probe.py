@@ -2,7 +2,8 @@
 
 ``confirmed_micro_batch``: the CUDA check of the model's micro batch, stepping down through the
 divisors of batch_size while a step fails to allocate; cached per (shape, device) for the process.
-``measured_peak_bytes``: what a step's peak really is, on CUDA from the allocator's statistics, on a
+``measured_peak_bytes``: what a step's peak really is, on CUDA from the allocator's statistics
+(``cuda_peaks``: live tensors, reserved bytes and the context beside them), on a
 CPU from torch's memory profiler (every tensor allocation, so neither the process's other memory nor
 the C allocator's slack counts). Both run ``steps``: two steps, the second with the optimizer's state
 in place, as every later step has it.
@@ -88,13 +89,23 @@ def confirmed_micro_batch(cfg: TrainConfig, vocab: int, device: torch.device, pr
 def measured_peak_bytes(cfg: TrainConfig, vocab: int, device: torch.device, precision: str, micro: int) -> int:
     """The peak of tensor memory over ``steps`` (weights, gradients, optimizer state, activations,
     workspaces), not counting the device's fixed overhead (trainer.cost.DEVICE_OVERHEAD)."""
-    _free(device)
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        steps(cfg, vocab, device, precision, micro)
-        return torch.cuda.max_memory_reserved(device) - before
+        return cuda_peaks(cfg, vocab, device, precision, micro)[1]
+    _free(device)
     return _cpu_peak(lambda: steps(cfg, vocab, device, precision, micro))
+
+
+def cuda_peaks(cfg: TrainConfig, vocab: int, device: torch.device, precision: str, micro: int) -> tuple[int, int, int]:
+    """Over ``steps`` on CUDA: the peak of live tensor bytes, the peak of the allocator's reserved
+    bytes, and what the device held besides before them (the CUDA context, its libraries)."""
+    _free(device)
+    free, total = torch.cuda.mem_get_info(device)
+    context = total - free - torch.cuda.memory_reserved(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    steps(cfg, vocab, device, precision, micro)
+    return (torch.cuda.max_memory_allocated(device) - before, torch.cuda.max_memory_reserved(device) - before,
+            context)
 
 
 def _cpu_peak(fn) -> int:
